@@ -1,0 +1,1 @@
+"""fastrobust orchestrator: grid files -> Slurm jobs (submitit) -> CSVs -> tables and figures."""

@@ -1,0 +1,1 @@
+"""fastrobust workloads: attacks, models, data, DDP training, evaluation, benchmarks, features."""

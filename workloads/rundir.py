@@ -1,0 +1,81 @@
+"""Run directory layout and atomic file writes (temp file in the same folder + os.replace).
+
+A crash at any point leaves either the old or the new version of a file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+SPEC = "spec.json"
+ENV = "env.json"
+EPOCHS = "epochs.csv"
+RESULT = "result.json"
+ERROR = "error.txt"
+CKPT_LAST = "checkpoint-last.pt"
+CKPT_BEST = "checkpoint-best.pt"
+ROBUSTNESS = "robustness.csv"
+BENCH = "bench.csv"
+
+EPOCH_COLUMNS = (
+    "run_id", "epoch", "train_s", "eval_s", "elapsed_s", "lr", "train_loss", "train_acc",
+    "clean_acc", "adv_acc", "batch_per_rank", "world_size",
+)  # fmt: skip
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def write_csv_atomic(path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    write_text_atomic(path, csv_text(columns, rows))
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_csv_row_atomic(path: str | os.PathLike[str], columns: Sequence[str], row: Mapping[str, Any]) -> None:
+    """Append one row by rewriting the file atomically (files here are small: one row per epoch)."""
+    rows: list[Mapping[str, Any]] = read_csv(path) if Path(path).exists() else []
+    write_csv_atomic(path, columns, [*rows, row])
