@@ -1,0 +1,79 @@
+"""The job entry point: one RunSpec (a run directory's spec.json) -> the workload of its kind.
+
+Submitit calls `run(spec_path)` (or `Job()(spec_path)`, which requeues itself on preemption/timeout and
+resumes from checkpoint-last.pt) once per task; torchrun/srun can run `python -m workloads.entry SPEC_JSON`.
+Rank 0 writes env.json first and result.json last (its presence means the run finished); a failure
+writes error.txt (rank 0) or error-rank{r}.txt (other ranks) with the traceback and re-raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from workloads import distributed, rundir, runinfo
+from workloads.spec import RunSpec, from_dict
+
+# kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps)
+KIND_MODULES = {
+    "train": "workloads.train",
+    "bench": "workloads.bench",
+    "evaluate": "workloads.evaluate",
+    "visualize": "workloads.features",
+}
+
+Main = Callable[[RunSpec, Path, distributed.Dist], dict[str, Any]]
+
+
+def error_path(run_dir: Path, rank: int) -> Path:
+    return run_dir / (rundir.ERROR if rank == 0 else f"error-rank{rank}.txt")
+
+
+def run(spec_path: str | Path) -> dict[str, Any]:
+    spec_path = Path(spec_path).resolve()
+    spec = from_dict(rundir.read_json(spec_path))
+    run_dir = spec_path.parent
+    dist = distributed.setup(spec)
+    try:
+        if dist.is_main:  # stale markers of an earlier attempt (a resubmission extends or retries the run)
+            for name in (rundir.RESULT, rundir.ERROR):
+                (run_dir / name).unlink(missing_ok=True)
+        env = runinfo.collect_env(dist)  # collective
+        if dist.is_main:
+            runinfo.update_env_json(run_dir, env)
+        main: Main = importlib.import_module(KIND_MODULES[spec.kind]).main
+        result = main(spec, run_dir, dist)
+        if dist.is_main:
+            stamp = {"run_id": spec.run_id, "kind": spec.kind, "world_size": dist.world_size}
+            record = {**stamp, **result, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            rundir.write_json_atomic(run_dir / rundir.RESULT, record)
+        return result
+    except Exception:
+        rundir.write_text_atomic(error_path(run_dir, dist.rank), traceback.format_exc())
+        raise
+    finally:
+        distributed.cleanup()
+
+
+class Job(submitit.helpers.Checkpointable):
+    """Callable for submitit: on timeout/preemption submitit requeues the same call, which resumes."""
+
+    def __call__(self, spec_path: str) -> dict[str, Any]:
+        return run(spec_path)
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workloads.entry", description=__doc__)
+    parser.add_argument("spec", type=Path, help="RUN_DIR/spec.json")
+    run(parser.parse_args(argv).spec)
+
+
+if __name__ == "__main__":
+    cli()
