@@ -182,40 +182,77 @@ def test_no_attack_is_zero(norm: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Closed form on a linear model (no clamping active: x mid-box, small eps)
+# Closed form on a linear model (Algorithm 1, lines 5-8, computed independently in float64)
+
+
+def ce_input_grad(model: nn.Module, z: Tensor, y: Tensor) -> Tensor:
+    """d/dz of the per-example cross-entropy of a linear model: (softmax(Wz + b) - onehot(y)) @ W."""
+    w, b = model[1].weight.detach().double(), model[1].bias.detach().double()
+    z = z.flatten(1).double()
+    return ((torch.softmax(z @ w.T + b, dim=1) - F.one_hot(y, w.shape[0]).double()) @ w).view(z.shape[0], -1)
 
 
 def closed_form_step(model: nn.Module, x: Tensor, y: Tensor, delta0: Tensor, norm: str, eps: float, alpha: float):
-    linear = model[1]
-    w, b = linear.weight.detach().double(), linear.bias.detach().double()
-    z = (x + delta0).flatten(1).double()
-    g = (torch.softmax(z @ w.T + b, dim=1) - F.one_hot(y, w.shape[0]).double()) @ w  # d CE / d input
-    d0 = delta0.flatten(1).double()
+    xf = x.flatten(1).double()
+    d0 = delta0.flatten(1).double().clamp(-xf, 1 - xf)  # the random start is clamped into the box first
+    g = ce_input_grad(model, xf + d0, y)
     if norm == "l2":
         d1 = d0 + alpha * g / g.norm(dim=1, keepdim=True)
-        d1 = d1 * (eps / d1.norm(dim=1, keepdim=True)).clamp(max=1)
+        d1 = d1 * (eps / d1.norm(dim=1, keepdim=True)).clamp(max=1)  # renorm, then ...
     else:
         d1 = (d0 + alpha * g.sign()).clamp(-eps, eps)
-    return d1.view_as(x)
+    return d1.clamp(-xf, 1 - xf).view_as(x)  # ... clamp into the box
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
 @pytest.mark.parametrize("random_start", [True, False])
-def test_one_step_matches_closed_form(norm: str, random_start: bool) -> None:
+@pytest.mark.parametrize("where", ["mid_box", "box_edges"])
+def test_one_step_matches_closed_form(norm: str, random_start: bool, where: str) -> None:
     n_classes, shape = 4, (64, 2, 3, 3)
     model = linear_model(18, n_classes, seed=15)
-    x = 0.4 + 0.2 * torch.rand(shape, generator=gen(16))
+    if where == "mid_box":  # no clamping active: x mid-box, small eps
+        x = 0.4 + 0.2 * torch.rand(shape, generator=gen(16))
+        eps = 0.05 if norm == "l2" else 0.02
+    else:  # pixels at 0 and 1: both box clamps (start and step) are active
+        x = box_images(64, seed=16).view(64, -1)[:, :18].reshape(shape)
+        eps = 1.0 if norm == "l2" else 0.3
     y = torch.randint(0, n_classes, (shape[0],), generator=gen(17))
-    eps = 0.05 if norm == "l2" else 0.02
     alpha = 1.5 * eps if norm == "l2" else 1.25 * eps
     # pgd's random start is the first draw of sample_ball on the generator stream.
     delta0 = sample_ball(shape, eps, norm, generator=gen(18)) if random_start else torch.zeros(shape)
     expected = closed_form_step(model, x, y, delta0, norm, eps, alpha)
     delta = pgd(model, x, y, norm=norm, eps=eps, alpha=alpha, steps=1, random_start=random_start, generator=gen(18))
     torch.testing.assert_close(delta.double(), expected, atol=1e-6, rtol=0)
-    if norm == "l2" and random_start:  # the renorm branch was exercised for some examples, not all
+    if norm == "l2" and random_start and where == "mid_box":  # the renorm branch was hit for some, not all
         unclamped = (delta0.flatten(1) + alpha * F.normalize(delta.flatten(1) - delta0.flatten(1), dim=1)).norm(dim=1)
         assert (unclamped > eps).any()
+    if where == "box_edges" and random_start:  # the start's box clamp was exercised
+        assert ((delta0 + x < 0) | (delta0 + x > 1)).any()
+
+
+class GradProbe(nn.Module):
+    """Wraps a model and records the gradient that reaches its input during the attack."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.grads: list[Tensor] = []
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.requires_grad:
+            z.register_hook(lambda g: self.grads.append(g.detach().clone()))
+        return self.model(z)
+
+
+def test_gradient_is_of_the_summed_loss() -> None:
+    """Per-example input gradients do not shrink with the batch size (summed, not averaged, loss)."""
+    model = linear_model(6, 3, seed=19)
+    x = 0.4 + 0.2 * torch.rand((50, 6), generator=gen(20))
+    y = torch.randint(0, 3, (50,), generator=gen(21))
+    probe = GradProbe(model)
+    pgd(probe, x, y, norm="l2", eps=0.1, alpha=0.15, steps=1, random_start=False)
+    (grad,) = probe.grads
+    torch.testing.assert_close(grad.double(), ce_input_grad(model, x, y), atol=1e-6, rtol=1e-5)
 
 
 def test_l2_zero_gradient_does_not_move() -> None:
@@ -223,8 +260,8 @@ def test_l2_zero_gradient_does_not_move() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(6, 3))
     nn.init.zeros_(model[1].weight)
     x, y = torch.full((5, 6), 0.5), torch.zeros(5, dtype=torch.long)
-    delta0 = sample_ball((5, 6), 0.1, "l2", generator=gen(19))
-    delta = pgd(model, x, y, norm="l2", eps=0.1, alpha=0.15, steps=3, generator=gen(19))
+    delta0 = sample_ball((5, 6), 0.1, "l2", generator=gen(22))
+    delta = pgd(model, x, y, norm="l2", eps=0.1, alpha=0.15, steps=3, generator=gen(22))
     torch.testing.assert_close(delta, delta0)
 
 

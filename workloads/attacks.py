@@ -20,6 +20,11 @@ from workloads.spec import NORMS, ResolvedAttack
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-example loss, shape (batch,)
 
 
+def cross_entropy_per_example(logits: Tensor, labels: Tensor) -> Tensor:
+    """The default attack loss: cross-entropy per example, in fp32 (autocast may hand bf16 logits)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm: expected one of {', '.join(NORMS)}; got {norm!r}")
@@ -160,7 +165,7 @@ def pgd(
     x, y = x.detach(), y.detach()
     if steps == 0 or eps == 0:
         return torch.zeros_like(x)
-    loss_fn = loss_fn or (lambda logits, labels: F.cross_entropy(logits.float(), labels, reduction="none"))
+    loss_fn = loss_fn or cross_entropy_per_example
     runs = restarts if random_start else 1
     with torch.enable_grad():
         best = _single_run(model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn)
