@@ -1,0 +1,108 @@
+"""Small datasets generated in the real on-disk formats, for loader tests and quick end-to-end runs.
+
+- make_cifar10: torchvision's `cifar-10-batches-py` python pickles (str keys, as the official Python 2
+  pickles read with encoding="latin1"). Channel 0 is noise; channel 1 is the constant `cifar_green(label)`
+  so a test can check the image/label pairing and the CHW layout.
+- make_imagenet: <root>/{train,val}/<wnid>/*.JPEG for the given ImageNet class indices, with fake WordNet
+  ids `fake_wnid(i)` (sorted order = index order) and a <root>/wnids.txt listing all 1000 in order.
+- make_fashion_mnist: torchvision layout <root>/FashionMNIST/raw/*-ubyte[.gz] (IDX format).
+Labels are a seeded shuffle of balanced classes (not sorted, so "the first n" is not a stratified subset).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def cifar_green(label: int) -> int:
+    """The constant value of channel 1 in every make_cifar10 image of class `label`."""
+    return 20 * label + 5
+
+
+def _balanced_labels(n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(np.arange(n) % num_classes)
+
+
+def make_cifar10(root: str | Path, n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
+    """CIFAR-10 pickles under root/cifar-10-batches-py: n_train images spread over data_batch_1..5."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, labels: np.ndarray) -> None:
+        n = len(labels)
+        images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+        images[:, 1] = np.array([cifar_green(int(y)) for y in labels], dtype=np.uint8)[:, None, None]
+        batch = {
+            "batch_label": name,
+            "labels": [int(y) for y in labels],
+            "data": images.reshape(n, 3 * 32 * 32),  # row-major: 1024 R, 1024 G, 1024 B per image
+            "filenames": [f"img_{name}_{i}.png" for i in range(n)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+
+    # balanced over the whole training set, then cut into the five batch files
+    for i, part in enumerate(np.array_split(_balanced_labels(n_train, 10, rng), 5), start=1):
+        write(f"data_batch_{i}", part)
+    write("test_batch", _balanced_labels(n_test, 10, rng))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_cases_per_batch": n_train // 5, "num_vis": 3072}, f, protocol=2)
+    return Path(root)
+
+
+def fake_wnid(index: int) -> str:
+    """A WordNet-id-shaped folder name whose sorted position is the ImageNet class index."""
+    return f"n{index:08d}"
+
+
+def make_imagenet(
+    root: str | Path,
+    class_ids: list[int],
+    per_class: int = 2,
+    wnids_file: bool = True,
+    size: tuple[int, int] = (40, 32),
+    seed: int = 0,
+) -> Path:
+    """ImageNet-style train/val folders holding only `class_ids` (ImageNet indices 0..999), per_class JPEGs
+    each; wnids_file writes root/wnids.txt with all 1000 fake ids in standard order."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split in ("train", "val"):
+        for index in class_ids:
+            folder = root / split / fake_wnid(index)
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{fake_wnid(index)}_{k}.JPEG", format="JPEG")
+    if wnids_file:
+        (root / "wnids.txt").write_text("".join(f"{fake_wnid(i)}\n" for i in range(1000)))
+    return root
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    header = struct.pack(f">4B{array.ndim}I", 0, 0, 8, array.ndim, *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_fashion_mnist(root: str | Path, n_train: int = 50, n_test: int = 20, gz: bool = True, seed: int = 0) -> Path:
+    """Fashion-MNIST IDX files in torchvision's layout root/FashionMNIST/raw/ (noise images)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)), gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", _balanced_labels(n, 10, rng), gz)
+    return Path(root)
