@@ -1,0 +1,233 @@
+"""`orchestrate`: submit grid files to Slurm (or this machine), follow them, and turn run directories into tables.
+
+    orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--only-missing] [--results DIR]
+    orchestrate status [EXPERIMENT|GRID.yaml]
+    orchestrate collect EXPERIMENT
+    orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]]
+    orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT
+    orchestrate cancel EXPERIMENT
+
+EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
+path of an experiment folder. Exit codes: 0 ok, 1 a cell failed (submit --wait), 2 a user error (one line per
+problem, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator import launch, manifest
+from orchestrator import state as cell_state
+
+EXIT_FAILED_CELLS = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; `problems` are printed one per line (exit 2)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def _is_grid_file(text: str) -> bool:
+    return text.endswith((".yaml", ".yml"))
+
+
+def experiment_dir(name: str, root: Path) -> Path:
+    """An experiment name under the results root, or the path of an experiment folder."""
+    exp_dir, as_path = root / name, Path(name).expanduser()
+    if exp_dir.is_dir():
+        return exp_dir
+    if as_path.is_dir():
+        return as_path.absolute()
+    known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    hint = f"experiments under {root}: {', '.join(known)}" if known else f"no experiments under {root}"
+    raise UserError(f"unknown experiment {name!r}; {hint}")
+
+
+def _grid_experiments(grid_path: str, root: Path, executor: str | None = None) -> dict[Path, list[str]]:
+    from orchestrator.grid import load_grids
+
+    cells: dict[Path, list[str]] = {}
+    for grid in load_grids(grid_path, executor):
+        cells.setdefault(root / grid.name, []).extend(c.run_id for c in grid.cells)
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    root = launch.results_root(args.results)
+    if args.dry_run:
+        sys.stdout.write(launch.dry_run(args.grid, root, args.executor, args.only_missing))
+        return 0
+    result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll)
+    n = len(result.job_ids)
+    print(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
+    if not args.wait:
+        return 0
+    cells = {p.exp_dir: [c.run_id for c in p.grid.cells] for p in result.plans}
+    for p in result.plans:  # several documents may share an experiment
+        cells[p.exp_dir] = sorted({*cells[p.exp_dir], *(c.run_id for c in p.grid.cells)})
+    return _wait(cells, args.poll)
+
+
+def _wait(cells: dict[Path, list[str]], poll_s: float) -> int:
+    from tqdm import tqdm
+
+    total = sum(len(v) for v in cells.values())
+    with tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr) as bar:
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        all_finished = launch.wait_for_cells(cells, poll_s, progress)
+    for exp_dir, ids in cells.items():
+        print(cell_state.format_table(cell_state.poll(exp_dir, ids)))
+    return 0 if all_finished else EXIT_FAILED_CELLS
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    root = launch.results_root(args.results)
+    if args.target is None:
+        exps = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        targets: dict[Path, list[str] | None] = dict.fromkeys(exps)
+        if not targets:
+            raise UserError(f"no experiments under {root}")
+    elif _is_grid_file(args.target):
+        targets = dict(_grid_experiments(args.target, root))
+    else:
+        targets = {experiment_dir(args.target, root): None}
+    for exp_dir, ids in targets.items():
+        if len(targets) > 1:
+            print(f"== {exp_dir.name}")
+        print(cell_state.format_table(cell_state.poll(exp_dir, ids)))
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from orchestrator.collect import collect
+
+    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    for path in collect(exp_dir).values():
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.collect import collect
+    from orchestrator.report import build_report
+
+    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    if (exp_dir / manifest.RUNS).is_dir():
+        collect(exp_dir)
+    print(build_report(exp_dir, baseline=args.baseline))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from orchestrator.estimate import estimate_grid, format_estimate
+
+    root = launch.results_root(args.results)
+    bench = Path(args.bench).expanduser()
+    if not bench.exists():
+        if not (root / args.bench).is_dir():
+            raise UserError(f"--bench: {args.bench!r} is neither a bench.csv file nor an experiment under {root}")
+        bench = root / args.bench
+    print(format_estimate(estimate_grid(Path(args.grid), bench)))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    n = launch.cancel(exp_dir)
+    print(f"cancelled {n} cell(s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", metavar="DIR", help="results root (default: $FASTROBUST_RESULTS or ./results)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", parents=[common], help="submit a grid file (one array per resource shape)")
+    p.add_argument("grid", metavar="GRID.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print each array's sbatch script; submit nothing")
+    p.add_argument("--executor", choices=("local", "slurm"), help="override the grid's executor")
+    p.add_argument("--wait", action="store_true", help="wait for every cell; exit 1 if any failed")
+    p.add_argument("--only-missing", action="store_true", help="(re)submit failed, cancelled and missing cells only")
+    p.add_argument("--poll", type=float, default=float(os.environ.get("FASTROBUST_POLL_S", 10)), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[common], help="one table of cells: state, job id, attempts, epoch")
+    p.add_argument("target", nargs="?", metavar="EXPERIMENT|GRID.yaml")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("collect", parents=[common], help="run directories -> runs.csv, epochs.csv, ...")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", parents=[common], help="tables and figures under results/<exp>/report/")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("estimate", parents=[common], help="predicted wall-clock per cell from bench data")
+    p.add_argument("grid", metavar="GRID.yaml")
+    p.add_argument("--bench", required=True, metavar="BENCH_CSV|EXPERIMENT", help="bench.csv or a bench experiment")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel every running/pending cell of an experiment")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exception types that mean "the user asked for something invalid" (printed, exit 2)."""
+    from orchestrator.grid import GridError
+    from orchestrator.profiles import ProfileError
+
+    errors: list[type[Exception]] = [UserError, GridError, ProfileError, launch.LaunchError]
+    # only modules already imported can have raised (importing report here would pull in matplotlib)
+    for module, name in (("orchestrator.report", "ReportError"), ("orchestrator.estimate", "EstimateError")):
+        error = getattr(sys.modules.get(module), name, None)
+        if isinstance(error, type) and issubclass(error, Exception):
+            errors.append(error)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        problems = getattr(exc, "problems", None) or [str(exc)]
+        for line in problems:
+            print(f"orchestrate: error: {' '.join(str(line).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except cell_state.SchedulerUnavailable as exc:
+        print(f"orchestrate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("orchestrate: interrupted (submitted jobs keep running; see `orchestrate status`)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Grid file -> submitit jobs: one array per resource shape, spec.json written before anything is submitted.
+
+Rules of a (re)submission, checked for every cell of every document before anything is submitted:
+- finished cells are skipped;
+- running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
+- failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
+- missing cells (never submitted, or unknown to the scheduler) are submitted.
+Documents are submitted in file order. Slurm: an evaluate/visualize document waits for the jobs of the documents
+before it (`--dependency=afterany:...`). Local executor: cells run one at a time on this machine (concurrent cells
+would distort each other's timings), so everything before a document has ended when it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import submitit
+from submitit.slurm.slurm import SlurmExecutor
+
+from orchestrator import manifest
+from orchestrator import state as cell_state
+from orchestrator.grid import Grid, load_grids
+from orchestrator.job import CellJob
+from orchestrator.profiles import executor_kwargs, slurm_parameters
+from workloads import rundir
+from workloads.spec import RunSpec
+
+WAITING_KINDS = ("evaluate", "visualize")  # kinds that read what earlier documents produced
+# Variables a job's environment holds that must not reach a job it submits: Slurm's per-job output variables
+# (sbatch/srun would apply the parent's allocation) and the torch.distributed rendezvous of the parent.
+SCRUB_PREFIXES = ("SLURM_", "SUBMITIT_")
+SCRUB_NAMES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+KEEP_NAMES = ("SLURM_CONF", "SUBMITIT_PREEMPT_SIGNAL")  # user settings, not inherited job state
+
+
+class LaunchError(Exception):
+    """A submission refused as a whole; `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Plan:
+    """What one document's submission will do."""
+
+    grid: Grid
+    exp_dir: Path
+    submit: list[RunSpec] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # run_id -> why
+
+
+@dataclass
+class SubmitResult:
+    plans: list[Plan]
+    job_ids: dict[str, str] = field(default_factory=dict)  # "<experiment>/<run_id>" -> job id
+    arrays: list[str] = field(default_factory=list)  # one line per submitted array
+    seconds: float = 0.0
+
+
+def results_root(cli_value: str | Path | None = None) -> Path:
+    """--results DIR, else $FASTROBUST_RESULTS, else ./results."""
+    value = cli_value or os.environ.get("FASTROBUST_RESULTS") or "results"
+    return Path(value).expanduser().absolute()
+
+
+def submitit_folder(exp_dir: Path) -> Path:
+    return exp_dir / manifest.SUBMITIT / "%j"
+
+
+@contextlib.contextmanager
+def clean_submission_env() -> Iterator[None]:
+    """Hide the calling job's SLURM_*/SUBMITIT_*/rendezvous variables while submitting (restored after)."""
+    saved = {
+        k: v
+        for k, v in os.environ.items()
+        if (k.startswith(SCRUB_PREFIXES) or k in SCRUB_NAMES) and k not in KEEP_NAMES
+    }
+    for k in saved:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Executors and sbatch scripts
+
+
+def array_parameters(grid: Grid, array_name: str, cells: list[RunSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(update_parameters kwargs, AutoExecutor constructor kwargs) of one array; its cells share resources."""
+    params = {"name": f"{grid.name}.{array_name}", **slurm_parameters(grid.profile, cells[0])}
+    return params, executor_kwargs(cells[0])
+
+
+def make_executor(cluster: str, folder: Path, params: dict[str, Any], ctor: dict[str, Any]) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **ctor)
+    executor.update_parameters(**params)
+    return executor
+
+
+@contextlib.contextmanager
+def _slurm_without_srun() -> Iterator[None]:
+    # SlurmExecutor refuses to exist where srun is missing; a dry run must print the script on any machine.
+    with mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 2)):
+        yield
+
+
+def sbatch_script(folder: Path, params: dict[str, Any], ctor: dict[str, Any], n_cells: int) -> str:
+    """The exact sbatch script submitit submits for an array of n_cells (a single job when n_cells is 1),
+    built by submitit itself the way SlurmExecutor._internal_process_submissions builds it."""
+    with _slurm_without_srun():
+        slurm_ex = make_executor("slurm", folder, params, ctor)._executor
+        assert isinstance(slurm_ex, SlurmExecutor)
+        command = slurm_ex._submitit_command_str
+        if n_cells == 1:
+            return slurm_ex._make_submission_file_text(command, "dry-run")
+        array_ex = SlurmExecutor(slurm_ex.folder, slurm_ex.max_num_timeout)
+        array_ex.update_parameters(**slurm_ex.parameters)
+        array_ex.parameters["map_count"] = n_cells
+        return array_ex._make_submission_file_text(command, "dry-run")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning
+
+
+def _spec_changed(spec: RunSpec, run_dir: Path) -> bool:
+    path = run_dir / rundir.SPEC
+    return path.exists() and rundir.read_json(path) != spec.to_dict()
+
+
+def plan(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
+    """Decide every cell; raises LaunchError (nothing submitted) when the submission must be refused."""
+    plans = [Plan(g, root / g.name) for g in grids]
+    statuses: dict[Path, dict[str, cell_state.CellStatus]] = {}
+    for p in plans:  # one scheduler query per experiment
+        if p.exp_dir not in statuses:
+            ids = {c.run_id for q in plans if q.exp_dir == p.exp_dir for c in q.grid.cells}
+            statuses[p.exp_dir] = {s.run_id: s for s in cell_state.poll(p.exp_dir, ids)}
+    active, retry = [], []
+    for p in plans:
+        for cell in p.grid.cells:
+            st = statuses[p.exp_dir][cell.run_id].state
+            where = f"{p.grid.name}/{cell.run_id}"
+            if st == "finished":
+                changed = _spec_changed(cell, manifest.run_dir(p.exp_dir, cell.run_id))
+                note = " (its spec.json differs from the grid: delete the run directory to rerun it)" if changed else ""
+                p.skipped[cell.run_id] = "finished" + note
+            elif st in ("running", "pending", "unknown"):
+                p.skipped[cell.run_id] = st
+                active.append(f"{where} ({st})")
+            elif st in ("failed", "cancelled") and not only_missing:
+                retry.append(f"{where} ({st})")
+            else:
+                p.submit.append(cell)
+    problems = []
+    if active and not only_missing:
+        problems.append(
+            f"{len(active)} cell(s) already running or pending, not submitted twice: {', '.join(active)}; "
+            "wait for them (orchestrate status), cancel them (orchestrate cancel), or pass --only-missing"
+        )
+    if retry:
+        problems.append(
+            f"{len(retry)} cell(s) failed or were cancelled earlier: {', '.join(retry)}; "
+            "resubmit them with --only-missing"
+        )
+    if problems:
+        raise LaunchError(problems)
+    return plans
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Submission
+
+
+def _dependency_ids(plans: list[Plan], upto: int, submitted: dict[str, str]) -> list[str]:
+    """Job ids (array ids once each) of the cells of documents before `upto` that may still run."""
+    ids: set[str] = set()
+    for p in plans[:upto]:
+        entries = manifest.load(p.exp_dir)
+        for cell in p.grid.cells:
+            key = f"{p.grid.name}/{cell.run_id}"
+            if key in submitted:
+                ids.add(submitted[key].split("_")[0])
+            elif p.skipped.get(cell.run_id) in ("running", "pending") and cell.run_id in entries:
+                job_id = entries[cell.run_id].job_id
+                if job_id:
+                    ids.add(job_id.split("_")[0])
+    return sorted(ids, key=int)
+
+
+def wait_for_cells(exp_cells: dict[Path, list[str]], poll_s: float, progress: Callable[[int, int], None]) -> bool:
+    """Poll until every cell is finished/failed/cancelled; True when all finished."""
+    total = sum(len(v) for v in exp_cells.values())
+    while True:
+        cells = [c for exp_dir, ids in exp_cells.items() for c in cell_state.poll(exp_dir, ids)]
+        done = sum(c.state in cell_state.TERMINAL or c.state == "missing" for c in cells)
+        progress(done, total)
+        if done == total:
+            return all(c.state == "finished" for c in cells)
+        time.sleep(poll_s)
+
+
+def _submit_array(
+    p: Plan,
+    array_name: str,
+    cells: list[RunSpec],
+    dependency: list[str],
+    entries: dict[str, manifest.Entry],
+    job: Callable[[str], Any],
+) -> dict[str, str]:
+    params, ctor = array_parameters(p.grid, array_name, cells)
+    if dependency:
+        params["slurm_dependency"] = "afterany:" + ":".join(dependency)
+    for cell in cells:  # the job reads it: written before the job can possibly start
+        rundir.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / rundir.SPEC, cell.to_dict())
+    with clean_submission_env():
+        executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
+        with executor.batch():
+            jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / rundir.SPEC)) for c in cells]
+    ids = {c.run_id: str(j.job_id) for c, j in zip(cells, jobs, strict=True)}
+    array = str(jobs[0].job_id).split("_")[0]
+    for run_id, job_id in ids.items():
+        manifest.record(entries, run_id, job_id, array, p.grid.executor, p.grid.kind, p.grid.document)
+    manifest.save(p.exp_dir, entries)
+    return ids
+
+
+def submit(
+    grid_path: str | Path,
+    root: Path,
+    executor: str | None = None,
+    only_missing: bool = False,
+    log: Callable[[str], None] = print,
+    poll_s: float = 5.0,
+    job: Callable[[str], Any] | None = None,
+) -> SubmitResult:
+    """Validate, plan and submit every document of a grid file (raises GridError / LaunchError untouched).
+
+    Slurm: one array per resource shape, submitted at once; evaluate/visualize documents depend on the earlier
+    documents' jobs (afterany). Local executor: one cell at a time (cells sharing one machine would distort each
+    other's timings), so this call returns when the last cell has started.
+    `job` is what each cell runs, called with the path of its spec.json in every task (default: CellJob(), the
+    real workload; tests pass a trivial one). It must be importable by the job's Python (pickled by reference).
+    """
+    job = job or CellJob()
+    t0 = time.perf_counter()
+    grids = load_grids(grid_path, executor)
+    plans = plan(grids, root, only_missing)
+    result = SubmitResult(plans)
+    local_started: dict[Path, list[str]] = {}  # local cells submitted so far, by experiment
+    for i, p in enumerate(plans):
+        for run_id, why in sorted(p.skipped.items()):
+            log(f"skip {p.grid.name}/{run_id}: {why}")
+        if not p.submit:
+            continue
+        dependency: list[str] = []
+        if p.grid.kind in WAITING_KINDS and p.grid.executor == "slurm":
+            dependency = _dependency_ids(plans, i, result.job_ids)
+        with manifest.locked(p.exp_dir):
+            entries = manifest.load(p.exp_dir)
+            wanted = {c.run_id for c in p.submit}
+            for array_name, cells in p.grid.arrays():
+                cells = [c for c in cells if c.run_id in wanted]
+                # local: one cell per "array", each started once the previous one has ended
+                groups = [cells] if p.grid.executor == "slurm" else [[c] for c in cells]
+                for group in groups:
+                    if not group:
+                        continue
+                    if p.grid.executor == "local" and local_started:  # a pid check is cheap: poll each second
+                        wait_for_cells(local_started, 1.0, lambda done, total: None)
+                    ids = _submit_array(p, array_name, group, dependency, entries, job)
+                    if p.grid.executor == "local":
+                        local_started.setdefault(p.exp_dir, []).extend(ids)
+                    result.job_ids.update({f"{p.grid.name}/{r}": j for r, j in ids.items()})
+                    first = next(iter(ids.values())).split("_")[0]
+                    after = f" after {','.join(dependency)}" if dependency else ""
+                    what = ", ".join(ids) if p.grid.executor == "local" else f"{len(group)} cell(s)"
+                    result.arrays.append(
+                        f"{p.grid.name} [{p.grid.kind}] {array_name}: {what} as {p.grid.executor} job {first}{after}"
+                    )
+                    log(f"submitted {result.arrays[-1]}")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only_missing: bool = False) -> str:
+    """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
+    plans = plan(load_grids(grid_path, executor), root, only_missing)
+    out: list[str] = []
+    for i, p in enumerate(plans):
+        wanted = {c.run_id for c in p.submit}
+        for array_name, cells in p.grid.arrays():
+            cells = [c for c in cells if c.run_id in wanted]
+            if not cells:
+                continue
+            params, ctor = array_parameters(p.grid, array_name, cells)
+            head = (
+                f"# === {p.grid.name} document {p.grid.document} ({p.grid.kind}), array {array_name}: "
+                f"{len(cells)} cell(s): {', '.join(c.run_id for c in cells)}"
+            )
+            if p.grid.executor == "local":
+                tasks = params["tasks_per_node"]
+                out += [
+                    head,
+                    f"# local executor: cells run one at a time here, {tasks} process(es) each (no sbatch script)",
+                    "",
+                ]
+                continue
+            if p.grid.kind in WAITING_KINDS and i > 0:
+                params["slurm_dependency"] = f"afterany:<job ids of documents 1-{i}>"
+            out += [head, sbatch_script(submitit_folder(p.exp_dir), params, ctor, len(cells))]
+    for p in plans:
+        out += [f"# skip {p.grid.name}/{r}: {why}" for r, why in sorted(p.skipped.items())]
+    return "\n".join(out).rstrip("\n") + "\n" if out else "# nothing to submit\n"
+
+
+def cancel(exp_dir: Path, log: Callable[[str], None] = print) -> int:
+    """Cancel every running/pending cell of an experiment; returns how many were cancelled."""
+    entries = manifest.load(exp_dir)
+    active = [c for c in cell_state.poll(exp_dir) if c.state in ("running", "pending") and c.job_id]
+    slurm_ids = [str(c.job_id) for c in active if entries[c.run_id].executor == "slurm"]
+    if slurm_ids:
+        subprocess.run(["scancel", *slurm_ids], check=True, timeout=60)
+    for c in active:
+        if entries[c.run_id].executor == "local" and c.job_id:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(c.job_id), signal.SIGINT)  # submitit's LocalJob.cancel: the controller stops its tasks
+    for c in active:
+        log(f"cancelled {c.run_id} (job {c.job_id})")
+    return len(active)

@@ -1,0 +1,104 @@
+"""collect: run directories -> runs.csv / epochs.csv / bench.csv / robustness.csv, deterministic and atomic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator import collect, manifest
+from workloads import rundir
+from workloads.spec import Attack, RunSpec, Shape
+
+DESIGN_RUN_COLUMNS = [
+    "run_id", "experiment", "kind", "dataset", "model", "method", "attack_norm", "attack_eps", "attack_steps",
+    "attack_alpha", "nodes", "gpus_per_node", "world_size", "global_batch_size", "epochs", "state", "job_ids",
+    "elapsed_s_last", "best_epoch", "elapsed_s_best", "best_adv_acc", "last_clean_acc", "last_adv_acc", "device",
+]  # fmt: skip
+
+
+def make_run(exp_dir: Path, spec: RunSpec, epochs: list[tuple[float, str, str]], finished: bool = True) -> Path:
+    """A run directory; epochs as (elapsed_s, clean_acc, adv_acc) with "" for not evaluated."""
+    rd = manifest.run_dir(exp_dir, spec.run_id)
+    rundir.write_json_atomic(rd / rundir.SPEC, spec.to_dict())
+    rows = [
+        {"run_id": spec.run_id, "epoch": i + 1, "elapsed_s": t, "clean_acc": c, "adv_acc": a,
+         "batch_per_rank": spec.batch_per_rank, "world_size": spec.world_size}
+        for i, (t, c, a) in enumerate(epochs)
+    ]  # fmt: skip
+    if rows:
+        rundir.write_csv_atomic(rd / rundir.EPOCHS, rundir.EPOCH_COLUMNS, rows)
+    rundir.write_json_atomic(rd / rundir.ENV, {"device": "cpu-test", "job_ids": ["7_1"], "attempts": [{}, {}]})
+    if finished:
+        rundir.write_json_atomic(rd / rundir.RESULT, {"run_id": spec.run_id})
+    else:
+        rundir.write_text_atomic(rd / rundir.ERROR, "Traceback ...")
+    return rd
+
+
+def spec(method: str, run_id: str, kind: str = "train", gpus: int = 2) -> RunSpec:
+    return RunSpec(experiment="exp", run_id=run_id, kind=kind, method=method, epochs=3, global_batch_size=64,
+                   attack=Attack(eps=0.5), shape=Shape(nodes=1, gpus_per_node=gpus))  # fmt: skip
+
+
+def build(tmp_path: Path) -> Path:
+    exp = tmp_path / "exp"
+    make_run(exp, spec("fast", "fast-run"), [(1.0, "0.5", "0.30"), (2.0, "", ""), (3.5, "0.6", "0.25")])
+    make_run(exp, spec("standard", "std-run", gpus=1), [(1.0, "0.7", "0.1"), (2.5, "0.6", "0.2")], finished=False)
+    bench = make_run(exp, spec("standard", "bench-run", kind="bench", gpus=1), [])
+    rundir.write_csv_atomic(
+        bench / rundir.BENCH,
+        ["device", "method", "batch_size", "median_s"],
+        [{"device": "cpu", "method": m, "batch_size": 8, "median_s": 0.1} for m in ("fast", "pgd7")],
+    )
+    ev = make_run(exp, spec("fast", "eval-fast-run", kind="evaluate", gpus=1), [])
+    rundir.write_csv_atomic(
+        ev / rundir.ROBUSTNESS,
+        ["run_id", "eps", "adv_acc"],
+        [{"run_id": "fast-run", "eps": e, "adv_acc": 0.5 - e / 4} for e in (0.0, 0.5)],
+    )
+    return exp
+
+
+def test_runs_csv_columns_and_values(tmp_path: Path) -> None:
+    exp = build(tmp_path)
+    paths = collect.collect(exp)
+    assert set(paths) == {"runs", "epochs", "bench", "robustness"}
+    header = paths["runs"].read_text().splitlines()[0].split(",")
+    assert header[: len(DESIGN_RUN_COLUMNS)] == DESIGN_RUN_COLUMNS
+    assert "batch_per_rank" in header
+    runs = {r["run_id"]: r for r in rundir.read_csv(paths["runs"])}
+    assert list(runs) == sorted(runs)
+    fast = runs["fast-run"]
+    assert (fast["state"], fast["world_size"], fast["batch_per_rank"]) == ("finished", "2", "32")
+    assert (fast["attack_norm"], fast["attack_steps"], fast["attack_alpha"]) == ("l2", "1", "0.75")  # 1.5 eps
+    # best = highest adversarial accuracy, at its cumulative elapsed time; last = the final epoch
+    assert (fast["best_epoch"], fast["elapsed_s_best"], fast["best_adv_acc"]) == ("1", "1.0", "0.30")
+    assert (fast["elapsed_s_last"], fast["last_clean_acc"], fast["last_adv_acc"]) == ("3.5", "0.6", "0.25")
+    assert (fast["device"], fast["job_ids"], fast["attempts"]) == ("cpu-test", "7_1", "2")
+    std = runs["std-run"]  # standard training: best by clean accuracy
+    assert (std["state"], std["best_epoch"], std["best_metric"]) == ("failed", "1", "clean_acc")
+    assert std["attack_steps"] == "0"
+
+
+def test_epochs_bench_robustness(tmp_path: Path) -> None:
+    paths = collect.collect(build(tmp_path))
+    epochs = rundir.read_csv(paths["epochs"])
+    assert [(r["run_id"], r["epoch"]) for r in epochs] == [
+        ("fast-run", "1"), ("fast-run", "2"), ("fast-run", "3"), ("std-run", "1"), ("std-run", "2"),
+    ]  # fmt: skip
+    bench = rundir.read_csv(paths["bench"])
+    assert [(r["run_id"], r["method"]) for r in bench] == [("bench-run", "fast"), ("bench-run", "pgd7")]
+    robustness = rundir.read_csv(paths["robustness"])
+    assert [r["run_id"] for r in robustness] == ["fast-run", "fast-run"]  # the evaluated run, as the file says
+
+
+def test_collect_twice_is_byte_identical_and_atomic(tmp_path: Path) -> None:
+    exp = build(tmp_path)
+    first = {k: p.read_bytes() for k, p in collect.collect(exp).items()}
+    second = {k: p.read_bytes() for k, p in collect.collect(exp).items()}
+    assert first == second
+    assert not list(exp.rglob("*.tmp"))
+
+
+def test_empty_experiment(tmp_path: Path) -> None:
+    paths = collect.collect(tmp_path / "nothing")
+    assert rundir.read_csv(paths["runs"]) == [] and set(paths) == {"runs", "epochs"}

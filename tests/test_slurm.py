@@ -1,0 +1,293 @@
+"""End-to-end tests against the real local Slurm cluster (4 nodes x 4 CPUs x 2 fake GPUs, slurmdbd).
+
+Every test trains the real small CNN on a Fashion-MNIST subset through `orchestrate`, except the 64-cell test,
+whose cells run a trivial job (tests/slurm_stub.py): 64 torch imports would cost minutes on 2 cores.
+The time-limit run is submitted at the start of the module and checked last, so its Slurm waits (30 s ticks,
+requeue gaps) overlap the other tests.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import cli, collect, launch, manifest
+from orchestrator import state as cell_state
+from tests.slurm_stub import StubCell
+from workloads import rundir
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parents[1]
+
+TRAIN_GRID = """\
+name: {name}
+kind: train
+profile: {profile}
+executor: slurm
+defaults:
+  model: small_cnn
+  dataset: fashion_mnist
+  method: fast
+  epochs: {epochs}
+  train_subset: {train_subset}
+  val_subset: 256
+  global_batch_size: 64
+  eval: {{every: {eval_every}, steps: 2}}
+  resources: {{timeout_min: {timeout_min}, max_requeues: 6}}
+grid:
+  shape:
+{shapes}
+"""
+
+
+def write_grid(folder: Path, name: str, shapes: list[tuple[int, int]], **kw: Any) -> Path:
+    values = {"profile": "local-cluster", "epochs": 2, "train_subset": 512, "timeout_min": 5, "eval_every": 1, **kw}
+    shape_lines = "\n".join(f"    - {{nodes: {n}, gpus_per_node: {g}}}" for n, g in shapes)
+    path = folder / f"{name}.yaml"
+    path.write_text(TRAIN_GRID.format(name=name, shapes=shape_lines, **values))
+    return path
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_terminal(exp_dir: Path, timeout: float) -> dict[str, cell_state.CellStatus]:
+    def done() -> dict[str, cell_state.CellStatus] | None:
+        cells = cell_state.poll(exp_dir)
+        return {c.run_id: c for c in cells} if cells and all(c.state in cell_state.TERMINAL for c in cells) else None
+
+    return wait_until(done, timeout, f"every cell of {exp_dir.name} to end", interval=1.0)
+
+
+def sacct(job_id: str, fields: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    return rundir.read_csv(run_dir / rundir.EPOCHS)
+
+
+def assert_epochs_once(run_dir: Path, epochs: int) -> None:
+    rows = epoch_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed) and len(set(elapsed)) == len(elapsed), f"elapsed_s not increasing: {elapsed}"
+
+
+def quiet(_: str) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Submitted first, checked last: a 1-minute limit on a longer run -> USR2, checkpoint, requeue, finish.
+
+TIME_LIMIT_PROFILE = """\
+partition: debug
+gpu_request: gpus_per_node
+signal_delay_s: 5   # USR2 25-55 s into each 1-minute attempt (Slurm's 30 s tick); the kill never before 60 s
+env: {GLOO_SOCKET_IFNAME: lo}
+"""
+# ~75 s of work on an idle 2-core machine (1536 examples: ~2 s an epoch), so the run still runs when the USR2 of
+# its first attempt arrives; under load it takes more attempts (max_requeues 6).
+TIME_LIMIT_EPOCHS = 36
+
+
+@pytest.fixture(scope="module")
+def time_limit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    folder = tmp_path_factory.mktemp("time_limit")
+    (folder / "tl-profile.yaml").write_text(TIME_LIMIT_PROFILE)
+    grid = write_grid(
+        folder, "timelimit", [(1, 1)], profile=str(folder / "tl-profile.yaml"), epochs=TIME_LIMIT_EPOCHS,
+        train_subset=1536, timeout_min=1, eval_every=6,
+    )  # fmt: skip
+    launch.submit(grid, folder / "results", log=quiet)
+    return folder / "results" / "timelimit", time.monotonic()
+
+
+def test_time_limit_submitted(time_limit_run: tuple[Path, float]) -> None:
+    exp_dir, _ = time_limit_run
+    assert len(manifest.load(exp_dir)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_grid_via_console_script(results: Path) -> None:
+    """The installed `orchestrate` itself: exit 2, one line per problem, and squeue shows nothing new."""
+    grid = REPO / "tests" / "grids" / "bad" / "unknown_method_pgdx.yaml"
+    orchestrate = Path(sys.executable).parent / "orchestrate"
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(orchestrate), "submit", str(grid), "--results", str(results)], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    assert out.returncode == 2, out
+    assert out.stderr.startswith("orchestrate: error: ") and "Traceback" not in out.stderr
+    assert set(after.split()) <= set(before.split()), "nothing may be submitted"
+
+
+def test_two_shapes_ddp_across_nodes(tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = write_grid(tmp_path, "shapes", [(1, 2), (2, 2)])
+    with monkeypatch.context() as m:  # as if submitted from inside another job: none of this may leak
+        for k, v in {"SLURM_JOB_ID": "424242", "SLURM_NTASKS": "99", "SLURM_JOB_NODELIST": "node9",
+                     "MASTER_PORT": "1", "RANK": "3", "WORLD_SIZE": "7"}.items():  # fmt: skip
+            m.setenv(k, v)
+        result = launch.submit(grid, results, log=quiet)
+    assert len(result.arrays) == 2
+    exp_dir = results / "shapes"
+    cells = wait_terminal(exp_dir, timeout=150)
+    assert {c.state for c in cells.values()} == {"finished"}, cell_state.format_table(list(cells.values()))
+
+    runs = {r["run_id"]: r for r in rundir.read_csv(collect.collect(exp_dir)["runs"])}
+    assert {r["world_size"] for r in runs.values()} == {"2", "4"}
+    assert runs["fast-n2g2-b64-s0"]["batch_per_rank"] == "16"
+    assert all(r["state"] == "finished" for r in runs.values())
+
+    two = "fast-n2g2-b64-s0"
+    job_id = cells[two].job_id
+    assert job_id
+    env = rundir.read_json(manifest.run_dir(exp_dir, two) / rundir.ENV)
+    assert env["world_size"] == 4
+    node_list = sacct(job_id, "NodeList")
+    names = subprocess.run(["scontrol", "show", "hostnames", node_list], capture_output=True, text=True).stdout
+    assert len(set(names.split())) == 2, node_list
+    assert env["slurm"]["node_list"] == node_list
+    per_rank = {r.get("node") for r in env["ranks"]} - {None}
+    if per_rank:  # SLURMD_NODENAME of every rank, when the workload records it
+        assert len(per_rank) == 2, env["ranks"]
+    # submitit's own log of each task: ranks 0-1 on node index 0, ranks 2-3 on node index 1
+    logs = [(exp_dir / ".submitit" / job_id / f"{job_id}_{t}_log.out").read_text() for t in range(4)]
+    node_ids = {re.search(r"node=(\d)\(2\)", text).group(1) for text in logs}  # type: ignore[union-attr]
+    assert node_ids == {"0", "1"}
+
+    # the GPU request reached Slurm
+    assert "gres/gpu=4" in sacct(job_id, "AllocTRES")
+    assert "gres/gpu=2" in sacct(str(cells["fast-n1g2-b64-s0"].job_id), "AllocTRES")
+
+
+def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
+    grid = write_grid(tmp_path, "requeue", [(1, 2)], epochs=5, train_subset=1024)
+    launch.submit(grid, results, log=quiet)
+    exp_dir = results / "requeue"
+    run_dir = manifest.run_dir(exp_dir, "fast-n1g2-b64-s0")
+    job_id = manifest.load(exp_dir)["fast-n1g2-b64-s0"].job_id
+    assert job_id
+    wait_until(lambda: (run_dir / rundir.CKPT_LAST).exists(), 120, "the first epoch's checkpoint", interval=0.2)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # while it waits to restart, the requeued cell is pending, never failed
+    states = [cell_state.poll(exp_dir)[0].state for _ in range(3)]
+    assert "failed" not in states, states
+
+    cells = wait_terminal(exp_dir, timeout=180)
+    cell = cells["fast-n1g2-b64-s0"]
+    assert cell.state == "finished", cell_state.format_table([cell])
+    assert_epochs_once(run_dir, 5)
+    env = rundir.read_json(run_dir / rundir.ENV)
+    assert len(env["attempts"]) == 2 and env["attempts"][1]["restart_count"] == "1", env["attempts"]
+    assert cell.attempts == 2
+    # a Slurm requeue keeps its job id: both attempts ran as the job the manifest lists
+    assert manifest.load(exp_dir)["fast-n1g2-b64-s0"].job_ids == [job_id]
+    assert [a["job_id"] for a in env["attempts"]] == [job_id, job_id]
+    # resumed, not restarted: epoch 1 ran once over both attempts (requeued jobs append to the same log)
+    log = (exp_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+    assert log.count('"epoch": 1,') == 1, log
+
+
+def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = write_grid(tmp_path, "cancel", [(1, 1)], epochs=2)
+    launch.submit(grid, results, log=quiet)
+    exp_dir = results / "cancel"
+    first = manifest.load(exp_dir)["fast-n1g1-b64-s0"].job_id
+    assert first
+    wait_until(lambda: cell_state.poll(exp_dir)[0].state == "running", 60, "the job to run")
+
+    # a second submission must not double-submit the running cell
+    capsys.readouterr()
+    assert cli.main(["submit", str(grid), "--results", str(results)]) == 2
+    assert "already running or pending" in capsys.readouterr().err
+
+    subprocess.run(["scancel", first], check=True)
+    wait_until(lambda: cell_state.poll(exp_dir)[0].state == "cancelled", 60, "state cancelled")
+    assert cli.main(["status", "cancel", "--results", str(results)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(rf"fast-n1g1-b64-s0\s+cancelled\s+{first}\b", table), table
+
+    # without --only-missing a cancelled cell is not resubmitted; with it, it runs to the end
+    assert cli.main(["submit", str(grid), "--results", str(results)]) == 2
+    assert "--only-missing" in capsys.readouterr().err
+    code = cli.main(["submit", str(grid), "--results", str(results), "--only-missing", "--wait", "--poll", "1"])
+    assert code == 0, capsys.readouterr()
+    entry = manifest.load(exp_dir)["fast-n1g1-b64-s0"]
+    assert len(entry.job_ids) == 2 and entry.job_ids[0] == first
+    assert cell_state.poll(exp_dir)[0].state == "finished"
+    assert_epochs_once(manifest.run_dir(exp_dir, "fast-n1g1-b64-s0"), 2)
+
+
+def test_64_cells_as_arrays(tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = tmp_path / "many.yaml"
+    grid.write_text(
+        "name: many\nkind: train\nprofile: local-cluster\nexecutor: slurm\n"
+        "defaults: {epochs: 1, train_subset: 64, val_subset: 64, global_batch_size: 32}\n"
+        f"grid:\n  seed: {list(range(32))}\n"
+        "  resources: [{timeout_min: 2, cpus_per_task: 1}, {timeout_min: 3, cpus_per_task: 1}]\n"
+    )
+    result = launch.submit(grid, results, log=quiet, job=StubCell())
+    print(f"\n64-cell submit: {result.seconds:.2f} s in {len(result.arrays)} arrays")
+    assert len(result.job_ids) == 64 and len(result.arrays) == 2
+    assert result.seconds <= 10.0, f"submitting 64 cells took {result.seconds:.1f} s (target <= 10 s)"
+    exp_dir = results / "many"
+    entries = manifest.load(exp_dir)
+    assert len(entries) == 64 and len({e.array for e in entries.values()}) == 2
+
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting_run(cmd: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.append(list(cmd))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(cell_state.subprocess, "run", counting_run)
+    cells = cell_state.poll(exp_dir)
+    print(f"one status poll of 64 cells: {len(calls)} scheduler call(s): {[c[0] for c in calls]}")
+    assert len(cells) == 64
+    assert [c[0] for c in calls] == ["sacct"], calls
+
+    done = wait_terminal(exp_dir, timeout=240)
+    assert {c.state for c in done.values()} == {"finished"}, cell_state.counts(done.values())
+    for run_id in done:  # every result complete and parseable; no temp file left behind
+        assert rundir.read_json(manifest.run_dir(exp_dir, run_id) / rundir.RESULT)["run_id"] == run_id
+    assert not list(exp_dir.rglob("*.tmp"))
+    paths = collect.collect(exp_dir)
+    first = paths["runs"].read_bytes()
+    rows = rundir.read_csv(paths["runs"])
+    assert len(rows) == 64 and {r["state"] for r in rows} == {"finished"}
+    assert len(rundir.read_csv(paths["epochs"])) == 64
+    assert collect.collect(exp_dir)["runs"].read_bytes() == first
+
+
+def test_time_limit_checkpoints_requeues_and_finishes(time_limit_run: tuple[Path, float]) -> None:
+    exp_dir, started = time_limit_run
+    cells = wait_terminal(exp_dir, timeout=max(60.0, 480 - (time.monotonic() - started)))
+    cell = cells["fast-n1g1-b64-s0"]
+    assert cell.state == "finished", cell_state.format_table([cell])
+    run_dir = manifest.run_dir(exp_dir, cell.run_id)
+    assert_epochs_once(run_dir, TIME_LIMIT_EPOCHS)
+    env = rundir.read_json(run_dir / rundir.ENV)
+    assert len(env["attempts"]) >= 2, env["attempts"]
+    job_id = str(cell.job_id)
+    log = (exp_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()  # submitit logs INFO to stdout
+    assert "Calling checkpoint method" in log and f"Requeued job {job_id}" in log, log[-3000:]
