@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/slurm-cluster.sh start --fresh
 trap 'bash scripts/slurm-cluster.sh stop >/dev/null' EXIT
-# Slurm tests must run, never skip, wherever this script runs (CI included).
-export FASTROBUST_REQUIRE_SLURM=1
+# No test may skip here (CI included): Slurm tests, real-data tests and optional-dependency tests must run.
+export FASTROBUST_REQUIRE_SLURM=1 FASTROBUST_NO_SKIP=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
