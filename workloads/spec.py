@@ -112,6 +112,7 @@ class Evaluate:
     eps_list: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0], metadata=at_least(0))
     steps: int = field(default=20, metadata=at_least(0))
     restarts: int = field(default=10, metadata=at_least(1))
+    zero_start: bool = True  # one more PGD run from delta = 0 besides the `restarts` random starts
     alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))  # alpha = f * eps / steps
     max_examples: int | None = field(default=None, metadata=at_least(1))
     batch_size: int = field(default=256, metadata=at_least(1))  # examples per attacked batch (per rank)
