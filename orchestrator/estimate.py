@@ -1,0 +1,427 @@
+"""The paper's cost model (Section IV-A, Fig. 1): training time from per-batch costs measured by `kind: bench`.
+
+    total ≈ epochs × ⌈N_train/B⌉ × t_step(B) + n_eval × ⌈N_val/B_eval⌉ × t_eval(B_eval)
+
+with n_eval the number of evaluated epochs (every `eval.every` epochs and at the last one, paper: 150/5 = 30).
+Multi-GPU at a fixed global batch: each of G GPUs holds ⌈N/G⌉ examples (DistributedSampler) in batches of
+global/G, all GPUs work in parallel, plus an optional per-step all-reduce cost (default 0, as the paper's bound).
+
+t(B) between measured batch sizes is interpolated linearly in log-log space (exact on measured points);
+outside them the end segment's slope (clamped to [0, 1]: time never falls with batch size, nor grows faster
+than proportionally) is extended and the result is flagged as extrapolated.
+
+Cost bases for t_step:
+- "train_step": the bench's measured full training step of the method (best predictor of wall-clock);
+  without one, the standard step plus the method's K-step PGD ("pgd+standard").
+- "lower_bound": the paper's Fig. 1 bound: K-step PGD alone, a forward pass for standard training.
+
+Not modelled: data loading, checkpoint writes, process start-up and dataset reading (before the clock of
+epochs.csv starts), nor contention with other jobs on the node: measure the bench where the runs will run.
+This module reads CSVs only (pandas); it never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from workloads.spec import RunSpec, method_steps
+
+# Standard split sizes (paper Section IV; Fashion-MNIST as distributed).
+DATASET_SIZES: dict[str, tuple[int, int]] = {
+    "fashion_mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "restricted_imagenet": (257735, 10150),
+}
+BASES = ("train_step", "lower_bound")
+ESTIMATE_COLUMNS = (
+    "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
+    "basis", "device",
+)  # fmt: skip
+
+
+class EstimateError(ValueError):
+    """No usable bench data (or no trainable cell); the message is one line saying what is missing."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms
+
+
+def eval_epochs(epochs: int, every: int) -> int:
+    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30)."""
+    return epochs // every + (1 if epochs % every else 0)
+
+
+def split_sizes(dataset: str, train_subset: int | None = None, val_subset: int | None = None) -> tuple[int, int]:
+    """(N_train, N_val) of a dataset, reduced to the subsets when given."""
+    if dataset not in DATASET_SIZES:
+        raise EstimateError(f"unknown dataset {dataset!r}; known: {', '.join(DATASET_SIZES)}")
+    n_train, n_val = DATASET_SIZES[dataset]
+    return min(n_train, train_subset or n_train), min(n_val, val_subset or n_val)
+
+
+def batches_per_gpu(n: int, gpus: int, batch_per_gpu: int) -> int:
+    """Batches one rank runs per pass over n examples (DistributedSampler pads to ⌈n/G⌉ per rank)."""
+    return math.ceil(math.ceil(n / gpus) / batch_per_gpu)
+
+
+def total_time(
+    *,
+    epochs: int,
+    n_train: int,
+    n_val: int,
+    batch_per_gpu: int,
+    t_step: float,
+    t_eval: float,
+    eval_every: int,
+    gpus: int = 1,
+    eval_batch_per_gpu: int | None = None,
+    allreduce_s: float = 0.0,
+) -> float:
+    """Seconds for a whole run given per-batch costs (the bound of Fig. 1 middle/right)."""
+    eval_batch = eval_batch_per_gpu or batch_per_gpu
+    train = epochs * batches_per_gpu(n_train, gpus, batch_per_gpu) * (t_step + (allreduce_s if gpus > 1 else 0.0))
+    evaluation = eval_epochs(epochs, eval_every) * batches_per_gpu(n_val, gpus, eval_batch) * t_eval
+    return train + evaluation
+
+
+def interpolate(points: Mapping[int, float], b: float) -> tuple[float, bool]:
+    """t(b) from measured {batch_size: seconds}: log-log linear; returns (t, extrapolated)."""
+    if not points:
+        raise EstimateError("no measured batch sizes to interpolate from")
+    xs = sorted(points)
+    if b in points:
+        return float(points[b]), False  # type: ignore[index]
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(max(points[x], 1e-12)) for x in xs]
+    lb = math.log(b)
+    if len(xs) == 1:
+        return float(points[xs[0]]) * b / xs[0], True  # one point: assume time proportional to batch
+    if lb < lx[0] or lb > lx[-1]:
+        i = 0 if lb < lx[0] else len(xs) - 2  # the end segment on that side
+        slope = min(max((ly[i + 1] - ly[i]) / (lx[i + 1] - lx[i]), 0.0), 1.0)
+        end = 0 if lb < lx[0] else len(xs) - 1  # continue from the measured end point
+        return math.exp(ly[end] + slope * (lb - lx[end])), True
+    i = max(j for j in range(len(xs) - 1) if lx[j] <= lb)
+    frac = (lb - lx[i]) / (lx[i + 1] - lx[i])
+    return math.exp(ly[i] + frac * (ly[i + 1] - ly[i])), False
+
+
+# ---------------------------------------------------------------------------------------------
+# Bench data
+
+
+def read_bench(source: Path) -> pd.DataFrame:
+    """bench.csv rows from a file or an experiment folder (collected first when it holds run directories)."""
+    source = Path(source).expanduser()
+    path = source / "bench.csv" if source.is_dir() else source
+    if source.is_dir() and (source / "runs").is_dir():  # run directories: refresh the CSVs, as report does
+        try:
+            from orchestrator.collect import collect
+        except ImportError as exc:
+            raise EstimateError(f"{source}: no bench.csv and orchestrator.collect is unavailable ({exc})") from exc
+        collect(source)
+    if not path.exists():
+        raise EstimateError(f"{path}: no such bench file (run a `kind: bench` grid on the target device first)")
+    df = pd.read_csv(path)
+    missing = {"device", "model", "dataset", "method", "attack_steps", "batch_size", "median_s"} - set(df.columns)
+    if missing:
+        raise EstimateError(f"{path}: bench.csv lacks columns {', '.join(sorted(missing))}")
+    if "what" not in df.columns:  # a file with only the design.md minimum: attack rows and the forward proxy
+        df["what"] = ["forward" if s == 0 else "pgd" for s in df["attack_steps"]]
+    return df
+
+
+Key = tuple[str, str, int, int]  # (what, method, attack_steps, attack_restarts)
+
+
+@dataclass
+class BenchCosts:
+    """Per-batch costs of one (device, model, dataset[, precision]) group of bench rows."""
+
+    rows: pd.DataFrame
+    device: str
+    # {key: {batch size: [median_s of each row]}}, built once: queries run in plain Python (report speed)
+    _times: dict[Key, dict[int, list[float]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        restarts = self.rows["attack_restarts"] if "attack_restarts" in self.rows.columns else [1] * len(self.rows)
+        self._times = {}
+        columns = (self.rows["what"], self.rows["method"], self.rows["attack_steps"], restarts)
+        for what, method, steps, r, b, t in zip(*columns, self.rows["batch_size"], self.rows["median_s"], strict=True):
+            key = (str(what), str(method), int(steps), 1 if pd.isna(r) else int(r))
+            self._times.setdefault(key, {}).setdefault(int(b), []).append(float(t))
+
+    def _curve(
+        self, what: str, method: str | None = None, steps: int | None = None, restarts: int | None = None
+    ) -> dict[int, float]:
+        """{batch size: seconds} over the matching rows; several rows per batch size (repeated bench runs):
+        the median of their medians."""
+        merged: dict[int, list[float]] = {}
+        for (w, m, k, r), by_batch in self._times.items():
+            if w == what and method in (None, m) and steps in (None, k) and restarts in (None, r):
+                for b, ts in by_batch.items():
+                    merged.setdefault(b, []).extend(ts)
+        return {b: statistics.median(ts) for b, ts in merged.items()}
+
+    def has(self, what: str, method: str | None = None) -> bool:
+        return bool(self._curve(what, method))
+
+    def forward(self, b: float) -> tuple[float, bool]:
+        curve = self._curve("forward")
+        if not curve:
+            raise EstimateError(f"bench data for {self.device} has no forward rows")
+        return interpolate(curve, b)
+
+    def pgd(self, steps: int, b: float, method: str | None = None) -> tuple[float, bool]:
+        """K-step PGD: this method's rows, else any rows with K steps, else scaled per pass from the largest K."""
+        if steps == 0:
+            return 0.0, False
+        for m in (method, None):
+            curve = self._curve("pgd", m, steps)
+            if curve:
+                return interpolate(curve, b)
+        measured = [k for (w, _, k, _) in self._times if w == "pgd"]
+        if not measured:
+            raise EstimateError(f"bench data for {self.device} has no pgd rows (needed for {steps}-step PGD)")
+        k = max(measured)  # most passes: per-pass cost least noisy
+        t, extra = interpolate(self._curve("pgd", None, k), b)
+        return t * steps / k, extra
+
+    def train_step(self, method: str, b: float) -> tuple[float, bool, str]:
+        """(seconds, extrapolated, basis) of one training step of `method`."""
+        curve = self._curve("train_step", method)
+        if curve:
+            return (*interpolate(curve, b), "train_step")
+        std = self._curve("train_step", "standard")
+        if not std:
+            raise EstimateError(
+                f"bench data for {self.device} has no train_step rows for {method} or standard "
+                f"(add them to bench.methods, or use basis lower_bound)"
+            )
+        t_std, e1 = interpolate(std, b)
+        t_pgd, e2 = self.pgd(method_steps(method)[1], b, method)
+        return t_std + t_pgd, e1 or e2, "pgd+standard"
+
+    def lower_bound_step(self, method: str, b: float) -> tuple[float, bool]:
+        """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training."""
+        steps = method_steps(method)[1]
+        return self.pgd(steps, b, method) if steps else self.forward(b)
+
+    def eval_batch(self, steps: int, restarts: int, b: float, basis: str) -> tuple[float, bool]:
+        """Validation cost of one batch: clean forward + PGD (measured as `what == eval` when available)."""
+        if basis == "train_step":
+            curve = self._curve("eval", None, steps, restarts)
+            if curve:
+                return interpolate(curve, b)
+        t_fwd, e1 = self.forward(b)
+        if steps == 0:
+            return t_fwd, e1
+        t_pgd, e2 = self.pgd(steps, b)
+        if basis == "lower_bound":
+            return t_fwd + t_pgd, e1 or e2
+        # clean + adversarial forward, and the per-restart scoring forward when restarts > 1
+        forwards = 2 + (restarts if restarts > 1 else 0)
+        return forwards * t_fwd + restarts * t_pgd, e1 or e2
+
+
+def select_costs(
+    bench: pd.DataFrame,
+    *,
+    model: str,
+    dataset: str,
+    device: str | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+) -> BenchCosts:
+    """The bench rows that match a cell; EstimateError (one line) when none or several devices match."""
+    sel = bench[(bench["model"] == model) & (bench["dataset"] == dataset)]
+    what = f"model {model}, dataset {dataset}"
+    if device is not None:
+        sel = sel[sel["device"].astype(str).str.contains(device, case=False, regex=False)]
+        what += f", device ~ {device!r}"
+    if precision is not None and "precision" in sel.columns:
+        sel = sel[sel["precision"].fillna("fp32") == precision]
+        what += f", precision {precision}"
+    if channels_last is not None and "channels_last" in sel.columns:
+        sel = sel[sel["channels_last"].astype(str).str.lower().isin(["true"] if channels_last else ["false", "nan"])]
+        what += f", channels_last {channels_last}"
+    if sel.empty:
+        have = sorted({f"{r.model}/{r.dataset} on {r.device}" for r in bench.itertuples()})
+        raise EstimateError(f"no bench data for {what}; bench has: {'; '.join(have) or 'nothing'}")
+    devices = sorted(sel["device"].astype(str).unique())
+    if len(devices) > 1:
+        raise EstimateError(f"bench data for {what} spans several devices ({'; '.join(devices)}); choose one")
+    return BenchCosts(sel.reset_index(drop=True), devices[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell prediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    extrapolated: bool
+    basis: str
+
+
+def predict(
+    costs: BenchCosts,
+    *,
+    method: str,
+    dataset: str,
+    epochs: int,
+    global_batch: int,
+    gpus: int = 1,
+    eval_every: int = 5,
+    eval_steps: int = 20,
+    eval_restarts: int = 1,
+    eval_batch_per_gpu: int | None = None,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    basis: str = "train_step",
+    allreduce_s: float = 0.0,
+) -> Prediction:
+    """Wall-clock of one run on `gpus` GPUs at a fixed global batch (per-GPU batch = global / gpus)."""
+    if basis not in BASES:
+        raise EstimateError(f"basis: expected one of {', '.join(BASES)}; got {basis!r}")
+    b = global_batch / gpus
+    if basis == "train_step":
+        t_step, e1, used = costs.train_step(method, b)
+    else:
+        (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
+    b_eval = eval_batch_per_gpu or b
+    t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis)
+    n_train, n_val = split_sizes(dataset, train_subset, val_subset)
+    seconds = total_time(
+        epochs=epochs,
+        n_train=n_train,
+        n_val=n_val,
+        batch_per_gpu=max(1, global_batch // gpus),
+        t_step=t_step,
+        t_eval=t_eval,
+        eval_every=eval_every,
+        gpus=gpus,
+        eval_batch_per_gpu=max(1, int(b_eval)),
+        allreduce_s=allreduce_s,
+    )
+    return Prediction(seconds, e1 or e2, used)
+
+
+def predict_spec(
+    costs: BenchCosts, spec: RunSpec, *, basis: str = "train_step", allreduce_s: float = 0.0
+) -> Prediction:
+    return predict(
+        costs,
+        method=spec.method,
+        dataset=spec.dataset,
+        epochs=spec.epochs,
+        global_batch=spec.global_batch_size,
+        gpus=spec.world_size,
+        eval_every=spec.eval.every,
+        eval_steps=spec.eval.steps,
+        eval_restarts=spec.eval.restarts,
+        eval_batch_per_gpu=spec.eval.batch_size,
+        train_subset=spec.train_subset,
+        val_subset=spec.val_subset,
+        basis=basis,
+        allreduce_s=allreduce_s,
+    )
+
+
+def estimate_cells(
+    cells: Iterable[RunSpec],
+    bench: pd.DataFrame,
+    *,
+    device: str | None = None,
+    basis: str = "train_step",
+    allreduce_s: float = 0.0,
+) -> pd.DataFrame:
+    rows = []
+    for spec in cells:
+        if spec.kind != "train":
+            continue
+        costs = select_costs(
+            bench,
+            model=spec.model,
+            dataset=spec.dataset,
+            device=device,
+            precision=spec.precision,
+            channels_last=spec.channels_last,
+        )
+        pred = predict_spec(costs, spec, basis=basis, allreduce_s=allreduce_s)
+        rows.append(
+            {
+                "run_id": spec.run_id,
+                "method": spec.method,
+                "gpus": spec.world_size,
+                "batch_per_gpu": spec.batch_per_rank,
+                "predicted_s": pred.seconds,
+                "predicted_hours": pred.seconds / 3600,
+                "gpu_hours": pred.seconds * spec.world_size / 3600,
+                "extrapolated": pred.extrapolated,
+                "basis": pred.basis,
+                "device": costs.device,
+            }
+        )
+    if not rows:
+        raise EstimateError("the grid has no train cells to estimate (estimate predicts kind: train grids)")
+    return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
+
+
+def estimate_grid(
+    grid_path: Path,
+    bench_source: Path,
+    *,
+    device: str | None = None,
+    basis: str = "train_step",
+    allreduce_s: float = 0.0,
+) -> pd.DataFrame:
+    """One row per train cell of a grid file (all its documents): predicted wall-clock from bench data
+    (a bench.csv or an experiment folder holding one); EstimateError when a cell has no matching bench data."""
+    from orchestrator.grid import load_grids  # lazy: the grid module pulls YAML parsing and profiles
+
+    cells = [cell for grid in load_grids(Path(grid_path)) for cell in grid.cells]  # every document's cells
+    bench = read_bench(Path(bench_source))
+    return estimate_cells(cells, bench, device=device, basis=basis, allreduce_s=allreduce_s)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def format_estimate(df: pd.DataFrame) -> str:
+    """A fixed-width table of the per-cell predictions and the total GPU-hours."""
+    header = ("run_id", "method", "gpus", "batch/gpu", "predicted", "GPU-hours", "basis")
+    body: list[Sequence[str]] = [
+        (
+            str(r.run_id) + (" *" if r.extrapolated else ""),
+            str(r.method),
+            str(r.gpus),
+            str(r.batch_per_gpu),
+            _duration(float(r.predicted_s)),
+            f"{float(r.gpu_hours):.3g}",
+            str(r.basis),
+        )
+        for r in df.itertuples()
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    devices = ", ".join(sorted(df["device"].astype(str).unique())) if len(df) else "-"
+    total = float(df["gpu_hours"].sum()) if len(df) else 0.0
+    lines.append(f"total: {total:.3g} GPU-hours over {len(df)} cells (bench device: {devices})")
+    if len(df) and df["extrapolated"].any():
+        lines.append("* extrapolated beyond the measured batch sizes (bench a wider batch range to confirm)")
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""Cost model: interpolation, the closed-form total, the multi-GPU form, and `estimate` on a grid file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import estimate
+from orchestrator.estimate import EstimateError, interpolate
+from workloads.rundir import write_csv_atomic
+
+# Synthetic per-batch costs with a closed form: one attack pass costs a + b B.
+A, B_COEF = 0.01, 0.002
+BATCHES = (16, 32, 64, 128, 256)
+
+
+def t_pass(b: float) -> float:
+    return A + B_COEF * b
+
+
+COSTS = {  # (what, method, steps) -> multiple of t_pass
+    ("pgd", "fast", 1): 1.0,
+    ("pgd", "pgd7", 7): 7.0,
+    ("forward", "standard", 0): 0.35,
+    ("eval", "eval", 20): 20.7,
+    ("train_step", "standard", 0): 1.1,
+    ("train_step", "fast", 1): 2.1,
+    ("train_step", "pgd7", 7): 8.1,
+}
+
+
+def bench_rows(device: str = "x86_64", model: str = "small_cnn", dataset: str = "cifar10") -> list[dict[str, object]]:
+    rows = []
+    for b in BATCHES:
+        for (what, method, steps), k in COSTS.items():
+            t = k * t_pass(b)
+            rows.append({"device": device, "model": model, "dataset": dataset, "method": method,
+                         "attack_steps": steps, "batch_size": b, "repeats": 5, "median_s": t, "p10_s": t,
+                         "p90_s": t, "what": what, "attack_restarts": 1, "precision": "fp32",
+                         "channels_last": False})  # fmt: skip
+    return rows
+
+
+@pytest.fixture
+def bench() -> pd.DataFrame:
+    return pd.DataFrame(bench_rows())
+
+
+def costs_of(bench: pd.DataFrame) -> estimate.BenchCosts:
+    return estimate.select_costs(bench, model="small_cnn", dataset="cifar10")
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpolation
+
+
+def test_interpolation_exact_on_measured_points() -> None:
+    points = {b: t_pass(b) for b in BATCHES}
+    for b in BATCHES:
+        assert interpolate(points, b) == (t_pass(b), False)
+
+
+def test_interpolation_between_points_is_log_log_linear() -> None:
+    # exact for a power law, whatever its exponent
+    power = {b: 0.003 * b**0.7 for b in BATCHES}
+    for b in (20, 48, 100, 200):
+        t, extra = interpolate(power, b)
+        assert t == pytest.approx(0.003 * b**0.7, rel=1e-12) and not extra
+    # close to, and bracketed by, an affine cost between its neighbours
+    affine = {b: t_pass(b) for b in BATCHES}
+    t, extra = interpolate(affine, 48)
+    assert not extra and t_pass(32) < t < t_pass(64)
+    assert t == pytest.approx(t_pass(48), rel=0.03)
+
+
+def test_extrapolation_is_flagged_and_slope_clamped() -> None:
+    power = {b: 0.003 * b**0.7 for b in BATCHES}
+    t, extra = interpolate(power, 512)
+    assert extra and t == pytest.approx(0.003 * 512**0.7, rel=1e-12)  # the end segment's slope continues
+    t, extra = interpolate(power, 4)
+    assert extra and t == pytest.approx(0.003 * 4**0.7, rel=1e-12)
+    # superlinear measured points: beyond them time grows at most proportionally (slope clamped to 1)
+    square = {8: 1.0, 16: 4.0}
+    t, extra = interpolate(square, 32)
+    assert extra and t == pytest.approx(8.0)
+    # a single point: proportional to the batch, flagged
+    assert interpolate({32: 2.0}, 64) == (4.0, True)
+    with pytest.raises(EstimateError):
+        interpolate({}, 8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The closed form
+
+
+def closed_form(method: str, *, epochs: int, global_batch: int, gpus: int, every: int, n_train: int, n_val: int,
+                allreduce: float = 0.0, eval_batch: int | None = None) -> float:  # fmt: skip
+    """The paper's bound written out independently of the module, for t(B) = k (a + b B)."""
+    b = global_batch // gpus
+    k_step = {"standard": 1.1, "fast": 2.1, "pgd7": 8.1}[method]
+    steps_per_epoch = math.ceil(math.ceil(n_train / gpus) / b)
+    eb = eval_batch or b
+    evals = math.ceil(epochs / every)  # every `every` epochs and the last
+    return epochs * steps_per_epoch * (k_step * t_pass(b) + (allreduce if gpus > 1 else 0)) + evals * math.ceil(
+        math.ceil(n_val / gpus) / eb
+    ) * 20.7 * t_pass(eb)
+
+
+@pytest.mark.parametrize("method", ["standard", "fast", "pgd7"])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_single_gpu_total_matches_closed_form(bench: pd.DataFrame, method: str, batch: int) -> None:
+    pred = estimate.predict(costs_of(bench), method=method, dataset="cifar10", epochs=150, global_batch=batch,
+                            gpus=1, eval_every=5, eval_steps=20)  # fmt: skip
+    expected = closed_form(method, epochs=150, global_batch=batch, gpus=1, every=5, n_train=50000, n_val=10000)
+    assert pred.seconds == pytest.approx(expected, rel=1e-12)
+    assert not pred.extrapolated and pred.basis == "train_step"
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4, 8, 16])
+def test_multi_gpu_form_at_fixed_global_batch(bench: pd.DataFrame, gpus: int) -> None:
+    pred = estimate.predict(costs_of(bench), method="pgd7", dataset="cifar10", epochs=12, global_batch=256,
+                            gpus=gpus, eval_every=5, allreduce_s=0.05)  # fmt: skip
+    expected = closed_form("pgd7", epochs=12, global_batch=256, gpus=gpus, every=5, n_train=50000, n_val=10000,
+                           allreduce=0.05)  # fmt: skip
+    assert pred.seconds == pytest.approx(expected, rel=1e-12)
+    assert not pred.extrapolated  # per-GPU batch 256/16 = 16 is still measured
+
+
+def test_more_gpus_is_faster_and_subsets_shrink_the_run(bench: pd.DataFrame) -> None:
+    c = costs_of(bench)
+    times = [estimate.predict(c, method="fast", dataset="cifar10", epochs=10, global_batch=256, gpus=g).seconds
+             for g in (1, 2, 4, 8)]  # fmt: skip
+    assert times == sorted(times, reverse=True)
+    full = estimate.predict(c, method="fast", dataset="cifar10", epochs=2, global_batch=64).seconds
+    sub = estimate.predict(c, method="fast", dataset="cifar10", epochs=2, global_batch=64, train_subset=5000,
+                           val_subset=1000).seconds  # fmt: skip
+    assert sub == pytest.approx(
+        closed_form("fast", epochs=2, global_batch=64, gpus=1, every=5, n_train=5000, n_val=1000), rel=1e-12
+    )
+    assert sub < full / 9
+
+
+def test_lower_bound_basis_is_the_papers_pgd_proxy(bench: pd.DataFrame) -> None:
+    c = costs_of(bench)
+    pred = estimate.predict(c, method="pgd7", dataset="cifar10", epochs=150, global_batch=128, basis="lower_bound")
+    # 150 epochs x 391 batches x 7-step PGD + 30 evaluations x 79 batches x (forward + 20-step PGD from 7-step rows)
+    t = t_pass(128)
+    assert pred.seconds == pytest.approx(150 * 391 * 7 * t + 30 * 79 * (0.35 * t + 20 * t), rel=1e-12)
+    std = estimate.predict(c, method="standard", dataset="cifar10", epochs=150, global_batch=128, basis="lower_bound")
+    assert std.seconds == pytest.approx(150 * 391 * 0.35 * t + 30 * 79 * (0.35 * t + 20 * t), rel=1e-12)
+    with pytest.raises(EstimateError, match="basis"):
+        estimate.predict(c, method="pgd7", dataset="cifar10", epochs=1, global_batch=128, basis="nonsense")
+
+
+def test_missing_train_step_falls_back_to_standard_plus_pgd(bench: pd.DataFrame) -> None:
+    no_pgd7_step = bench[~((bench["what"] == "train_step") & (bench["method"] == "pgd7"))]
+    c = costs_of(no_pgd7_step)
+    step, extra, basis = c.train_step("pgd7", 64)
+    assert basis == "pgd+standard" and not extra
+    assert step == pytest.approx((1.1 + 7.0) * t_pass(64))
+    # a step count without its own rows: scaled per pass from the largest K measured
+    assert c.pgd(10, 64)[0] == pytest.approx(10 * t_pass(64))
+
+
+def test_selection_errors_are_one_line(bench: pd.DataFrame) -> None:
+    with pytest.raises(EstimateError, match="no bench data for model resnet50, dataset cifar10") as info:
+        estimate.select_costs(bench, model="resnet50", dataset="cifar10")
+    assert "\n" not in str(info.value) and "small_cnn/cifar10 on x86_64" in str(info.value)
+    two = pd.concat([bench, pd.DataFrame(bench_rows(device="NVIDIA H100"))])
+    with pytest.raises(EstimateError, match="several devices"):
+        estimate.select_costs(two, model="small_cnn", dataset="cifar10")
+    assert estimate.select_costs(two, model="small_cnn", dataset="cifar10", device="h100").device == "NVIDIA H100"
+    with pytest.raises(EstimateError, match="precision bf16"):
+        estimate.select_costs(bench, model="small_cnn", dataset="cifar10", precision="bf16")
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate on a grid file
+
+
+GRID = """\
+name: tiny-train
+kind: train
+profile: generic
+executor: local
+defaults:
+  dataset: cifar10
+  model: small_cnn
+  epochs: 3
+  train_subset: 2000
+  val_subset: 400
+  global_batch_size: 64
+  eval: {every: 2, steps: 20}
+grid:
+  method: [standard, fast, pgd7]
+  shape:
+    - {nodes: 1, gpus_per_node: 1}
+    - {nodes: 1, gpus_per_node: 2}
+"""
+
+
+def test_estimate_grid_matches_closed_form(tmp_path: Path) -> None:
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    exp = tmp_path / "bench-exp"
+    rows = bench_rows()
+    write_csv_atomic(exp / "bench.csv", list(rows[0]), rows)
+    df = estimate.estimate_grid(grid, exp)  # an experiment folder holding bench.csv
+    assert list(df.columns) == list(estimate.ESTIMATE_COLUMNS)
+    assert len(df) == 6
+    for r in df.itertuples():
+        expected = closed_form(str(r.method), epochs=3, global_batch=64, gpus=int(r.gpus), every=2, n_train=2000,
+                               n_val=400)  # fmt: skip
+        assert r.predicted_s == pytest.approx(expected, rel=1e-12), r.run_id
+        assert r.gpu_hours == pytest.approx(expected * r.gpus / 3600, rel=1e-12)
+        assert r.batch_per_gpu == 64 // r.gpus
+        assert not r.extrapolated  # per-GPU batches 64 and 32 were both measured
+    text = estimate.format_estimate(df)
+    assert "total:" in text and f"{df['gpu_hours'].sum():.3g} GPU-hours over 6 cells" in text
+    assert estimate.estimate_grid(grid, exp / "bench.csv").equals(df)  # a bench.csv path works as well
+
+
+def test_estimate_grid_without_matching_bench(tmp_path: Path) -> None:
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID.replace("model: small_cnn", "model: resnet18_cifar"))
+    rows = bench_rows()
+    write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
+    with pytest.raises(EstimateError, match="no bench data for model resnet18_cifar, dataset cifar10"):
+        estimate.estimate_grid(grid, tmp_path / "bench.csv")
+    with pytest.raises(EstimateError, match="no such bench file"):
+        estimate.estimate_grid(grid, tmp_path / "missing.csv")
+
+
+def test_extrapolated_cells_are_marked(bench: pd.DataFrame) -> None:
+    from workloads.spec import from_dict
+
+    cells = [from_dict({"run_id": "big", "dataset": "cifar10", "model": "small_cnn", "method": "fast",
+                        "global_batch_size": 1024, "epochs": 1})]  # fmt: skip
+    df = estimate.estimate_cells(cells, bench)
+    assert bool(df["extrapolated"].iloc[0])
+    assert "big *" in estimate.format_estimate(df) and "extrapolated beyond" in estimate.format_estimate(df)

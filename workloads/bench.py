@@ -1,0 +1,202 @@
+"""kind: bench — per-batch costs for Fig. 1 (left) and the cost model of orchestrator.estimate.
+
+For every batch size in spec.bench.batch_sizes, on the job's device, with random inputs of the dataset's shape:
+- what=pgd: one K-step attack of each attacking method in spec.bench.methods (K forward + input-only backward
+  passes, `workloads.attacks.attack_from`, model in spec.attack.mode), as the paper's Fig. 1 left;
+- what=forward: one forward pass (eval mode, no grad): the paper's "No PGD" proxy;
+- what=eval: one validation batch as `workloads.train.evaluate` runs it (clean forward, the eval attack of
+  spec.eval with its restarts, adversarial forward);
+- what=train_step: one full training step of each method through `workloads.train.train_step` (attack +
+  forward + backward + SGD update). The optimizer runs with lr 0, which costs the same arithmetic but keeps
+  the weights fixed, so repeats time the same model and cannot diverge on random labels.
+Each is warmed up (spec.bench.warmup calls), then timed spec.bench.repeats times (CUDA: events after a
+synchronize; CPU: perf_counter); bench.csv holds the median and the 10th/90th percentiles.
+Only rank 0 measures (one device); other ranks return at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workloads import rundir, runinfo
+from workloads.attacks import attack_from, attack_mode
+from workloads.data import dataset_info
+from workloads.distributed import Dist
+from workloads.models import build_model
+from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
+from workloads.train import autocast, train_step
+
+BENCH_COLUMNS = (
+    "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",
+    "what", "attack_restarts", "precision", "channels_last", "threads", "warmup",
+)  # fmt: skip
+
+
+def device_name(dist: Dist) -> str:
+    """The naming of env.json (hence runs.csv's device column), so bench rows and runs compare equal."""
+    return runinfo._device_name(dist)
+
+
+def prime_cpu_allocator() -> None:
+    """Allocate and free one 16 MiB buffer, as the trainer's dataset loading does before its first step.
+
+    glibc serves allocations above its mmap threshold with fresh mmaps (page faults on every activation
+    tensor) until a large mmapped chunk is freed, which raises the threshold. A training process has always
+    passed that point; without it this bench measured CPU attack passes ~30 % slower than training runs them.
+    """
+    buffer = torch.ones(4 * 2**20)  # float32: 16 MiB, under glibc's 32 MiB cap for the dynamic threshold
+    del buffer
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Seconds per call of fn, after `warmup` untimed calls. CUDA: events, so queued work is counted."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        return times
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    p10, p50, p90 = np.percentile(np.asarray(times, dtype=np.float64), [10, 50, 90])
+    return {"median_s": float(p50), "p10_s": float(p10), "p90_s": float(p90)}
+
+
+def eval_batch(
+    model: nn.Module, x: Tensor, y: Tensor, attack: ResolvedAttack, restarts: int, gen: torch.Generator | None
+) -> Tensor:
+    """The body of workloads.train.evaluate for one batch (model in eval mode), without its data loader."""
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    if attack.steps and attack.eps > 0:
+        delta = attack_from(model, x, y, attack, restarts=restarts, generator=gen)
+        with torch.no_grad():
+            return (model(x + delta).argmax(1) == y).sum() + clean.sum()
+    return clean.sum()
+
+
+@dataclass
+class _Bench:
+    """What every measurement of one job shares: the model, its optimizer and the timing settings."""
+
+    spec: RunSpec
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    device: torch.device
+    amp: torch.dtype | None
+    gen: torch.Generator
+    common: dict[str, Any]
+
+    def measure(self, fn: Callable[[], Any], **fields: Any) -> dict[str, Any]:
+        times = time_calls(fn, self.device, self.spec.bench.repeats, self.spec.bench.warmup)
+        row = {**self.common, **fields, **summarize(times)}
+        print(f"bench {row['what']} {row['method']} b={row['batch_size']}: {row['median_s']:.4g} s", flush=True)
+        return row
+
+    def attack(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
+        def run() -> Tensor:
+            with autocast(self.device, self.amp), attack_mode(self.model, self.spec.attack.mode):
+                return attack_from(self.model, x, y, attack, generator=self.gen)
+
+        return self.measure(run, what="pgd", method=method, attack_steps=attack.steps, attack_restarts=1,
+                            batch_size=len(x))  # fmt: skip
+
+    def forward(self, x: Tensor) -> dict[str, Any]:
+        def run() -> Tensor:
+            with autocast(self.device, self.amp), torch.no_grad():
+                return self.model(x)
+
+        self.model.eval()
+        return self.measure(run, what="forward", method="standard", attack_steps=0, attack_restarts=1,
+                            batch_size=len(x))  # fmt: skip
+
+    def validation(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        attack, restarts = resolve_eval_attack(self.spec), self.spec.eval.restarts
+
+        def run() -> Tensor:
+            with autocast(self.device, self.amp):
+                return eval_batch(self.model, x, y, attack, restarts, self.gen)
+
+        self.model.eval()
+        return self.measure(run, what="eval", method="eval", attack_steps=attack.steps, attack_restarts=restarts,
+                            batch_size=len(x))  # fmt: skip
+
+    def train_step(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
+        def run() -> Tensor:
+            loss, _ = train_step(self.model, self.model, self.opt, x, y, attack, self.gen,
+                                 mode=self.spec.attack.mode, amp=self.amp)  # fmt: skip
+            return loss
+
+        self.model.train()
+        return self.measure(run, what="train_step", method=method, attack_steps=attack.steps, attack_restarts=1,
+                            batch_size=len(x))  # fmt: skip
+
+
+def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not dist.is_main:
+        return {"rank": dist.rank}  # one device measures; the others would only contend for the node
+    device = dist.device
+    memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer; warm-up absorbs the autotuning
+    else:
+        prime_cpu_allocator()
+    info = dataset_info(spec.dataset)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std)
+    model = model.to(device, memory_format=memory_format)
+    o = spec.optimizer
+    common = {
+        "device": device_name(dist),
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "repeats": spec.bench.repeats,
+        "precision": spec.precision,
+        "channels_last": spec.channels_last,
+        "threads": torch.get_num_threads(),
+        "warmup": spec.bench.warmup,
+    }
+    bench = _Bench(
+        spec=spec,
+        model=model,
+        opt=torch.optim.SGD(model.parameters(), lr=0.0, momentum=o.momentum, weight_decay=o.weight_decay),
+        device=device,
+        amp=torch.bfloat16 if spec.precision == "bf16" else None,
+        gen=torch.Generator(device).manual_seed(spec.seed),
+        common=common,
+    )
+    attacks = {m: resolve_attack(m, spec.attack) for m in spec.bench.methods}
+    rows: list[dict[str, Any]] = []
+    for b in spec.bench.batch_sizes:
+        cpu_gen = torch.Generator().manual_seed(spec.seed + b)
+        shape = (b, info.in_channels, info.image_size, info.image_size)
+        x = torch.rand(shape, generator=cpu_gen).to(device).contiguous(memory_format=memory_format)
+        y = torch.randint(0, info.num_classes, (b,), generator=cpu_gen).to(device)
+        rows += [bench.attack(x, y, m, a) for m, a in attacks.items() if a.steps]
+        rows.append(bench.forward(x))
+        rows.append(bench.validation(x, y))
+        rows += [bench.train_step(x, y, m, a) for m, a in attacks.items()]
+    rundir.write_csv_atomic(run_dir / rundir.BENCH, BENCH_COLUMNS, rows)
+    return {"bench_csv": rundir.BENCH, "rows": len(rows), "device": common["device"]}
