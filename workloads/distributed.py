@@ -6,7 +6,7 @@ One process ("rank") per GPU, or per CPU slot on CPU-only nodes. Rank 0 is the o
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None  # None: no process group (single process)
     source: str = "single"  # torchrun | submitit | single: where rank/world came from
 

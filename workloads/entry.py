@@ -36,11 +36,13 @@ def error_path(run_dir: Path, rank: int) -> Path:
     return run_dir / (rundir.ERROR if rank == 0 else f"error-rank{rank}.txt")
 
 
-def run(spec_path: str | Path) -> dict[str, Any]:
+def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str, Any]:
+    """Run the job described by RUN_DIR/spec.json in RUN_DIR; returns the workload's result dict.
+    `dist` None: detect the process layout (torchrun env, submitit/Slurm job, else a single process)."""
     spec_path = Path(spec_path).resolve()
     spec = from_dict(rundir.read_json(spec_path))
     run_dir = spec_path.parent
-    dist = distributed.setup(spec)
+    dist = dist or distributed.setup(spec)
     try:
         if dist.is_main:  # stale markers of an earlier attempt (a resubmission extends or retries the run)
             for name in (rundir.RESULT, rundir.ERROR):

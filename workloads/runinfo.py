@@ -35,6 +35,12 @@ def _git_commit() -> str | None:
 def _device_name(dist: Dist) -> str:
     if dist.device.type == "cuda":
         return torch.cuda.get_device_name(dist.device)
+    try:  # the CPU model, e.g. "AMD EPYC 9R14 96-Core Processor"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
