@@ -30,11 +30,23 @@ EPOCH_COLUMNS = (
 )  # fmt: skip
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace; the file gets the usual 0666 & ~umask mode
+    (mkstemp's 0600 would hide results from the rest of a group on a shared cluster filesystem)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
