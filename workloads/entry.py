@@ -1,7 +1,8 @@
 """The job entry point: one RunSpec (a run directory's spec.json) -> the workload of its kind.
 
-Submitit calls `run(spec_path)` (or `Job()(spec_path)`, which requeues itself on preemption/timeout and
-resumes from checkpoint-last.pt) once per task; torchrun/srun can run `python -m workloads.entry SPEC_JSON`.
+Every task (rank) calls `run(spec_path)`: under Slurm through orchestrator.job.CellJob (which requeues on
+preemption/timeout; the next attempt resumes from checkpoint-last.pt); torchrun/srun can run
+`python -m workloads.entry SPEC_JSON`.
 Rank 0 writes env.json first and result.json last (its presence means the run finished); a failure
 writes error.txt (rank 0) or error-rank{r}.txt (other ranks) with the traceback and re-raises.
 """
@@ -15,8 +16,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import submitit
 
 from workloads import distributed, rundir, runinfo
 from workloads.spec import RunSpec, from_dict
@@ -62,13 +61,6 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
         raise
     finally:
         distributed.cleanup()
-
-
-class Job(submitit.helpers.Checkpointable):
-    """Callable for submitit: on timeout/preemption submitit requeues the same call, which resumes."""
-
-    def __call__(self, spec_path: str) -> dict[str, Any]:
-        return run(spec_path)
 
 
 def cli(argv: list[str] | None = None) -> None:
