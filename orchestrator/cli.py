@@ -4,7 +4,8 @@
     orchestrate status [EXPERIMENT|GRID.yaml]
     orchestrate collect EXPERIMENT
     orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]]
-    orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT
+    orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
+                         [--allreduce-s S]
     orchestrate cancel EXPERIMENT
 
 EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
@@ -17,10 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import launch, manifest
+from orchestrator import launch
 from orchestrator import state as cell_state
 
 EXIT_FAILED_CELLS = 1
@@ -69,30 +70,45 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(launch.dry_run(args.grid, root, args.executor, args.only_missing))
         return 0
-    result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll)
+    result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll, bar=sys.stderr.isatty())
     n = len(result.job_ids)
-    print(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
+    say = result.local.write if result.local else print
+    say(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
     if not args.wait:
+        if result.local is not None:
+            result.local.close()
+            if result.local.running:
+                print(f"{result.local.running[1]} still runs here; follow it with `orchestrate status`")
         return 0
-    cells = {p.exp_dir: [c.run_id for c in p.grid.cells] for p in result.plans}
-    for p in result.plans:  # several documents may share an experiment
-        cells[p.exp_dir] = sorted({*cells[p.exp_dir], *(c.run_id for c in p.grid.cells)})
-    return _wait(cells, args.poll)
+    return _wait(result, args.poll)
 
 
-def _wait(cells: dict[Path, list[str]], poll_s: float) -> int:
+def _wait(result: launch.SubmitResult, poll_s: float) -> int:
+    """Local cells: the progress submit showed, until the last one ends; Slurm cells: a bar of cells done."""
     from tqdm import tqdm
 
-    total = sum(len(v) for v in cells.values())
-    with tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr) as bar:
-
-        def progress(done: int, _total: int) -> None:
-            bar.update(done - bar.n)
-
-        all_finished = launch.wait_for_cells(cells, poll_s, progress)
-    for exp_dir, ids in cells.items():
-        print(cell_state.format_table(cell_state.poll(exp_dir, ids)))
+    if result.local is not None:
+        result.local.wait()
+        result.local.close()
+    slurm = _plan_cells(p for p in result.plans if p.grid.executor == "slurm")
+    if slurm:
+        total = sum(len(v) for v in slurm.values())
+        with tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr) as bar:
+            launch.wait_for_cells(slurm, poll_s, lambda done, _total: bar.update(done - bar.n))
+    all_finished = True
+    for exp_dir, ids in _plan_cells(result.plans).items():
+        cells = cell_state.poll(exp_dir, ids)
+        all_finished &= all(c.state == "finished" for c in cells)
+        print(cell_state.format_table(cells))
     return 0 if all_finished else EXIT_FAILED_CELLS
+
+
+def _plan_cells(plans: Iterable[launch.Plan]) -> dict[Path, list[str]]:
+    """Every cell of the plans' documents by experiment folder (several documents may share one)."""
+    cells: dict[Path, set[str]] = {}
+    for p in plans:
+        cells.setdefault(p.exp_dir, set()).update(c.run_id for c in p.grid.cells)
+    return {exp_dir: sorted(ids) for exp_dir, ids in cells.items()}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -123,12 +139,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.collect import collect
-    from orchestrator.report import build_report
+    from orchestrator.report import build_report  # collects first when the folder holds run directories
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
-    if (exp_dir / manifest.RUNS).is_dir():
-        collect(exp_dir)
     print(build_report(exp_dir, baseline=args.baseline))
     return 0
 
@@ -142,7 +155,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if not (root / args.bench).is_dir():
             raise UserError(f"--bench: {args.bench!r} is neither a bench.csv file nor an experiment under {root}")
         bench = root / args.bench
-    print(format_estimate(estimate_grid(Path(args.grid), bench)))
+    df = estimate_grid(Path(args.grid), bench, device=args.device, basis=args.basis, allreduce_s=args.allreduce_s)
+    print(format_estimate(df))
     return 0
 
 
@@ -190,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", parents=[common], help="predicted wall-clock per cell from bench data")
     p.add_argument("grid", metavar="GRID.yaml")
     p.add_argument("--bench", required=True, metavar="BENCH_CSV|EXPERIMENT", help="bench.csv or a bench experiment")
+    p.add_argument("--device", help="use the bench rows whose device contains this text (several devices benched)")
+    p.add_argument(
+        "--basis",
+        default="train_step",
+        metavar="train_step|lower_bound",
+        help="cost per batch: the measured training step (default) or the paper's lower bound from PGD/forward alone",
+    )
+    p.add_argument(
+        "--allreduce-s", type=float, default=0.0, metavar="S", help="all-reduce seconds added per step on >1 GPU"
+    )
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("cancel", parents=[common], help="cancel every running/pending cell of an experiment")

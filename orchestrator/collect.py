@@ -1,7 +1,13 @@
-"""Run directories (+ scheduler state) -> results/<experiment>/{runs,epochs,bench,robustness}.csv.
+"""Run directories (+ scheduler state) -> results/<experiment>/{runs,epochs,bench,robustness,features}.csv.
 
 Rows are sorted and every value is formatted deterministically, so collecting twice gives byte-identical files
-(as long as no cell changed state in between). Files are written atomically.
+(as long as no cell changed state in between). Files are written atomically. Only the CSV/JSON files of a run
+directory are read (never its checkpoints), so a copy without the .pt files collects the same.
+
+runs.csv has one row per cell of every kind. The training settings (method, attack_*, eval_*) are filled for
+train cells only: a bench cell times several methods, an evaluate cell's model is named by robustness.csv's
+run_id and method columns, a visualize cell compares several runs (features.csv names them); RunSpec's defaults
+would only mislead there.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ RUNS_CSV = "runs.csv"
 EPOCHS_CSV = "epochs.csv"
 BENCH_CSV = "bench.csv"
 ROBUSTNESS_CSV = "robustness.csv"
+FEATURES_CSV = "features.csv"  # the visualize workload's (workloads.features.FEATURES_CSV)
 
 RUN_COLUMNS = (
     # design.md's columns, in its order
@@ -27,7 +34,7 @@ RUN_COLUMNS = (
     "elapsed_s_last", "best_epoch", "elapsed_s_best", "best_adv_acc", "last_clean_acc", "last_adv_acc", "device",
     # extras
     "batch_per_rank", "precision", "seed", "train_subset", "val_subset", "last_epoch", "best_clean_acc",
-    "best_metric", "attempts",
+    "best_metric", "attempts", "eval_every", "eval_steps", "eval_restarts", "eval_batch_size",
 )  # fmt: skip
 
 
@@ -57,17 +64,18 @@ def run_row(spec: RunSpec, status: cell_state.CellStatus, rows: list[dict[str, s
     metric = "clean_acc" if attack.steps == 0 else "adv_acc"
     best = _best_row(rows, metric)
     last = rows[-1] if rows else {}
+    train = spec.kind == "train"  # the training settings mean nothing for other kinds (module docstring)
     return {
         "run_id": spec.run_id,
         "experiment": spec.experiment,
         "kind": spec.kind,
         "dataset": spec.dataset,
         "model": spec.model,
-        "method": spec.method,
-        "attack_norm": attack.norm,
-        "attack_eps": attack.eps,
-        "attack_steps": attack.steps,
-        "attack_alpha": round(attack.alpha, 10),
+        "method": spec.method if train else None,
+        "attack_norm": attack.norm if train else None,
+        "attack_eps": attack.eps if train else None,
+        "attack_steps": attack.steps if train else None,
+        "attack_alpha": round(attack.alpha, 10) if train else None,
         "nodes": spec.shape.nodes,
         "gpus_per_node": spec.shape.gpus_per_node,
         "world_size": spec.world_size,
@@ -89,13 +97,20 @@ def run_row(spec: RunSpec, status: cell_state.CellStatus, rows: list[dict[str, s
         "val_subset": spec.val_subset,
         "last_epoch": last.get("epoch"),
         "best_clean_acc": best.get("clean_acc") if best else None,
-        "best_metric": metric if spec.kind == "train" else None,
+        "best_metric": metric if train else None,
         "attempts": status.attempts,
+        "eval_every": spec.eval.every if train else None,
+        "eval_steps": spec.eval.steps if train else None,
+        "eval_restarts": spec.eval.restarts if train else None,
+        "eval_batch_size": (spec.eval.batch_size or spec.batch_per_rank) if train else None,  # per rank, as train
     }
 
 
-def _concat(run_dirs: Iterable[tuple[str, Path]], name: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of `name` from every run directory (run_id first; columns in order of first appearance)."""
+def _concat(
+    run_dirs: Iterable[tuple[str, Path]], name: str, origin: str | None = None
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of `name` from every run directory (run_id first; columns in order of first appearance), plus the
+    directory's run_id as column `origin` when given (the file's run_id names another run)."""
     columns: list[str] = ["run_id"]
     rows: list[dict[str, str]] = []
     for run_id, rd in run_dirs:
@@ -104,12 +119,13 @@ def _concat(run_dirs: Iterable[tuple[str, Path]], name: str) -> tuple[list[str],
             continue
         for row in rundir.read_csv(path):
             columns += [c for c in row if c not in columns]
-            rows.append({**row, "run_id": row.get("run_id") or run_id})
-    return columns, rows
+            rows.append({**row, "run_id": row.get("run_id") or run_id, **({origin: run_id} if origin else {})})
+    return columns + ([origin] if origin else []), rows
 
 
 def collect(exp_dir: Path) -> dict[str, Path]:
-    """Write runs.csv and epochs.csv (+ bench.csv, robustness.csv when run directories hold them)."""
+    """Write runs.csv and epochs.csv (+ bench.csv, robustness.csv, features.csv when run directories hold them;
+    features.csv gets a visualize_run column: the visualize cell whose run directory holds fig3-5)."""
     exp_dir = Path(exp_dir)
     statuses = {s.run_id: s for s in cell_state.poll(exp_dir)}
     runs_dir = exp_dir / "runs"
@@ -130,8 +146,12 @@ def collect(exp_dir: Path) -> dict[str, Path]:
     epoch_columns = list(rundir.EPOCH_COLUMNS)
     epoch_columns += sorted({c for r in epoch_rows for c in r} - set(epoch_columns))
     rundir.write_csv_atomic(written["epochs"], epoch_columns, epoch_rows)
-    for key, name in (("bench", BENCH_CSV), ("robustness", ROBUSTNESS_CSV)):
-        columns, rows = _concat(run_dirs, name)
+    for key, name, origin in (
+        ("bench", BENCH_CSV, None),
+        ("robustness", ROBUSTNESS_CSV, None),
+        ("features", FEATURES_CSV, "visualize_run"),
+    ):
+        columns, rows = _concat(run_dirs, name, origin)
         if rows:
             written[key] = exp_dir / name
             rundir.write_csv_atomic(written[key], columns, rows)

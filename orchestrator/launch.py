@@ -7,7 +7,8 @@ Rules of a (re)submission, checked for every cell of every document before anyth
 - missing cells (never submitted, or unknown to the scheduler) are submitted.
 Documents are submitted in file order. Slurm: an evaluate/visualize document waits for the jobs of the documents
 before it (`--dependency=afterany:...`). Local executor: cells run one at a time on this machine (concurrent cells
-would distort each other's timings), so everything before a document has ended when it starts.
+would distort each other's timings), so everything before a document has ended when it starts; LocalProgress shows
+them while they run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,12 +62,72 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)  # run_id -> why
 
 
+class LocalProgress:
+    """Local cells, which run one at a time: a tqdm bar over them (position = cells ended) with the running cell's
+    run_id and epochs (epochs.csv vs spec.epochs) as postfix, and one line per ended cell. Without a bar (stderr
+    not a terminal) a line per completed epoch stands in for the postfix, so logs get no bar redraws."""
+
+    def __init__(self, total: int, log: Callable[[str], None] = print, bar: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.log = log
+        self.bar = tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr, disable=not bar)
+        self.running: tuple[Path, str, float] | None = None  # experiment folder, run_id, start (monotonic)
+        self.shown = ""  # the running cell's progress as last shown
+
+    def write(self, line: str) -> None:
+        """A line that leaves the bar intact."""
+        if self.bar.disable:
+            self.log(line)
+        else:
+            self.bar.write(line, file=sys.stdout)
+
+    def start(self, exp_dir: Path, run_id: str) -> None:
+        self.running, self.shown = (exp_dir, run_id, time.monotonic()), run_id
+        self.bar.set_postfix_str(run_id)  # a no-op without a bar (the "submitted" line names it)
+
+    def _show(self, text: str) -> None:
+        if text != self.shown:
+            self.shown = text
+            if self.bar.disable:
+                self.write(text)
+            else:
+                self.bar.set_postfix_str(text)
+
+    def wait(self, poll_s: float = 1.0) -> bool:
+        """Until the running cell has ended (a pid check is cheap: poll each second); True when it finished."""
+        if self.running is None:
+            return True
+        exp_dir, run_id, t0 = self.running
+        while True:
+            (cell,) = cell_state.poll(exp_dir, [run_id])
+            if cell.state in cell_state.TERMINAL or cell.state == "missing":
+                break
+            if cell.epochs is not None:
+                self._show(f"{run_id} epoch {cell.epoch or 0}/{cell.epochs}")
+            time.sleep(poll_s)
+        if cell.state == "finished":
+            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s")
+        else:
+            error = manifest.run_dir(exp_dir, run_id) / rundir.ERROR
+            where = error if error.exists() else exp_dir / manifest.SUBMITIT
+            self.write(f"{run_id} {cell.state}: see {where}")
+        self.bar.update(1)
+        self.bar.set_postfix_str("")
+        self.running = None
+        return cell.state == "finished"
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass
 class SubmitResult:
     plans: list[Plan]
     job_ids: dict[str, str] = field(default_factory=dict)  # "<experiment>/<run_id>" -> job id
     arrays: list[str] = field(default_factory=list)  # one line per submitted array
     seconds: float = 0.0
+    local: LocalProgress | None = None  # local cells: the last one may still run when submit returns
 
 
 def results_root(cli_value: str | Path | None = None) -> Path:
@@ -246,12 +308,14 @@ def submit(
     log: Callable[[str], None] = print,
     poll_s: float = 5.0,
     job: Callable[[str], Any] | None = None,
+    bar: bool = False,
 ) -> SubmitResult:
     """Validate, plan and submit every document of a grid file (raises GridError / LaunchError untouched).
 
     Slurm: one array per resource shape, submitted at once; evaluate/visualize documents depend on the earlier
     documents' jobs (afterany). Local executor: one cell at a time (cells sharing one machine would distort each
-    other's timings), so this call returns when the last cell has started.
+    other's timings), so this call returns when the last cell has started; result.local shows them as they run
+    (a tqdm bar on stderr when `bar`, else plain lines through `log`) and waits for the last one.
     `job` is what each cell runs, called with the path of its spec.json in every task (default: CellJob(), the
     real workload; tests pass a trivial one). It must be importable by the job's Python (pickled by reference).
     """
@@ -260,7 +324,10 @@ def submit(
     grids = load_grids(grid_path, executor)
     plans = plan(grids, root, only_missing)
     result = SubmitResult(plans)
-    local_started: dict[Path, list[str]] = {}  # local cells submitted so far, by experiment
+    n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
+    if n_local:
+        result.local = LocalProgress(n_local, log, bar)
+        log = result.local.write
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):
             log(f"skip {p.grid.name}/{run_id}: {why}")
@@ -279,11 +346,9 @@ def submit(
                 for group in groups:
                     if not group:
                         continue
-                    if p.grid.executor == "local" and local_started:  # a pid check is cheap: poll each second
-                        wait_for_cells(local_started, 1.0, lambda done, total: None)
+                    if result.local is not None and p.grid.executor == "local":
+                        result.local.wait()  # the previous local cell
                     ids = _submit_array(p, array_name, group, dependency, entries, job)
-                    if p.grid.executor == "local":
-                        local_started.setdefault(p.exp_dir, []).extend(ids)
                     result.job_ids.update({f"{p.grid.name}/{r}": j for r, j in ids.items()})
                     first = next(iter(ids.values())).split("_")[0]
                     after = f" after {','.join(dependency)}" if dependency else ""
@@ -292,6 +357,8 @@ def submit(
                         f"{p.grid.name} [{p.grid.kind}] {array_name}: {what} as {p.grid.executor} job {first}{after}"
                     )
                     log(f"submitted {result.arrays[-1]}")
+                    if result.local is not None and p.grid.executor == "local":
+                        result.local.start(p.exp_dir, group[0].run_id)
     result.seconds = time.perf_counter() - t0
     return result
 

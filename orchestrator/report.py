@@ -1,6 +1,7 @@
 """`orchestrate report EXP`: the experiment's CSVs -> Table I (csv/md/tex), Fig. 1, Fig. 2 and report.md.
 
-Reads only CSVs (runs.csv, epochs.csv, bench.csv, robustness.csv); when the experiment folder holds run
+Reads only CSVs (runs.csv, epochs.csv, bench.csv, robustness.csv, features.csv; report.md links the visualize
+runs' fig3-5.png where their run directories hold them); when the experiment folder holds run
 directories, `orchestrator.collect.collect` refreshes the CSVs first, so a folder of CSVs copied from a
 cluster works as well. Table outputs are deterministic: the same CSVs give byte-identical table1.csv/.md/.tex.
 
@@ -27,6 +28,13 @@ from workloads.rundir import write_csv_atomic, write_text_atomic
 from workloads.spec import DATASETS, method_steps
 
 RUNS, EPOCHS, BENCH, ROBUSTNESS = "runs.csv", "epochs.csv", "bench.csv", "robustness.csv"
+FEATURES = "features.csv"
+FEATURE_TABLE_COLUMNS = ("run_id", "method", "vis_hf_share", "large_hf_share", "target_other_mean", "robust_acc")
+FEATURE_FIGURES = (
+    ("fig3", "Fig. 3: feature visualisation"),
+    ("fig4", "Fig. 4: representation interpolation"),
+    ("fig5", "Fig. 5: large targeted perturbations"),
+)
 TABLE1_COLUMNS = (
     "dataset", "approach", "gpus", "last_hours", "last_relative", "best_hours", "best_relative",
     "method", "runs", "state", "baseline", "last_hours_partial", "last_relative_partial",
@@ -87,6 +95,7 @@ class Tables:
     runs: pd.DataFrame | None
     bench: pd.DataFrame | None
     robustness: pd.DataFrame | None
+    features: pd.DataFrame | None = None
     _epochs_done: dict[str, int] | None = field(default=None, repr=False)
 
     def epochs_done(self) -> dict[str, int]:
@@ -120,7 +129,9 @@ def load_tables(exp_dir: Path) -> Tables:
             msg = f"{exp_dir}: has run directories but orchestrator.collect is unavailable ({exc})"
             raise ReportError(msg) from exc
         collect(exp_dir)
-    tables = Tables(exp_dir, _read(exp_dir / RUNS), _read(exp_dir / BENCH), _read(exp_dir / ROBUSTNESS))
+    tables = Tables(
+        exp_dir, _read(exp_dir / RUNS), _read(exp_dir / BENCH), _read(exp_dir / ROBUSTNESS), _read(exp_dir / FEATURES)
+    )
     if tables.runs is None and tables.bench is None and tables.robustness is None:
         raise ReportError(f"{exp_dir}: no runs.csv, bench.csv or robustness.csv (nothing to report)")
     return tables
@@ -413,10 +424,15 @@ def table1_latex(table: Table) -> str:
 # report.md
 
 
-def _values(df: pd.DataFrame, column: str) -> str:
+def _text(value: object) -> str:
+    """A CSV value as written: pandas reads an integer column with empty cells as floats (10000 -> 10000.0)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _values(df: pd.DataFrame, column: str, integer: bool = False) -> str:
     if column not in df.columns:
         return ""
-    vals = sorted({str(v) for v in df[column].dropna()}, key=lambda v: (len(v), v))
+    vals = sorted({(_text if integer else str)(v) for v in df[column].dropna()}, key=lambda v: (len(v), v))
     return ", ".join(vals)
 
 
@@ -430,8 +446,9 @@ def settings_lines(tables: Tables) -> list[str]:
         ("val subset", "val_subset"), ("eval every", "eval_every"), ("eval steps", "eval_steps"),
         ("precision", "precision"),
     ]  # fmt: skip
+    integers = {"epochs", "global_batch_size", "world_size", "train_subset", "val_subset", "eval_every", "eval_steps"}
     for label, column in fields:
-        vals = _values(runs, column)
+        vals = _values(runs, column, integer=column in integers)
         if vals:
             lines.append(f"- {label}: {vals}")
     if tables.bench is not None:
@@ -543,10 +560,45 @@ def report_markdown(tables: Tables, table_md: str, cells: Sequence[Cell], figure
             "One line per evaluated run; the dotted line marks the training ε.",
             "",
         ]
+    lines += feature_lines(tables)
     found = findings(cells, tables)
     if found:
         lines += ["## Findings", "", " ".join(found), ""]
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    number = _num(value)
+    if number is not None:
+        return f"{number:.3f}"
+    return "" if pd.isna(value) else str(value)
+
+
+def feature_lines(tables: Tables) -> list[str]:
+    """Figs. 3-5: each visualize run's figures (relative links into its run directory, where it holds them) and
+    features.csv's key columns."""
+    df = tables.features
+    if df is None or df.empty:
+        return []
+    lines = ["## Figs. 3-5: what the features have learned", ""]
+    vis_runs = sorted(set(df["visualize_run"].dropna().astype(str))) if "visualize_run" in df.columns else []
+    for vis_run in vis_runs:
+        for stem, title in FEATURE_FIGURES:
+            if (tables.exp_dir / "runs" / vis_run / f"{stem}.png").exists():
+                lines += [f"![{title}](../runs/{vis_run}/{stem}.png)", ""]
+    columns = [c for c in FEATURE_TABLE_COLUMNS if c in df.columns]
+    numeric = [c not in ("run_id", "method") for c in columns]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "".join("---:|" if n else "---|" for n in numeric)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for _, row in df[columns].iterrows()]
+    lines += [
+        "",
+        "One row per model (features.csv has every column). vis_hf_share / large_hf_share: share of the "
+        "spectral energy above half the Nyquist frequency in the Fig. 3 visualisations / Fig. 5 perturbations; "
+        "target_other_mean: share of one model's large targeted perturbations that the other models also "
+        "classify as the target; robust_acc: PGD accuracy on the same validation examples.",
+        "",
+    ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,13 +55,22 @@ def build(tmp_path: Path) -> Path:
         ["run_id", "eps", "adv_acc"],
         [{"run_id": "fast-run", "eps": e, "adv_acc": 0.5 - e / 4} for e in (0.0, 0.5)],
     )
+    vis = make_run(exp, spec("standard", "vis-run", kind="visualize", gpus=1), [])
+    rundir.write_csv_atomic(  # one row per visualised model, named by ITS run_id
+        vis / "features.csv",
+        ["run_id", "method", "vis_hf_share"],
+        [
+            {"run_id": r, "method": m, "vis_hf_share": h}
+            for r, m, h in (("std-run", "standard", 0.7), ("fast-run", "fast", 0.4))
+        ],
+    )
     return exp
 
 
 def test_runs_csv_columns_and_values(tmp_path: Path) -> None:
     exp = build(tmp_path)
     paths = collect.collect(exp)
-    assert set(paths) == {"runs", "epochs", "bench", "robustness"}
+    assert set(paths) == {"runs", "epochs", "bench", "robustness", "features"}
     header = paths["runs"].read_text().splitlines()[0].split(",")
     assert header[: len(DESIGN_RUN_COLUMNS)] == DESIGN_RUN_COLUMNS
     assert "batch_per_rank" in header
@@ -77,6 +86,12 @@ def test_runs_csv_columns_and_values(tmp_path: Path) -> None:
     std = runs["std-run"]  # standard training: best by clean accuracy
     assert (std["state"], std["best_epoch"], std["best_metric"]) == ("failed", "1", "clean_acc")
     assert std["attack_steps"] == "0"
+    # the validation attack (Fig. 1's cost model reads it); eval batch: the per-rank train batch when unset
+    assert [fast[c] for c in ("eval_every", "eval_steps", "eval_restarts", "eval_batch_size")] == ["5", "20", "1", "32"]
+    # other kinds: no training settings (RunSpec's defaults would claim method "standard" for every one)
+    training = ("method", "attack_norm", "attack_eps", "attack_steps", "attack_alpha", "eval_every", "eval_batch_size")
+    for run_id in ("bench-run", "eval-fast-run", "vis-run"):
+        assert runs[run_id]["kind"] != "train" and all(runs[run_id][c] == "" for c in training), runs[run_id]
 
 
 def test_epochs_bench_robustness(tmp_path: Path) -> None:
@@ -89,6 +104,20 @@ def test_epochs_bench_robustness(tmp_path: Path) -> None:
     assert [(r["run_id"], r["method"]) for r in bench] == [("bench-run", "fast"), ("bench-run", "pgd7")]
     robustness = rundir.read_csv(paths["robustness"])
     assert [r["run_id"] for r in robustness] == ["fast-run", "fast-run"]  # the evaluated run, as the file says
+    features = rundir.read_csv(paths["features"])
+    assert [(r["run_id"], r["method"], r["visualize_run"]) for r in features] == [
+        ("std-run", "standard", "vis-run"), ("fast-run", "fast", "vis-run"),
+    ]  # fmt: skip
+
+
+def test_collect_needs_no_checkpoints(tmp_path: Path) -> None:
+    """A committed reference run keeps its CSV/JSON files only: collect never opens a .pt file."""
+    exp = build(tmp_path)
+    rd = manifest.run_dir(exp, "fast-run")
+    (rd / "checkpoint-best.pt").write_bytes(b"not a checkpoint")
+    with_pt = {k: p.read_bytes() for k, p in collect.collect(exp).items()}
+    (rd / "checkpoint-best.pt").unlink()
+    assert {k: p.read_bytes() for k, p in collect.collect(exp).items()} == with_pt
 
 
 def test_collect_twice_is_byte_identical_and_atomic(tmp_path: Path) -> None:

@@ -242,3 +242,22 @@ def test_extrapolated_cells_are_marked(bench: pd.DataFrame) -> None:
     df = estimate.estimate_cells(cells, bench)
     assert bool(df["extrapolated"].iloc[0])
     assert "big *" in estimate.format_estimate(df) and "extrapolated beyond" in estimate.format_estimate(df)
+
+
+def test_cli_estimate_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator import cli
+
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(GRID)
+    rows = bench_rows() + bench_rows(device="other")
+    write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
+    base = ["estimate", str(grid), "--bench", str(tmp_path / "bench.csv")]
+    assert cli.main(base) == 2  # two devices benched: the user must choose
+    assert "spans several devices" in capsys.readouterr().err
+    assert cli.main([*base, "--device", "x86", "--basis", "lower_bound", "--allreduce-s", "0.5"]) == 0
+    out = capsys.readouterr().out
+    expected = estimate.estimate_grid(grid, tmp_path / "bench.csv", device="x86", basis="lower_bound", allreduce_s=0.5)
+    assert out.strip() == estimate.format_estimate(expected)
+    assert "lower_bound" in out and "bench device: x86_64" in out
+    assert cli.main([*base, "--device", "x86", "--basis", "nope"]) == 2
+    assert "basis: expected one of train_step, lower_bound" in capsys.readouterr().err

@@ -175,6 +175,10 @@ def test_local_executor_runs_a_tiny_grid(tmp_path: Path, results: Path, capsys: 
     code = cli.main(["submit", str(grid), "--results", str(results), "--wait", "--poll", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
+    # not a terminal: plain lines, one per submitted and per ended cell, and no bar redraws
+    assert "submitted tinylocal [train] n1g2: fast-n1g2-b64-s0 as local job" in out
+    assert re.search(r"^fast-n1g2-b64-s0 finished in \d+ s$", out, re.M), out
+    assert "\r" not in out
     run_dir = results / "tinylocal" / "runs" / "fast-n1g2-b64-s0"
     assert rundir.read_json(run_dir / rundir.RESULT)["world_size"] == 2
     assert rundir.read_json(run_dir / rundir.ENV)["world_size"] == 2
@@ -192,9 +196,12 @@ def test_local_executor_runs_cells_one_at_a_time(
     grid = tmp_path / "seq.yaml"
     grid.write_text("name: seq\nkind: train\nexecutor: local\ngrid:\n  seed: [0, 1, 2]\n")
     monkeypatch.setenv("STUB_SLEEP_S", "0.5")
-    result = launch.submit(grid, results, log=lambda _: None, job=StubCell())
+    lines: list[str] = []
+    result = launch.submit(grid, results, log=lines.append, job=StubCell())
     assert len(result.job_ids) == 3 and len(set(result.job_ids.values())) == 3
-    launch.wait_for_cells({results / "seq": ["standard-n1g1-b128-s2"]}, 0.2, lambda done, total: None)
+    assert result.local is not None and result.local.wait(poll_s=0.2)  # the last cell
+    ended = [line.split()[0] for line in lines if " finished in " in line]
+    assert ended == [f"standard-n1g1-b128-s{i}" for i in range(3)], lines
     runs = sorted((rundir.read_json(p) for p in (results / "seq" / "runs").glob("*/result.json")),
                   key=lambda r: r["started"])  # fmt: skip
     assert len(runs) == 3

@@ -292,3 +292,52 @@ def test_fig1_lower_bound_matches_estimate(tmp_path: Path) -> None:
     # + 1 evaluation (at the last epoch) x 63 batches x (forward + 20-step PGD scaled from the 7-step rows)
     expected = 2 * 250 * 7.2 * t8 + 1 * math.ceil(500 / 8) * (0.4 * t8 + 20 / 7 * 7.2 * t8)
     assert curves[("pgd7", "lower_bound")][0][1] == pytest.approx(expected, rel=1e-9)
+
+
+def test_settings_print_integers_as_integers(tmp_path: Path) -> None:
+    exp = small_experiment(tmp_path)
+    runs = list(csv.DictReader((exp / "runs.csv").open()))
+    # a bench row leaves the training columns empty: pandas then reads train_subset as floats (2000.0)
+    runs.append({"run_id": "bench-run", "kind": "bench", "dataset": "fashion_mnist", "model": "small_cnn"})
+    write_csv_atomic(exp / "runs.csv", list(runs[0]), runs)
+    md = report.build_report(exp).read_text()
+    assert "- train subset: 2000\n" in md and "- val subset: 500\n" in md and "- epochs: 2\n" in md
+    assert "- attack eps: 1.5\n" in md  # a float setting stays a float
+
+
+def test_report_shows_visualize_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import collect
+
+    monkeypatch.setattr(collect, "collect", lambda exp_dir: {})  # the CSVs below stand for collect's output
+    exp = small_experiment(tmp_path)
+    vis_dir = exp / "runs" / "vis-a"
+    vis_dir.mkdir(parents=True)
+    for stem in ("fig3", "fig5"):  # no fig4.png: not linked
+        (vis_dir / f"{stem}.png").write_bytes(b"\x89PNG")
+    columns = ["run_id", "method", "vis_hf_share", "large_hf_share", "target_other_mean", "robust_acc", "vis_n",
+               "visualize_run"]  # fmt: skip
+    rows = [
+        {"run_id": "standard-g1", "method": "standard", "vis_hf_share": 0.7382, "large_hf_share": 0.587,
+         "target_other_mean": 0.0, "robust_acc": 0.121, "vis_n": 10, "visualize_run": "vis-a"},
+        {"run_id": "pgd7-g1", "method": "pgd7", "vis_hf_share": 0.4157, "large_hf_share": 0.281,
+         "target_other_mean": 0.5, "robust_acc": 0.691, "vis_n": 10, "visualize_run": "vis-a"},
+    ]  # fmt: skip
+    write_csv_atomic(exp / "features.csv", columns, rows)
+    md = report.build_report(exp).read_text()
+    assert "![Fig. 3: feature visualisation](../runs/vis-a/fig3.png)" in md
+    assert "![Fig. 5: large targeted perturbations](../runs/vis-a/fig5.png)" in md
+    assert "fig4.png" not in md
+    assert "| run_id | method | vis_hf_share | large_hf_share | target_other_mean | robust_acc |" in md
+    assert "| pgd7-g1 | pgd7 | 0.416 | 0.281 | 0.500 | 0.691 |" in md
+    assert "vis_n" not in md  # key columns only
+
+
+def test_cli_report_collects_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import cli, collect
+
+    exp = small_experiment(tmp_path)
+    (exp / "runs").mkdir()
+    calls: list[Path] = []
+    monkeypatch.setattr(collect, "collect", lambda exp_dir: calls.append(Path(exp_dir)) or {})
+    assert cli.main(["report", str(exp)]) == 0
+    assert calls == [exp]

@@ -180,13 +180,15 @@ def test_two_shapes_ddp_across_nodes(tmp_path: Path, results: Path, monkeypatch:
 
 
 def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
-    grid = write_grid(tmp_path, "requeue", [(1, 2)], epochs=5, train_subset=1024)
+    # long enough (8 epochs of 3072 examples) that the requeue always lands while the job still trains
+    grid = write_grid(tmp_path, "requeue", [(1, 2)], epochs=8, train_subset=3072)
     launch.submit(grid, results, log=quiet)
     exp_dir = results / "requeue"
     run_dir = manifest.run_dir(exp_dir, "fast-n1g2-b64-s0")
     job_id = manifest.load(exp_dir)["fast-n1g2-b64-s0"].job_id
     assert job_id
     wait_until(lambda: (run_dir / rundir.CKPT_LAST).exists(), 120, "the first epoch's checkpoint", interval=0.2)
+    assert not (run_dir / rundir.RESULT).exists(), "finished before the requeue: make the run longer"
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # while it waits to restart, the requeued cell is pending, never failed
     states = [cell_state.poll(exp_dir)[0].state for _ in range(3)]
@@ -195,7 +197,7 @@ def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
     cells = wait_terminal(exp_dir, timeout=180)
     cell = cells["fast-n1g2-b64-s0"]
     assert cell.state == "finished", cell_state.format_table([cell])
-    assert_epochs_once(run_dir, 5)
+    assert_epochs_once(run_dir, 8)
     env = rundir.read_json(run_dir / rundir.ENV)
     assert len(env["attempts"]) == 2 and env["attempts"][1]["restart_count"] == "1", env["attempts"]
     assert cell.attempts == 2

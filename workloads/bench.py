@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workloads import rundir, runinfo
+from workloads import rundir
 from workloads.attacks import attack_from, attack_mode
 from workloads.data import dataset_info
 from workloads.distributed import Dist
 from workloads.models import build_model
+from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
 from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
 from workloads.train import autocast, train_step
 
@@ -38,11 +39,6 @@ BENCH_COLUMNS = (
     "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",
     "what", "attack_restarts", "precision", "channels_last", "threads", "warmup",
 )  # fmt: skip
-
-
-def device_name(dist: Dist) -> str:
-    """The naming of env.json (hence runs.csv's device column), so bench rows and runs compare equal."""
-    return runinfo._device_name(dist)
 
 
 def prime_cpu_allocator() -> None:

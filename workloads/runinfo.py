@@ -32,7 +32,8 @@ def _git_commit() -> str | None:
     return commit if out.returncode == 0 and commit else None
 
 
-def _device_name(dist: Dist) -> str:
+def device_name(dist: Dist) -> str:
+    """The device as env.json (hence runs.csv's device column) and bench.csv name it."""
     if dist.device.type == "cuda":
         return torch.cuda.get_device_name(dist.device)
     try:  # the CPU model, e.g. "AMD EPYC 9R14 96-Core Processor"
@@ -70,7 +71,7 @@ def _slurm() -> dict[str, str | None]:
 
 def collect_env(dist: Dist) -> dict[str, Any]:
     """Facts about this attempt. Collective: every rank must call it (hostnames/devices are gathered)."""
-    ranks = all_gather_object(dist, {"rank": dist.rank, "hostname": socket.gethostname(), "device": _device_name(dist)})
+    ranks = all_gather_object(dist, {"rank": dist.rank, "hostname": socket.gethostname(), "device": device_name(dist)})
     import submitit
 
     slurm = _slurm()
