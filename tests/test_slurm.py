@@ -210,7 +210,8 @@ def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
 
 
 def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    grid = write_grid(tmp_path, "cancel", [(1, 1)], epochs=2)
+    # long enough (4 epochs of 2048 examples) that scancel always lands while the job still trains
+    grid = write_grid(tmp_path, "cancel", [(1, 1)], epochs=4, train_subset=2048)
     launch.submit(grid, results, log=quiet)
     exp_dir = results / "cancel"
     first = manifest.load(exp_dir)["fast-n1g1-b64-s0"].job_id
@@ -222,6 +223,7 @@ def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.
     assert cli.main(["submit", str(grid), "--results", str(results)]) == 2
     assert "already running or pending" in capsys.readouterr().err
 
+    assert not (manifest.run_dir(exp_dir, "fast-n1g1-b64-s0") / rundir.RESULT).exists(), "finished too soon"
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: cell_state.poll(exp_dir)[0].state == "cancelled", 60, "state cancelled")
     assert cli.main(["status", "cancel", "--results", str(results)]) == 0
@@ -236,7 +238,7 @@ def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.
     entry = manifest.load(exp_dir)["fast-n1g1-b64-s0"]
     assert len(entry.job_ids) == 2 and entry.job_ids[0] == first
     assert cell_state.poll(exp_dir)[0].state == "finished"
-    assert_epochs_once(manifest.run_dir(exp_dir, "fast-n1g1-b64-s0"), 2)
+    assert_epochs_once(manifest.run_dir(exp_dir, "fast-n1g1-b64-s0"), 4)
 
 
 def test_64_cells_as_arrays(tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
