@@ -23,17 +23,10 @@ from pathlib import Path
 
 from orchestrator import launch
 from orchestrator import state as cell_state
+from orchestrator.errors import UserError
 
 EXIT_FAILED_CELLS = 1
 EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """A problem with what the user asked for; `problems` are printed one per line (exit 2)."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = list(problems)
 
 
 def _is_grid_file(text: str) -> bool:
@@ -222,27 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Exception types that mean "the user asked for something invalid" (printed, exit 2)."""
-    from orchestrator.grid import GridError
-    from orchestrator.profiles import ProfileError
-
-    errors: list[type[Exception]] = [UserError, GridError, ProfileError, launch.LaunchError]
-    # only modules already imported can have raised (importing report here would pull in matplotlib)
-    for module, name in (("orchestrator.report", "ReportError"), ("orchestrator.estimate", "EstimateError")):
-        error = getattr(sys.modules.get(module), name, None)
-        if isinstance(error, type) and issubclass(error, Exception):
-            errors.append(error)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
-        problems = getattr(exc, "problems", None) or [str(exc)]
-        for line in problems:
+    except UserError as exc:
+        for line in exc.problems:
             print(f"orchestrate: error: {' '.join(str(line).split())}", file=sys.stderr)
         return EXIT_USAGE
     except cell_state.SchedulerUnavailable as exc:

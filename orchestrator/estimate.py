@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.errors import UserError
 from workloads.spec import RunSpec, method_steps
 
 # Standard split sizes (paper Section IV; Fashion-MNIST as distributed).
@@ -45,7 +46,7 @@ ESTIMATE_COLUMNS = (
 )  # fmt: skip
 
 
-class EstimateError(ValueError):
+class EstimateError(UserError, ValueError):
     """No usable bench data (or no trainable cell); the message is one line saying what is missing."""
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.errors import UserError
 from orchestrator.profiles import Profile, ProfileError, load_profile
 from workloads.spec import KINDS, RunSpec, check_spec, parse
 
@@ -63,12 +64,8 @@ ID_FIELDS = {
 }
 
 
-class GridError(Exception):
+class GridError(UserError):
     """An invalid grid file; `problems` holds one line per problem: `FILE:LINE: key.path: what was expected`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass

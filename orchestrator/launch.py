@@ -30,6 +30,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 from orchestrator import manifest
 from orchestrator import state as cell_state
+from orchestrator.errors import UserError
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.profiles import executor_kwargs, slurm_parameters
@@ -44,12 +45,8 @@ SCRUB_NAMES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
 KEEP_NAMES = ("SLURM_CONF", "SUBMITIT_PREEMPT_SIGNAL")  # user settings, not inherited job state
 
 
-class LaunchError(Exception):
+class LaunchError(UserError):
     """A submission refused as a whole; `problems` holds one line each."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass

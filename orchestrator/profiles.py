@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.errors import UserError
 from workloads.spec import RunSpec, at_least, choices, parse
 
 GPU_REQUESTS = ("gpus_per_node", "gres", "none")
@@ -52,12 +53,8 @@ RESERVED_SBATCH = {
 }
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that cannot be used; `problems` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass

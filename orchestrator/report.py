@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.errors import UserError
 from workloads.rundir import write_csv_atomic, write_text_atomic
 from workloads.spec import DATASETS, method_steps
 
@@ -44,7 +45,7 @@ DASH = "—"
 MARK = "†"
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """Nothing to report on, or a bad --baseline; one line naming the folder or the value."""
 
 
