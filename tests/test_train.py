@@ -214,3 +214,25 @@ def test_fast_training_is_robust_on_fashion_mnist(tmp_path: Path) -> None:
     std, fast = results["standard"], results["fast"]
     assert std["last_clean_acc"] > 0.7 and fast["last_clean_acc"] > 0.65  # both learned the task
     assert fast["last_adv_acc"] >= std["last_adv_acc"] + 0.15, results
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
+    """The GPU levers run on CPU too (this CPU has bf16 kernels): training moves the weights, stays finite,
+    and the checkpoint keeps fp32 weights (autocast only changes the compute dtype)."""
+    spec = tiny_spec(epochs=1, precision="bf16", channels_last=True, method="pgd2")
+    train(spec, tmp_path)
+    rows = rundir.read_csv(tmp_path / rundir.EPOCHS)
+    assert len(rows) == 1 and torch.isfinite(torch.tensor(float(rows[0]["train_loss"])))
+    assert 0.0 <= float(rows[0]["adv_acc"]) <= float(rows[0]["clean_acc"]) <= 1.0
+    saved = weights(tmp_path)
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    assert any(not torch.equal(saved[k], v) for k, v in fresh_weights(spec).items())
+
+
+def fresh_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
+    from workloads.data import dataset_info
+    from workloads.models import build_model
+
+    info = dataset_info(spec.dataset)
+    torch.manual_seed(spec.seed)
+    return build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std).state_dict()
