@@ -1,10 +1,19 @@
 """The paper's cost model (Section IV-A, Fig. 1): training time from per-batch costs measured by `kind: bench`.
 
-    total ≈ epochs × ⌈N_train/B⌉ × t_step(B) + n_eval × ⌈N_val/B_eval⌉ × t_eval(B_eval)
+    total ≈ epochs × ⌈N_train/B⌉ × (t_step(B) + d_train(B)) + n_eval × ⌈N_val/B_eval⌉ × (t_eval(B_eval) + d_val(B_eval))
 
 with n_eval the number of evaluated epochs (every `eval.every` epochs and at the last one, paper: 150/5 = 30).
+
 Multi-GPU at a fixed global batch: each of G GPUs holds ⌈N/G⌉ examples (DistributedSampler) in batches of
 global/G, all GPUs work in parallel, plus an optional per-step all-reduce cost (default 0, as the paper's bound).
+
+Data loading (d_train, d_val), from the bench's `what == data` rows (method data_train / data_val: one batch
+fetched through the real dataset and transforms with the trainer's DataLoader settings), when the bench has them:
+- CPU devices load in the training process (num_workers 0), serially with compute: d = t_data(B);
+- CUDA devices load in worker processes while the GPU computes: only what the loader cannot hide adds,
+  d = max(0, t_data(B) − t_step(B)) (resp. t_eval), t_data being the loaders' steady throughput per batch.
+A device counts as CUDA when its name looks like a GPU's (`is_gpu_device`: NVIDIA, Tesla, GeForce, ...), as
+torch.cuda.get_device_name names it; CPU model names never do. Without data rows d = 0 (the paper's bound).
 
 t(B) between measured batch sizes is interpolated linearly in log-log space (exact on measured points);
 outside them the end segment's slope (clamped to [0, 1]: time never falls with batch size, nor grows faster
@@ -15,8 +24,9 @@ Cost bases for t_step:
   without one, the standard step plus the method's K-step PGD ("pgd+standard").
 - "lower_bound": the paper's Fig. 1 bound: K-step PGD alone, a forward pass for standard training.
 
-Not modelled: data loading, checkpoint writes, process start-up and dataset reading (before the clock of
-epochs.csv starts), nor contention with other jobs on the node: measure the bench where the runs will run.
+Not modelled: DataLoader worker start-up (CUDA), checkpoint writes, process start-up and dataset reading
+(before the clock of epochs.csv starts), nor contention with other jobs on the node: measure the bench where
+the runs will run.
 This module reads CSVs only (pandas); it never imports torch.
 """
 
@@ -40,6 +50,8 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
     "restricted_imagenet": (257735, 10150),
 }
 BASES = ("train_step", "lower_bound")
+# Substrings (lower case) of accelerator names as torch.cuda.get_device_name reports them (see is_gpu_device).
+GPU_NAME_HINTS = ("nvidia", "tesla", "geforce", "quadro", "titan", "rtx", "radeon", "instinct", "gpu", "cuda")
 ESTIMATE_COLUMNS = (
     "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
     "basis", "device",
@@ -52,6 +64,18 @@ class EstimateError(UserError, ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms
+
+
+def is_gpu_device(device: str) -> bool:
+    """Whether a bench device name is a CUDA device's (loader workers overlap with compute) or a CPU's."""
+    name = device.lower()
+    return any(hint in name for hint in GPU_NAME_HINTS)
+
+
+def data_cost(t_data: float, t_compute: float, *, overlapped: bool) -> float:
+    """Seconds one batch's loading adds to its step: all of it when serial (CPU, in-process loading), what
+    the compute does not hide when loader workers overlap with it (CUDA)."""
+    return max(0.0, t_data - t_compute) if overlapped else t_data
 
 
 def eval_epochs(epochs: int, every: int) -> int:
@@ -84,11 +108,15 @@ def total_time(
     gpus: int = 1,
     eval_batch_per_gpu: int | None = None,
     allreduce_s: float = 0.0,
+    d_train: float = 0.0,
+    d_val: float = 0.0,
 ) -> float:
-    """Seconds for a whole run given per-batch costs (the bound of Fig. 1 middle/right)."""
+    """Seconds for a whole run given per-batch costs (the bound of Fig. 1 middle/right); d_train / d_val:
+    what data loading adds per train / validation batch (`data_cost`)."""
     eval_batch = eval_batch_per_gpu or batch_per_gpu
-    train = epochs * batches_per_gpu(n_train, gpus, batch_per_gpu) * (t_step + (allreduce_s if gpus > 1 else 0.0))
-    evaluation = eval_epochs(epochs, eval_every) * batches_per_gpu(n_val, gpus, eval_batch) * t_eval
+    per_step = t_step + d_train + (allreduce_s if gpus > 1 else 0.0)
+    train = epochs * batches_per_gpu(n_train, gpus, batch_per_gpu) * per_step
+    evaluation = eval_epochs(epochs, eval_every) * batches_per_gpu(n_val, gpus, eval_batch) * (t_eval + d_val)
     return train + evaluation
 
 
@@ -210,6 +238,11 @@ class BenchCosts:
         t_pgd, e2 = self.pgd(method_steps(method)[1], b, method)
         return t_std + t_pgd, e1 or e2, "pgd+standard"
 
+    def data(self, split: str, b: float) -> tuple[float, bool] | None:
+        """Seconds to load one batch of the "train" or "val" split (`what == data` rows), None without rows."""
+        curve = self._curve("data", f"data_{split}")
+        return interpolate(curve, b) if curve else None
+
     def lower_bound_step(self, method: str, b: float) -> tuple[float, bool]:
         """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training."""
         steps = method_steps(method)[1]
@@ -300,6 +333,14 @@ def predict(
         (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
     b_eval = eval_batch_per_gpu or b
     t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis)
+    overlapped = is_gpu_device(costs.device)
+    d_train = d_val = 0.0
+    if (loading := costs.data("train", b)) is not None:
+        d_train, e3 = data_cost(loading[0], t_step, overlapped=overlapped), loading[1]
+        e1 = e1 or e3
+    if (loading := costs.data("val", b_eval)) is not None:
+        d_val, e3 = data_cost(loading[0], t_eval, overlapped=overlapped), loading[1]
+        e2 = e2 or e3
     n_train, n_val = split_sizes(dataset, train_subset, val_subset)
     seconds = total_time(
         epochs=epochs,
@@ -312,6 +353,8 @@ def predict(
         gpus=gpus,
         eval_batch_per_gpu=max(1, int(b_eval)),
         allreduce_s=allreduce_s,
+        d_train=d_train,
+        d_val=d_val,
     )
     return Prediction(seconds, e1 or e2, used)
 

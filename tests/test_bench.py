@@ -13,6 +13,11 @@ from workloads import bench
 from workloads.distributed import Dist
 from workloads.spec import from_dict
 
+needs_fmnist = pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian dataset-fashion-mnist not installed",
+)
+
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
@@ -41,6 +46,7 @@ def test_bench_writes_expected_rows(tmp_path: Path) -> None:
               "p90_s"]  # fmt: skip
     assert list(rows[0])[: len(design)] == design
     keys = [(r["what"], r["method"], int(r["attack_steps"]), int(r["batch_size"])) for r in rows]
+    keys = [k for k in keys if k[0] != "data"]  # test_bench_writes_data_rows_for_fashion_mnist checks those
     expected = []
     for b in (8, 16):
         expected += [("pgd", "fast", 1, b), ("pgd", "pgd7", 7, b)]
@@ -57,6 +63,64 @@ def test_bench_writes_expected_rows(tmp_path: Path) -> None:
     # the file feeds the cost model as it is
     costs = estimate.select_costs(estimate.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
     assert costs.train_step("pgd7", 8)[2] == "train_step"
+
+
+@needs_fmnist
+def test_bench_writes_data_rows_for_fashion_mnist(tmp_path: Path) -> None:
+    """what=data rows: one batch through the real dataset and transforms, after each batch size's other rows."""
+    bench.main(spec(methods=["standard"]), tmp_path, Dist())
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    keys = [(r["what"], r["method"], int(r["attack_steps"]), int(r["batch_size"])) for r in rows]
+    expected = []
+    for b in (8, 16):
+        expected += [("forward", "standard", 0, b), ("eval", "eval", 3, b), ("train_step", "standard", 0, b)]
+        expected += [("data", "data_train", 0, b), ("data", "data_val", 0, b)]
+    assert keys == expected
+    median = {(r["what"], r["method"], r["batch_size"]): float(r["median_s"]) for r in rows}
+    for b in ("8", "16"):
+        # augmentation (a padded random crop) costs more per example than the plain conversion
+        assert median[("data", "data_train", b)] > median[("data", "data_val", b)] > 0
+    # the cost model reads them: the data term of the train split at a measured batch size
+    costs = estimate.select_costs(estimate.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
+    assert costs.data("train", 16) == (median[("data", "data_train", "16")], False)
+    assert costs.data("val", 8) == (median[("data", "data_val", "8")], False)
+
+
+def test_bench_without_the_data_skips_data_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A data root that does not hold the dataset: the data rows are left out with a note, the rest is measured."""
+    s = spec(batch_sizes=[4], methods=["standard"])
+    s = from_dict({**s.to_dict(), "data_root": str(tmp_path / "nowhere")})  # type: ignore[attr-defined]
+    result = bench.main(s, tmp_path, Dist())
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert result["rows"] == len(rows) and rows
+    assert {r["what"] for r in rows} == {"forward", "eval", "train_step"}
+    assert "no data rows (fashion_mnist unavailable" in capsys.readouterr().out
+
+
+def test_data_batches_are_the_trainers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """time_batches draws through a DataLoader with the trainer's loader settings, batch after batch."""
+    seen: list[dict[str, object]] = []
+    real = bench.DataLoader
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bench, "DataLoader", spy)
+    calls: list[int] = []
+
+    class Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            calls.append(i)
+            return torch.zeros(1, 2, 2), 0
+
+    times = bench.time_batches(Items(), 4, Dist(), repeats=3, warmup=2, seed=0)
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert len(calls) == (2 + 3) * 4  # warm-up and timed batches of 4, sampled with replacement past len 10
+    assert seen and seen[0]["num_workers"] == 0  # CPU: in-process, as train.loader_kwargs
 
 
 def test_bench_leaves_the_weights_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,3 +261,73 @@ def test_cli_estimate_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "lower_bound" in out and "bench device: x86_64" in out
     assert cli.main([*base, "--device", "x86", "--basis", "nope"]) == 2
     assert "basis: expected one of train_step, lower_bound" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loading (what == data rows)
+
+D_TRAIN, D_VAL = 50e-6, 9e-6  # seconds per example of one loaded batch: train (augmented) and val
+
+
+def with_data(rows: list[dict[str, object]], device: str) -> pd.DataFrame:
+    data = []
+    for b in BATCHES:
+        for method, per_example in (("data_train", D_TRAIN), ("data_val", D_VAL)):
+            t = per_example * b
+            data.append({**rows[0], "device": device, "method": method, "what": "data", "attack_steps": 0,
+                         "batch_size": b, "median_s": t, "p10_s": t, "p90_s": t})  # fmt: skip
+    return pd.DataFrame([*rows, *data])
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 4])
+@pytest.mark.parametrize("method", ["standard", "pgd7"])
+def test_cpu_data_loading_adds_serially(method: str, gpus: int) -> None:
+    bench = with_data(bench_rows(device="AMD EPYC 9R14"), "AMD EPYC 9R14")
+    costs = costs_of(bench)
+    assert not estimate.is_gpu_device(costs.device)
+    pred = estimate.predict(costs, method=method, dataset="cifar10", epochs=9, global_batch=128, gpus=gpus,
+                            eval_every=3, eval_steps=20)  # fmt: skip
+    b = 128 // gpus
+    compute = closed_form(method, epochs=9, global_batch=128, gpus=gpus, every=3, n_train=50000, n_val=10000)
+    loading = (
+        9 * math.ceil(math.ceil(50000 / gpus) / b) * D_TRAIN * b
+        + 3 * math.ceil(math.ceil(10000 / gpus) / b) * D_VAL * b
+    )
+    assert pred.seconds == pytest.approx(compute + loading, rel=1e-9)
+    assert not pred.extrapolated
+
+
+def test_cuda_data_loading_counts_only_what_compute_does_not_hide() -> None:
+    device = "NVIDIA H100 80GB HBM3"
+    assert estimate.is_gpu_device(device)
+    rows = bench_rows(device=device)
+    kw = dict(method="standard", dataset="cifar10", epochs=6, global_batch=64, eval_every=3, eval_steps=20)
+    compute = closed_form("standard", epochs=6, global_batch=64, gpus=1, every=3, n_train=50000, n_val=10000)
+    # loading faster than the step (and the eval batch): fully hidden by the workers
+    assert estimate.predict(costs_of(with_data(rows, device)), **kw).seconds == pytest.approx(compute, rel=1e-12)
+    # a slow loader: the step waits max(0, t_data - t_step) per batch; eval (20.7 t_pass) still hides it
+    slow = with_data(rows, device)
+    slow.loc[slow["what"] == "data", "median_s"] *= 100  # 5 ms per example of train, 0.9 ms of val
+    t_data_train = 100 * D_TRAIN * 64
+    t_data_val = 100 * D_VAL * 64
+    t_step, t_eval = 1.1 * t_pass(64), 20.7 * t_pass(64)
+    assert t_data_train > t_step and t_data_val < t_eval
+    wait = 6 * math.ceil(50000 / 64) * (t_data_train - t_step)
+    assert estimate.predict(costs_of(slow), **kw).seconds == pytest.approx(compute + wait, rel=1e-9)
+
+
+def test_without_data_rows_nothing_is_added(bench: pd.DataFrame) -> None:
+    kw = dict(method="fast", dataset="cifar10", epochs=9, global_batch=128, gpus=2, eval_every=3, eval_steps=20)
+    costs = costs_of(bench)
+    assert costs.data("train", 64) is None and costs.data("val", 64) is None
+    expected = closed_form("fast", epochs=9, global_batch=128, gpus=2, every=3, n_train=50000, n_val=10000)
+    assert estimate.predict(costs, **kw).seconds == pytest.approx(expected, rel=1e-12)
+    # data rows of another device (or dataset) are not used for this one
+    other = pd.concat([bench, with_data(bench_rows(dataset="fashion_mnist"), "x86_64")], ignore_index=True)
+    assert estimate.predict(costs_of(other), **kw).seconds == pytest.approx(expected, rel=1e-12)
+
+
+def test_data_cost_closed_form() -> None:
+    assert estimate.data_cost(0.3, 0.1, overlapped=False) == 0.3
+    assert estimate.data_cost(0.3, 0.1, overlapped=True) == pytest.approx(0.2)
+    assert estimate.data_cost(0.05, 0.1, overlapped=True) == 0.0

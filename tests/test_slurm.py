@@ -40,7 +40,7 @@ defaults:
   val_subset: 256
   global_batch_size: 64
   eval: {{every: {eval_every}, steps: 2}}
-  resources: {{timeout_min: {timeout_min}, max_requeues: 6}}
+  resources: {{timeout_min: {timeout_min}, max_requeues: {max_requeues}}}
 grid:
   shape:
 {shapes}
@@ -48,7 +48,8 @@ grid:
 
 
 def write_grid(folder: Path, name: str, shapes: list[tuple[int, int]], **kw: Any) -> Path:
-    values = {"profile": "local-cluster", "epochs": 2, "train_subset": 512, "timeout_min": 5, "eval_every": 1, **kw}
+    values = {"profile": "local-cluster", "epochs": 2, "train_subset": 512, "timeout_min": 5, "eval_every": 1,
+              "max_requeues": 6, **kw}  # fmt: skip
     shape_lines = "\n".join(f"    - {{nodes: {n}, gpus_per_node: {g}}}" for n, g in shapes)
     path = folder / f"{name}.yaml"
     path.write_text(TRAIN_GRID.format(name=name, shapes=shape_lines, **values))
@@ -102,9 +103,9 @@ gpu_request: gpus_per_node
 signal_delay_s: 5   # USR2 25-55 s into each 1-minute attempt (Slurm's 30 s tick); the kill never before 60 s
 env: {GLOO_SOCKET_IFNAME: lo}
 """
-# ~75 s of work on an idle 2-core machine (1536 examples: ~2 s an epoch), so the run still runs when the USR2 of
-# its first attempt arrives; under load it takes more attempts (max_requeues 6).
-TIME_LIMIT_EPOCHS = 36
+# ~90 s of work on an idle 2-core machine (1536 examples: 0.8 s an epoch measured idle, ~2 s under load), so the
+# run always outlives its first attempt's USR2; under load it takes more attempts (max_requeues 12).
+TIME_LIMIT_EPOCHS = 110
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def time_limit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, floa
     (folder / "tl-profile.yaml").write_text(TIME_LIMIT_PROFILE)
     grid = write_grid(
         folder, "timelimit", [(1, 1)], profile=str(folder / "tl-profile.yaml"), epochs=TIME_LIMIT_EPOCHS,
-        train_subset=1536, timeout_min=1, eval_every=6,
+        train_subset=1536, timeout_min=1, eval_every=10, max_requeues=12,
     )  # fmt: skip
     launch.submit(grid, folder / "results", log=quiet)
     return folder / "results" / "timelimit", time.monotonic()

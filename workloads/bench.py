@@ -8,7 +8,13 @@ For every batch size in spec.bench.batch_sizes, on the job's device, with random
   spec.eval with its restarts, adversarial forward);
 - what=train_step: one full training step of each method through `workloads.train.train_step` (attack +
   forward + backward + SGD update). The optimizer runs with lr 0, which costs the same arithmetic but keeps
-  the weights fixed, so repeats time the same model and cannot diverge on random labels.
+  the weights fixed, so repeats time the same model and cannot diverge on random labels;
+- what=data: fetching one batch of B examples through the REAL dataset and per-sample transforms
+  (`workloads.data.build_datasets(spec)`) with a DataLoader configured as the trainer's
+  (`workloads.train.loader_kwargs`): method data_train (the train split, augmented when spec.augment) and
+  data_val (the validation split, never augmented). CPU: the batch is loaded in-process (what a training step
+  waits for); CUDA: worker processes, timed once their prefetch queue has drained, i.e. the loader's steady
+  throughput per batch. Skipped, with a printed note, when the dataset cannot be read (e.g. no data root).
 Each is warmed up (spec.bench.warmup calls), then timed spec.bench.repeats times (CUDA: events after a
 synchronize; CPU: perf_counter); bench.csv holds the median and the 10th/90th percentiles.
 Only rank 0 measures (one device); other ranks return at once.
@@ -25,15 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from workloads import rundir
 from workloads.attacks import attack_from, attack_mode
-from workloads.data import dataset_info
+from workloads.data import DataBundle, DataError, build_datasets, dataset_info
 from workloads.distributed import Dist
 from workloads.models import build_model
 from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
 from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
-from workloads.train import autocast, train_step
+from workloads.train import autocast, loader_kwargs, train_step
 
 BENCH_COLUMNS = (
     "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",
@@ -149,6 +156,50 @@ class _Bench:
                             batch_size=len(x))  # fmt: skip
 
 
+def load_data(spec: RunSpec) -> DataBundle | None:
+    """The trainer's datasets (train augmented as spec.augment, val plain), or None with a printed note when
+    the data cannot be read here: the data rows are then left out, the rest of the bench still runs."""
+    try:
+        return build_datasets(spec)
+    except (DataError, OSError) as exc:
+        print(f"bench: no data rows ({spec.dataset} unavailable: {exc})", flush=True)
+        return None
+
+
+def time_batches(dataset: Dataset[Any], b: int, dist: Dist, repeats: int, warmup: int, seed: int) -> list[float]:
+    """Seconds to fetch each of `repeats` batches of b examples from one DataLoader iterator set up as the
+    trainer's. Untimed first: `warmup` batches, plus the batches worker processes prefetch (their queue would
+    hand out ready batches at no cost), so each timed fetch is the loader's steady cost per batch."""
+    kwargs = loader_kwargs(dist)
+    workers = kwargs.get("num_workers", 0)
+    skip = warmup + (workers * 2 if workers else 0)  # DataLoader's default prefetch_factor is 2 per worker
+    gen = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=(skip + repeats) * b, generator=gen)  # type: ignore[arg-type]
+    loader = DataLoader(dataset, b, sampler=sampler, generator=torch.Generator().manual_seed(seed), **kwargs)
+    batches = iter(loader)
+    for _ in range(skip):
+        next(batches)
+    times: list[float] = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        next(batches)
+        times.append(time.perf_counter() - t0)
+    del batches  # shuts the workers down
+    return times
+
+
+def data_rows(spec: RunSpec, data: DataBundle, b: int, dist: Dist, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """what=data rows of batch size b: data_train (train split) and data_val (validation split)."""
+    rows = []
+    for method, dataset in (("data_train", data.train), ("data_val", data.val)):
+        times = time_batches(dataset, b, dist, spec.bench.repeats, spec.bench.warmup, spec.seed + b)
+        row = {**common, "what": "data", "method": method, "attack_steps": 0, "attack_restarts": 1,
+               "batch_size": b, **summarize(times)}  # fmt: skip
+        print(f"bench data {method} b={b}: {row['median_s']:.4g} s", flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not dist.is_main:
@@ -184,6 +235,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         common=common,
     )
     attacks = {m: resolve_attack(m, spec.attack) for m in spec.bench.methods}
+    data = load_data(spec)
     rows: list[dict[str, Any]] = []
     for b in spec.bench.batch_sizes:
         cpu_gen = torch.Generator().manual_seed(spec.seed + b)
@@ -194,5 +246,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         rows.append(bench.forward(x))
         rows.append(bench.validation(x, y))
         rows += [bench.train_step(x, y, m, a) for m, a in attacks.items()]
+        if data is not None:
+            rows += data_rows(spec, data, b, dist, common)
     rundir.write_csv_atomic(run_dir / rundir.BENCH, BENCH_COLUMNS, rows)
     return {"bench_csv": rundir.BENCH, "rows": len(rows), "device": common["device"]}
