@@ -25,6 +25,12 @@ from workloads.spec import RunSpec, from_dict
 FORMAT = "fastrobust-v1"
 
 
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 32-bit seed from integer keys (numpy SeedSequence): independent, reproducible streams
+    per (seed, rank, purpose, ...) for training, evaluation and visualisation."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
 def capture_rng(attack_generator: torch.Generator | None) -> dict[str, Any]:
     """This process's RNG states, as tensors/plain types (numpy's key array becomes a tensor)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

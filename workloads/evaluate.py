@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from workloads import checkpoint, distributed, madry_compat, rundir, strong_eval
 from workloads.attacks import attack_mode, pgd
+from workloads.checkpoint import derive_seed
 from workloads.data import build_split, dataset_info
 from workloads.distributed import Dist
 from workloads.models import RobustModel
@@ -48,11 +48,6 @@ CSV_COLUMNS = (
 )  # fmt: skip
 STRONG_COLUMNS = ("apgd_ce_acc", "apgd_t_acc", "aa_acc", "worst_acc")
 PROGRESS = "evaluate-progress-rank{rank}.json"
-
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 32-bit seed from integer keys (numpy SeedSequence)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
 def eps_key(eps: float) -> int:

@@ -37,14 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workloads import rundir
 from workloads.attacks import pgd
-from workloads.checkpoint import load_model
+from workloads.checkpoint import derive_seed, load_model
 from workloads.distributed import Dist
 from workloads.models import RobustModel
 from workloads.spec import RunSpec, resolve_attack, resolve_eval_attack
@@ -367,12 +366,8 @@ def source_dir(spec: RunSpec, run_dir: Path, run_id: str) -> Path:
 STREAM_IMAGES, STREAM_NOISE, STREAM_UNITS, STREAM_TARGETS, STREAM_RANK, STREAM_ATTACK = range(6)
 
 
-def _derive(seed: int, stream: int) -> int:
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1)[0])
-
-
 def _generator(seed: int, stream: int) -> torch.Generator:
-    return torch.Generator().manual_seed(_derive(seed, stream))
+    return torch.Generator().manual_seed(derive_seed(seed, stream))
 
 
 def _stack_val(dataset: Any, indices: Tensor) -> tuple[Tensor, Tensor]:

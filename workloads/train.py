@@ -22,7 +22,6 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from workloads import checkpoint, distributed, rundir
 from workloads.attacks import attack_from, attack_mode
+from workloads.checkpoint import derive_seed
 from workloads.data import DataBundle, build_datasets
 from workloads.distributed import Dist
 from workloads.models import RobustModel, build_model
@@ -39,10 +39,6 @@ from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval
 
 # Independent random streams per (seed, rank): each is reproducible and none depends on another's use.
 STREAM_GLOBAL, STREAM_ATTACK, STREAM_EVAL, STREAM_LOADER = range(4)
-
-
-def derive_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
 def autocast(device: torch.device, amp: torch.dtype | None) -> AbstractContextManager[Any]:
