@@ -199,9 +199,6 @@ class BenchCosts:
                     merged.setdefault(b, []).extend(ts)
         return {b: statistics.median(ts) for b, ts in merged.items()}
 
-    def has(self, what: str, method: str | None = None) -> bool:
-        return bool(self._curve(what, method))
-
     def forward(self, b: float) -> tuple[float, bool]:
         curve = self._curve("forward")
         if not curve:
