@@ -1,7 +1,8 @@
 """How well `orchestrate estimate` predicts measured wall-clock (issue 4 target: within 15 % per cell).
 
 Writes a two-document grid into a temporary folder: a `kind: bench` (small CNN on Fashion-MNIST, one thread,
-batch sizes 32/64/128, standard/fast/pgd7) and a `kind: train` (standard, fast and pgd7 on 3000 training and 500
+batch sizes 32/64/128, standard/fast/pgd7; one bench cell per shape, so G-GPU cells are predicted from rows
+measured by G ranks at once) and a `kind: train` (standard, fast and pgd7 on 3000 training and 500
 validation images, 3 epochs, one evaluation at the end, global batch 64) under one experiment name; runs both with
 the local executor (`orchestrate submit --wait`, cells one at a time), collects, then predicts every train cell
 from the bench.csv just measured (orchestrator.estimate.estimate_grid) and prints predicted vs measured
@@ -39,10 +40,11 @@ defaults:
   threads: 1
   attack: {{norm: l2, eps: 1.0}}
   eval: {{steps: 10, restarts: 1}}
-  shape: {{nodes: 1, gpus_per_node: 1}}
   bench: {{batch_sizes: [32, 64, 128], methods: [standard, fast, pgd7], repeats: 5, warmup: 2}}
   resources: {{timeout_min: 10, cpus_per_task: 1}}
-"""
+grid:
+  shape:
+{{shapes}}"""
 
 TRAIN_DOC = f"""\
 name: {NAME}
@@ -71,7 +73,7 @@ grid:
 
 def grid_text(gpus: list[int]) -> str:
     shapes = "".join(f"    - {{nodes: 1, gpus_per_node: {g}}}\n" for g in gpus)
-    return BENCH_DOC + "---\n" + TRAIN_DOC.replace("{shapes}", shapes)
+    return BENCH_DOC.replace("{shapes}", shapes) + "---\n" + TRAIN_DOC.replace("{shapes}", shapes)
 
 
 def orchestrate(*args: str) -> None:

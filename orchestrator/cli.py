@@ -205,7 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="cost per batch: the measured training step (default) or the paper's lower bound from PGD/forward alone",
     )
     p.add_argument(
-        "--allreduce-s", type=float, default=0.0, metavar="S", help="all-reduce seconds added per step on >1 GPU"
+        "--allreduce-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="per-step all-reduce seconds for GPU counts the bench did not run at "
+        "(default: the bench's measured allreduce rows, else 0 = perfect scaling)",
     )
     p.set_defaults(func=cmd_estimate)
 

@@ -5,7 +5,15 @@
 with n_eval the number of evaluated epochs (every `eval.every` epochs and at the last one, paper: 150/5 = 30).
 
 Multi-GPU at a fixed global batch: each of G GPUs holds ⌈N/G⌉ examples (DistributedSampler) in batches of
-global/G, all GPUs work in parallel, plus an optional per-step all-reduce cost (default 0, as the paper's bound).
+global/G and all GPUs work in parallel. What G ranks add to each step (DDP's gradient all-reduce, contention
+for the node's cores, memory bandwidth or network) comes from the bench rows measured at world size G (a bench
+cell of the same shape: every rank measures at once, training steps through DDP; `workloads.bench`):
+- train_step rows at G: used as they are (basis "train_step", bench_world_size G);
+- else the rows of the smallest benched world size plus the bench's `allreduce` time at G (a gradient-sized
+  all-reduce; at the nearest benched world size, flagged extrapolated, when G itself was not benched);
+- else plus `allreduce_s` (default 0: perfect scaling, the paper's bound).
+Validation and data rows follow the same rule (rows at G, else the smallest world size). The lower_bound basis
+is the paper's: single-device costs at the per-GPU batch, no communication.
 
 Data loading (d_train, d_val), from the bench's `what == data` rows (method data_train / data_val: one batch
 fetched through the real dataset and transforms with the trainer's DataLoader settings), when the bench has them:
@@ -54,7 +62,7 @@ BASES = ("train_step", "lower_bound")
 GPU_NAME_HINTS = ("nvidia", "tesla", "geforce", "quadro", "titan", "rtx", "radeon", "instinct", "gpu", "cuda")
 ESTIMATE_COLUMNS = (
     "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
-    "basis", "device",
+    "basis", "device", "bench_world_size",
 )  # fmt: skip
 
 
@@ -164,10 +172,18 @@ def read_bench(source: Path) -> pd.DataFrame:
         raise EstimateError(f"{path}: bench.csv lacks columns {', '.join(sorted(missing))}")
     if "what" not in df.columns:  # a file with only the design.md minimum: attack rows and the forward proxy
         df["what"] = ["forward" if s == 0 else "pgd" for s in df["attack_steps"]]
-    return df
+    return with_world_size(df)
 
 
-Key = tuple[str, str, int, int]  # (what, method, attack_steps, attack_restarts)
+def with_world_size(df: pd.DataFrame) -> pd.DataFrame:
+    """bench rows with a world_size column: 1 for files written before benches ran at several world sizes."""
+    if "world_size" not in df.columns:
+        return df.assign(world_size=1)
+    return df.assign(world_size=df["world_size"].fillna(1).astype(int))
+
+
+Key = tuple[str, str, int, int, int]  # (what, method, attack_steps, attack_restarts, world_size)
+Curve = dict[int, float]  # {batch size: seconds}
 
 
 @dataclass
@@ -180,81 +196,119 @@ class BenchCosts:
     _times: dict[Key, dict[int, list[float]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        restarts = self.rows["attack_restarts"] if "attack_restarts" in self.rows.columns else [1] * len(self.rows)
+        rows = with_world_size(self.rows)
+        restarts = rows["attack_restarts"] if "attack_restarts" in rows.columns else [1] * len(rows)
         self._times = {}
-        columns = (self.rows["what"], self.rows["method"], self.rows["attack_steps"], restarts)
-        for what, method, steps, r, b, t in zip(*columns, self.rows["batch_size"], self.rows["median_s"], strict=True):
-            key = (str(what), str(method), int(steps), 1 if pd.isna(r) else int(r))
+        columns = (rows["what"], rows["method"], rows["attack_steps"], restarts, rows["world_size"])
+        for what, method, steps, r, g, b, t in zip(*columns, rows["batch_size"], rows["median_s"], strict=True):
+            key = (str(what), str(method), int(steps), 1 if pd.isna(r) else int(r), int(g))
             self._times.setdefault(key, {}).setdefault(int(b), []).append(float(t))
 
-    def _curve(
-        self, what: str, method: str | None = None, steps: int | None = None, restarts: int | None = None
-    ) -> dict[int, float]:
-        """{batch size: seconds} over the matching rows; several rows per batch size (repeated bench runs):
-        the median of their medians."""
-        merged: dict[int, list[float]] = {}
-        for (w, m, k, r), by_batch in self._times.items():
+    @property
+    def world_sizes(self) -> list[int]:
+        return sorted({k[4] for k in self._times})
+
+    def _curve_at(
+        self,
+        world: int | None,
+        what: str,
+        method: str | None = None,
+        steps: int | None = None,
+        restarts: int | None = None,
+    ) -> tuple[Curve, int]:
+        """({batch size: seconds}, world size used) over the matching rows measured at `world`, else (None, or
+        no such rows) at the smallest world size that has them. Several rows per batch size (repeated bench
+        runs): the median of their medians."""
+        found: dict[int, dict[int, list[float]]] = {}  # {world size: {batch size: times}}
+        for (w, m, k, r, g), by_batch in self._times.items():
             if w == what and method in (None, m) and steps in (None, k) and restarts in (None, r):
+                merged = found.setdefault(g, {})
                 for b, ts in by_batch.items():
                     merged.setdefault(b, []).extend(ts)
-        return {b: statistics.median(ts) for b, ts in merged.items()}
+        if not found:
+            return {}, world or 1
+        g = world if world in found else min(found)
+        return {b: statistics.median(ts) for b, ts in found[g].items()}, g
 
-    def forward(self, b: float) -> tuple[float, bool]:
-        curve = self._curve("forward")
+    def _curve(
+        self, what: str, method: str | None = None, steps: int | None = None, restarts: int | None = None,
+        world: int | None = None,
+    ) -> Curve:  # fmt: skip
+        return self._curve_at(world, what, method, steps, restarts)[0]
+
+    def forward(self, b: float, world: int | None = None) -> tuple[float, bool]:
+        curve = self._curve("forward", world=world)
         if not curve:
             raise EstimateError(f"bench data for {self.device} has no forward rows")
         return interpolate(curve, b)
 
-    def pgd(self, steps: int, b: float, method: str | None = None) -> tuple[float, bool]:
+    def pgd(self, steps: int, b: float, method: str | None = None, world: int | None = None) -> tuple[float, bool]:
         """K-step PGD: this method's rows, else any rows with K steps, else scaled per pass from the largest K."""
         if steps == 0:
             return 0.0, False
         for m in (method, None):
-            curve = self._curve("pgd", m, steps)
+            curve = self._curve("pgd", m, steps, world=world)
             if curve:
                 return interpolate(curve, b)
-        measured = [k for (w, _, k, _) in self._times if w == "pgd"]
+        measured = [k for (w, _, k, _, _) in self._times if w == "pgd"]
         if not measured:
             raise EstimateError(f"bench data for {self.device} has no pgd rows (needed for {steps}-step PGD)")
         k = max(measured)  # most passes: per-pass cost least noisy
-        t, extra = interpolate(self._curve("pgd", None, k), b)
+        t, extra = interpolate(self._curve("pgd", None, k, world=world), b)
         return t * steps / k, extra
 
-    def train_step(self, method: str, b: float) -> tuple[float, bool, str]:
-        """(seconds, extrapolated, basis) of one training step of `method`."""
-        curve = self._curve("train_step", method)
-        if curve:
-            return (*interpolate(curve, b), "train_step")
-        std = self._curve("train_step", "standard")
-        if not std:
-            raise EstimateError(
-                f"bench data for {self.device} has no train_step rows for {method} or standard "
-                f"(add them to bench.methods, or use basis lower_bound)"
-            )
-        t_std, e1 = interpolate(std, b)
-        t_pgd, e2 = self.pgd(method_steps(method)[1], b, method)
-        return t_std + t_pgd, e1 or e2, "pgd+standard"
+    def train_step(self, method: str, b: float, world: int | None = None) -> tuple[float, bool, str, int]:
+        """(seconds, extrapolated, basis, world size of the rows used) of one training step of `method`:
+        its train_step rows at `world`, else the standard step plus its PGD at `world`, else both at the
+        smallest benched world size."""
+        for g in dict.fromkeys([world or min(self.world_sizes, default=1), min(self.world_sizes, default=1)]):
+            curve, used = self._curve_at(g, "train_step", method)
+            if curve and used == g:
+                return (*interpolate(curve, b), "train_step", g)
+            std, used = self._curve_at(g, "train_step", "standard")
+            if std and used == g:
+                t_std, e1 = interpolate(std, b)
+                t_pgd, e2 = self.pgd(method_steps(method)[1], b, method, world=g)
+                return t_std + t_pgd, e1 or e2, "pgd+standard", g
+        raise EstimateError(
+            f"bench data for {self.device} has no train_step rows for {method} or standard "
+            f"(add them to bench.methods, or use basis lower_bound)"
+        )
 
-    def data(self, split: str, b: float) -> tuple[float, bool] | None:
+    def allreduce(self, world: int, b: float) -> tuple[float, bool] | None:
+        """Seconds of one gradient all-reduce across `world` ranks (`what == allreduce` rows): measured at that
+        world size, else at the nearest benched one (flagged extrapolated); None without rows."""
+        worlds = sorted({k[4] for k in self._times if k[0] == "allreduce"})
+        if not worlds:
+            return None
+        g = min(worlds, key=lambda w: (abs(math.log(w / world)), -w))
+        t, extra = interpolate(self._curve("allreduce", world=g), b)
+        return t, extra or g != world
+
+    def data(self, split: str, b: float, world: int | None = None) -> tuple[float, bool] | None:
         """Seconds to load one batch of the "train" or "val" split (`what == data` rows), None without rows."""
-        curve = self._curve("data", f"data_{split}")
+        curve = self._curve("data", f"data_{split}", world=world)
         return interpolate(curve, b) if curve else None
 
     def lower_bound_step(self, method: str, b: float) -> tuple[float, bool]:
-        """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training."""
+        """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training (one device)."""
         steps = method_steps(method)[1]
         return self.pgd(steps, b, method) if steps else self.forward(b)
 
-    def eval_batch(self, steps: int, restarts: int, b: float, basis: str) -> tuple[float, bool]:
+    def eval_batch(
+        self, steps: int, restarts: int, b: float, basis: str, world: int | None = None
+    ) -> tuple[float, bool]:
         """Validation cost of one batch: clean forward + PGD (measured as `what == eval` when available)."""
         if basis == "train_step":
-            curve = self._curve("eval", None, steps, restarts)
+            curve = self._curve("eval", None, steps, restarts, world=world)
             if curve:
                 return interpolate(curve, b)
-        t_fwd, e1 = self.forward(b)
+        else:
+            world = None  # the paper's bound: one device's costs
+        t_fwd, e1 = self.forward(b, world)
         if steps == 0:
             return t_fwd, e1
-        t_pgd, e2 = self.pgd(steps, b)
+        t_pgd, e2 = self.pgd(steps, b, world=world)
         if basis == "lower_bound":
             return t_fwd + t_pgd, e1 or e2
         # clean + adversarial forward, and the per-restart scoring forward when restarts > 1
@@ -301,6 +355,7 @@ class Prediction:
     seconds: float
     extrapolated: bool
     basis: str
+    bench_world_size: int = 1  # world size of the bench rows the step cost came from
 
 
 def predict(
@@ -318,24 +373,34 @@ def predict(
     train_subset: int | None = None,
     val_subset: int | None = None,
     basis: str = "train_step",
-    allreduce_s: float = 0.0,
+    allreduce_s: float | None = None,
 ) -> Prediction:
-    """Wall-clock of one run on `gpus` GPUs at a fixed global batch (per-GPU batch = global / gpus)."""
+    """Wall-clock of one run on `gpus` GPUs at a fixed global batch (per-GPU batch = global / gpus).
+    allreduce_s: per-step communication seconds when the bench has no rows at `gpus` (None: its allreduce
+    rows, else 0)."""
     if basis not in BASES:
         raise EstimateError(f"basis: expected one of {', '.join(BASES)}; got {basis!r}")
     b = global_batch / gpus
+    world, comm = 1, 0.0
     if basis == "train_step":
-        t_step, e1, used = costs.train_step(method, b)
+        t_step, e1, used, world = costs.train_step(method, b, gpus)
+        if gpus > 1 and world != gpus:  # the step was benched on fewer ranks: add the communication
+            measured = costs.allreduce(gpus, b) if allreduce_s is None else None
+            if measured is not None:
+                comm, e1, used = measured[0], e1 or measured[1], used + "+allreduce"
+            else:
+                comm = allreduce_s or 0.0
     else:
         (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
     b_eval = eval_batch_per_gpu or b
-    t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis)
+    data_world = gpus if basis == "train_step" else None  # the paper's bound: one device's costs
+    t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis, data_world)
     overlapped = is_gpu_device(costs.device)
     d_train = d_val = 0.0
-    if (loading := costs.data("train", b)) is not None:
+    if (loading := costs.data("train", b, data_world)) is not None:
         d_train, e3 = data_cost(loading[0], t_step, overlapped=overlapped), loading[1]
         e1 = e1 or e3
-    if (loading := costs.data("val", b_eval)) is not None:
+    if (loading := costs.data("val", b_eval, data_world)) is not None:
         d_val, e3 = data_cost(loading[0], t_eval, overlapped=overlapped), loading[1]
         e2 = e2 or e3
     n_train, n_val = split_sizes(dataset, train_subset, val_subset)
@@ -349,15 +414,15 @@ def predict(
         eval_every=eval_every,
         gpus=gpus,
         eval_batch_per_gpu=max(1, int(b_eval)),
-        allreduce_s=allreduce_s,
+        allreduce_s=comm,
         d_train=d_train,
         d_val=d_val,
     )
-    return Prediction(seconds, e1 or e2, used)
+    return Prediction(seconds, e1 or e2, used, world)
 
 
 def predict_spec(
-    costs: BenchCosts, spec: RunSpec, *, basis: str = "train_step", allreduce_s: float = 0.0
+    costs: BenchCosts, spec: RunSpec, *, basis: str = "train_step", allreduce_s: float | None = None
 ) -> Prediction:
     return predict(
         costs,
@@ -383,7 +448,7 @@ def estimate_cells(
     *,
     device: str | None = None,
     basis: str = "train_step",
-    allreduce_s: float = 0.0,
+    allreduce_s: float | None = None,
 ) -> pd.DataFrame:
     rows = []
     for spec in cells:
@@ -410,6 +475,7 @@ def estimate_cells(
                 "extrapolated": pred.extrapolated,
                 "basis": pred.basis,
                 "device": costs.device,
+                "bench_world_size": pred.bench_world_size,
             }
         )
     if not rows:
@@ -423,7 +489,7 @@ def estimate_grid(
     *,
     device: str | None = None,
     basis: str = "train_step",
-    allreduce_s: float = 0.0,
+    allreduce_s: float | None = None,
 ) -> pd.DataFrame:
     """One row per train cell of a grid file (all its documents): predicted wall-clock from bench data
     (a bench.csv or an experiment folder holding one); EstimateError when a cell has no matching bench data."""

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
-from orchestrator.estimate import BenchCosts, EstimateError, predict
+from orchestrator.estimate import BenchCosts, EstimateError, predict, with_world_size
 from orchestrator.report import Unit, approach_name, approach_order, dataset_label, pick_unit
 
 PAPER_DEFAULTS = {"epochs": 150, "global_batch_size": 256, "eval_every": 5, "eval_steps": 20, "eval_restarts": 1}
@@ -187,7 +187,9 @@ def fig1(bench: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     rows = bench[(bench["device"] == device) & (bench["model"] == model) & (bench["dataset"] == dataset)]
     if "what" not in rows.columns:
         rows = rows.assign(what=["forward" if k == 0 else "pgd" for k in rows["attack_steps"]])
-    costs = BenchCosts(rows.reset_index(drop=True), device)
+    costs = BenchCosts(rows.reset_index(drop=True), device)  # every world size: the right panel uses them
+    rows = with_world_size(rows)
+    rows = rows[rows["world_size"] == rows["world_size"].min()]  # the single-device panels
     s = settings_for(runs, model, dataset)
     attack_methods = sorted(set(rows.loc[rows["what"] == "pgd", "method"].astype(str)), key=approach_order)
     step_methods = set(rows.loc[rows["what"] == "train_step", "method"].astype(str))

@@ -40,7 +40,8 @@ def spec(**bench_settings: object) -> object:
 def test_bench_writes_expected_rows(tmp_path: Path) -> None:
     result = bench.main(spec(), tmp_path, Dist())
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
-    assert result == {"bench_csv": "bench.csv", "rows": len(rows), "device": bench.device_name(Dist())}
+    assert result == {"bench_csv": "bench.csv", "rows": len(rows), "device": bench.device_name(Dist()), "world_size": 1}
+    assert {r["world_size"] for r in rows} == {"1"}  # no process group: no allreduce rows
     assert list(rows[0]) == list(bench.BENCH_COLUMNS)
     design = ["device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s",
               "p90_s"]  # fmt: skip
@@ -140,9 +141,35 @@ def test_bench_leaves_the_weights_alone(tmp_path: Path, monkeypatch: pytest.Monk
         assert torch.equal(p.detach(), q), name
 
 
-def test_only_rank_zero_measures(tmp_path: Path) -> None:
-    assert bench.main(spec(), tmp_path, Dist(rank=1, world_size=2)) == {"rank": 1}
+def test_only_rank_zero_writes(tmp_path: Path) -> None:
+    s = spec(batch_sizes=[4], methods=["standard"], repeats=1, warmup=0)
+    assert bench.main(s, tmp_path, Dist(rank=1, world_size=2)) == {"rank": 1}
     assert not (tmp_path / "bench.csv").exists()
+
+
+def test_two_ranks_bench_ddp_steps_and_the_gradient_allreduce(tmp_path: Path) -> None:
+    """A bench cell of shape 1x2 (two gloo ranks through workloads.entry, as a job runs it): every row says
+    world size 2, training steps run through DDP (so cost at least the rank's compute), and what=allreduce
+    rows time one gradient-sized all-reduce; the cost model predicts a 2-GPU cell from those rows."""
+    from tests.test_distributed import torchrun_entry, write_spec
+
+    run_dir = tmp_path / "bench-small_cnn-n1g2"
+    spec_path, _ = write_spec(run_dir, kind="bench", data_root=str(tmp_path / "no-data"),
+                              eval={"steps": 2}, bench={"batch_sizes": [8, 16], "methods": ["standard", "fast"],
+                                                        "repeats": 3, "warmup": 1})  # fmt: skip
+    torchrun_entry(spec_path, world=2)
+    rows = list(csv.DictReader((run_dir / "bench.csv").open()))
+    assert {r["world_size"] for r in rows} == {"2"}
+    keys = [(r["what"], r["method"], int(r["batch_size"])) for r in rows]
+    for b in (8, 16):
+        assert ("allreduce", "gradients", b) in keys and ("train_step", "fast", b) in keys
+    df = estimate.read_bench(run_dir)
+    costs = estimate.select_costs(df, model="small_cnn", dataset="fashion_mnist")
+    assert costs.world_sizes == [2]
+    t, extra = costs.allreduce(2, 8)  # type: ignore[misc]
+    assert t > 0 and not extra
+    step, _, basis, world = costs.train_step("fast", 16, 2)
+    assert (basis, world) == ("train_step", 2) and step > 0
 
 
 def test_summarize_percentiles() -> None:

@@ -158,7 +158,7 @@ def test_lower_bound_basis_is_the_papers_pgd_proxy(bench: pd.DataFrame) -> None:
 def test_missing_train_step_falls_back_to_standard_plus_pgd(bench: pd.DataFrame) -> None:
     no_pgd7_step = bench[~((bench["what"] == "train_step") & (bench["method"] == "pgd7"))]
     c = costs_of(no_pgd7_step)
-    step, extra, basis = c.train_step("pgd7", 64)
+    step, extra, basis, _ = c.train_step("pgd7", 64)
     assert basis == "pgd+standard" and not extra
     assert step == pytest.approx((1.1 + 7.0) * t_pass(64))
     # a step count without its own rows: scaled per pass from the largest K measured
@@ -331,3 +331,99 @@ def test_data_cost_closed_form() -> None:
     assert estimate.data_cost(0.3, 0.1, overlapped=False) == 0.3
     assert estimate.data_cost(0.3, 0.1, overlapped=True) == pytest.approx(0.2)
     assert estimate.data_cost(0.05, 0.1, overlapped=True) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-GPU costs measured at the cell's world size (bench cells of shape 1xG)
+
+CONTENTION = 1.25  # rows at world size 2 cost this much more than at 1 (DDP all-reduce, shared node)
+ALLREDUCE_2, ALLREDUCE_4 = 0.004, 0.006  # seconds of one gradient all-reduce across 2 / 4 ranks
+
+
+def at_world(rows: list[dict[str, object]], world: int, factor: float) -> list[dict[str, object]]:
+    out = []
+    for r in rows:
+        t = float(r["median_s"]) * factor  # type: ignore[arg-type]
+        out.append({**r, "world_size": world, "median_s": t, "p10_s": t, "p90_s": t})
+    return out
+
+
+def allreduce_rows(world: int, seconds: float) -> list[dict[str, object]]:
+    base = {**bench_rows()[0], "what": "allreduce", "method": "gradients", "attack_steps": 0, "world_size": world}
+    return [{**base, "batch_size": b, "median_s": seconds, "p10_s": seconds, "p90_s": seconds} for b in BATCHES]
+
+
+@pytest.fixture
+def multi_bench() -> pd.DataFrame:
+    rows = at_world(bench_rows(), 1, 1.0) + at_world(bench_rows(), 2, CONTENTION) + allreduce_rows(2, ALLREDUCE_2)
+    return pd.DataFrame(rows)
+
+
+KW = dict(dataset="cifar10", epochs=6, global_batch=128, eval_every=3, eval_steps=20)
+
+
+@pytest.mark.parametrize("method", ["standard", "fast", "pgd7"])
+def test_rows_at_the_cells_world_size_are_used_as_measured(multi_bench: pd.DataFrame, method: str) -> None:
+    costs = costs_of(multi_bench)
+    assert costs.world_sizes == [1, 2]
+    two = estimate.predict(costs, method=method, gpus=2, **KW)  # type: ignore[arg-type]
+    expected = CONTENTION * closed_form(method, epochs=6, global_batch=128, gpus=2, every=3, n_train=50000,
+                                        n_val=10000)  # fmt: skip
+    assert two.seconds == pytest.approx(expected, rel=1e-12)  # steps and evaluation both from the 2-rank rows
+    assert (two.basis, two.bench_world_size, two.extrapolated) == ("train_step", 2, False)
+    one = estimate.predict(costs, method=method, gpus=1, **KW)  # type: ignore[arg-type]
+    assert one.seconds == pytest.approx(
+        closed_form(method, epochs=6, global_batch=128, gpus=1, every=3, n_train=50000, n_val=10000), rel=1e-12
+    )
+    assert one.bench_world_size == 1
+    # the paper's bound stays one device's costs at the per-GPU batch, whatever was benched at 2
+    bound = estimate.predict(costs, method=method, gpus=2, basis="lower_bound", **KW)  # type: ignore[arg-type]
+    ideal = estimate.predict(costs_of(pd.DataFrame(bench_rows())), method=method, gpus=2, basis="lower_bound",
+                             **KW)  # type: ignore[arg-type]  # fmt: skip
+    assert bound.seconds == pytest.approx(ideal.seconds, rel=1e-12)
+
+
+def test_unbenched_world_size_adds_the_nearest_measured_allreduce(multi_bench: pd.DataFrame) -> None:
+    costs = costs_of(multi_bench)
+    four = estimate.predict(costs, method="fast", gpus=4, **KW)  # type: ignore[arg-type]
+    # single-device step + the all-reduce measured across 2 ranks (nearest benched world size: flagged)
+    expected = closed_form("fast", epochs=6, global_batch=128, gpus=4, every=3, n_train=50000, n_val=10000,
+                           allreduce=ALLREDUCE_2)  # fmt: skip
+    assert four.seconds == pytest.approx(expected, rel=1e-12)
+    assert (four.basis, four.bench_world_size, four.extrapolated) == ("train_step+allreduce", 1, True)
+    # with all-reduce rows at 4 itself: that value, not flagged
+    exact = costs_of(pd.concat([multi_bench, pd.DataFrame(allreduce_rows(4, ALLREDUCE_4))], ignore_index=True))
+    four = estimate.predict(exact, method="fast", gpus=4, **KW)  # type: ignore[arg-type]
+    assert four.seconds == pytest.approx(
+        closed_form("fast", epochs=6, global_batch=128, gpus=4, every=3, n_train=50000, n_val=10000,
+                    allreduce=ALLREDUCE_4), rel=1e-12)  # fmt: skip
+    assert not four.extrapolated
+    # an explicit allreduce_s replaces the measured term (only where the world size was not benched)
+    knob = estimate.predict(costs, method="fast", gpus=4, allreduce_s=0.5, **KW)  # type: ignore[arg-type]
+    assert knob.seconds == pytest.approx(
+        closed_form("fast", epochs=6, global_batch=128, gpus=4, every=3, n_train=50000, n_val=10000, allreduce=0.5),
+        rel=1e-12,
+    )
+    two = estimate.predict(costs, method="fast", gpus=2, allreduce_s=0.5, **KW)  # type: ignore[arg-type]
+    assert two.bench_world_size == 2 and two.seconds == pytest.approx(
+        CONTENTION * closed_form("fast", epochs=6, global_batch=128, gpus=2, every=3, n_train=50000, n_val=10000),
+        rel=1e-12,
+    )
+
+
+def test_a_bench_only_at_world_size_two_still_predicts_one_gpu() -> None:
+    """Rows at one world size only: every cell uses them (the smallest world size benched)."""
+    costs = costs_of(pd.DataFrame(at_world(bench_rows(), 2, CONTENTION)))
+    one = estimate.predict(costs, method="pgd7", gpus=1, **KW)  # type: ignore[arg-type]
+    assert one.bench_world_size == 2
+    assert one.seconds == pytest.approx(
+        CONTENTION * closed_form("pgd7", epochs=6, global_batch=128, gpus=1, every=3, n_train=50000, n_val=10000),
+        rel=1e-12,
+    )
+
+
+def test_old_bench_files_without_world_size_read_as_one(tmp_path: Path) -> None:
+    rows = bench_rows()
+    write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
+    df = estimate.read_bench(tmp_path / "bench.csv")
+    assert set(df["world_size"]) == {1}

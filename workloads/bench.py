@@ -15,9 +15,17 @@ For every batch size in spec.bench.batch_sizes, on the job's device, with random
   data_val (the validation split, never augmented). CPU: the batch is loaded in-process (what a training step
   waits for); CUDA: worker processes, timed once their prefetch queue has drained, i.e. the loader's steady
   throughput per batch. Skipped, with a printed note, when the dataset cannot be read (e.g. no data root).
+- what=allreduce (world size G > 1 only): one all-reduce of a buffer the size of the model's gradients
+  across the G ranks (method "gradients"), the communication DDP adds to each training step (DDP overlaps
+  part of it with the backward pass, so this is an upper bound on what it adds).
 Each is warmed up (spec.bench.warmup calls), then timed spec.bench.repeats times (CUDA: events after a
 synchronize; CPU: perf_counter); bench.csv holds the median and the 10th/90th percentiles.
-Only rank 0 measures (one device); other ranks return at once.
+
+World size (the cell's shape): every row carries it. At G > 1 all ranks run every measurement at once, in
+step (a barrier before each), and rank 0's times are recorded: the training steps run through DDP as the
+trainer's do, so rows at G hold the gradient all-reduce and whatever G processes contend for (cores, memory
+bandwidth, PCIe, network). orchestrator.estimate predicts a G-GPU run from the rows at G when the bench has
+them; Fig. 1's single-device panels use the rows at the smallest world size.
 """
 
 from __future__ import annotations
@@ -33,34 +41,32 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from workloads import rundir
+from workloads import distributed, rundir
+from workloads.allocator import tune_malloc
 from workloads.attacks import attack_from, attack_mode
 from workloads.data import DataBundle, DataError, build_datasets, dataset_info
 from workloads.distributed import Dist
 from workloads.models import build_model
 from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
 from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
-from workloads.train import autocast, loader_kwargs, train_step
+from workloads.train import autocast, loader_kwargs, train_step, wrap_ddp
 
 BENCH_COLUMNS = (
     "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",
-    "what", "attack_restarts", "precision", "channels_last", "threads", "warmup",
+    "what", "attack_restarts", "precision", "channels_last", "threads", "warmup", "world_size", "calls_per_repeat",
 )  # fmt: skip
 
 
-def prime_cpu_allocator() -> None:
-    """Allocate and free one 16 MiB buffer, as the trainer's dataset loading does before its first step.
-
-    glibc serves allocations above its mmap threshold with fresh mmaps (page faults on every activation
-    tensor) until a large mmapped chunk is freed, which raises the threshold. A training process has always
-    passed that point; without it this bench measured CPU attack passes ~30 % slower than training runs them.
-    """
-    buffer = torch.ones(4 * 2**20)  # float32: 16 MiB, under glibc's 32 MiB cap for the dynamic threshold
-    del buffer
+# At world size > 1 single calls are noisy (each waits on the slowest rank at every collective) and the first
+# few after a barrier run slow while the ranks fall into step (measured: 2 CPU ranks, DDP steps of 18-34 ms,
+# the first 5 up to 2x). A sample is then the mean of DDP_CALLS_PER_REPEAT consecutive calls, after at least
+# DDP_MIN_WARMUP untimed ones: the per-step cost of a long run, which is what an epoch sums.
+DDP_CALLS_PER_REPEAT, DDP_MIN_WARMUP = 5, 5
 
 
-def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
-    """Seconds per call of fn, after `warmup` untimed calls. CUDA: events, so queued work is counted."""
+def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int, calls: int = 1) -> list[float]:
+    """Seconds per call of fn, after `warmup` untimed calls: `repeats` samples, each the mean over `calls`
+    consecutive calls. CUDA: events, so queued work is counted."""
     for _ in range(warmup):
         fn()
     times: list[float] = []
@@ -69,15 +75,17 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
+            times.append(start.elapsed_time(end) / 1000.0 / calls)
         return times
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
     return times
 
 
@@ -105,16 +113,27 @@ class _Bench:
 
     spec: RunSpec
     model: nn.Module
+    ddp_model: nn.Module  # what training steps train: DDP-wrapped at world size > 1
     opt: torch.optim.Optimizer
-    device: torch.device
+    dist: Dist
     amp: torch.dtype | None
     gen: torch.Generator
     common: dict[str, Any]
 
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
     def measure(self, fn: Callable[[], Any], **fields: Any) -> dict[str, Any]:
-        times = time_calls(fn, self.device, self.spec.bench.repeats, self.spec.bench.warmup)
+        distributed.barrier(self.dist)  # all ranks start each measurement together (contention as in training)
+        warmup, calls = self.spec.bench.warmup, self.common["calls_per_repeat"]
+        if self.dist.distributed:
+            warmup = max(warmup, DDP_MIN_WARMUP)
+        times = time_calls(fn, self.device, self.spec.bench.repeats, warmup, calls)
         row = {**self.common, **fields, **summarize(times)}
-        print(f"bench {row['what']} {row['method']} b={row['batch_size']}: {row['median_s']:.4g} s", flush=True)
+        if self.dist.is_main:
+            what, method, b = row["what"], row["method"], row["batch_size"]
+            print(f"bench {what} {method} b={b} world={self.dist.world_size}: {row['median_s']:.4g} s", flush=True)
         return row
 
     def attack(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
@@ -147,13 +166,24 @@ class _Bench:
 
     def train_step(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
         def run() -> Tensor:
-            loss, _ = train_step(self.model, self.model, self.opt, x, y, attack, self.gen,
+            loss, _ = train_step(self.model, self.ddp_model, self.opt, x, y, attack, self.gen,
                                  mode=self.spec.attack.mode, amp=self.amp)  # fmt: skip
             return loss
 
         self.model.train()
         return self.measure(run, what="train_step", method=method, attack_steps=attack.steps, attack_restarts=1,
                             batch_size=len(x))  # fmt: skip
+
+    def allreduce(self, b: int) -> dict[str, Any]:
+        """One all-reduce of a gradient-sized buffer (the model's parameters, their dtype) across the ranks."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=self.device)
+
+        def run() -> None:
+            torch.distributed.all_reduce(buffer)
+
+        return self.measure(run, what="allreduce", method="gradients", attack_steps=0, attack_restarts=1,
+                            batch_size=b)  # fmt: skip
 
 
 def load_data(spec: RunSpec) -> DataBundle | None:
@@ -192,24 +222,23 @@ def data_rows(spec: RunSpec, data: DataBundle, b: int, dist: Dist, common: dict[
     """what=data rows of batch size b: data_train (train split) and data_val (validation split)."""
     rows = []
     for method, dataset in (("data_train", data.train), ("data_val", data.val)):
-        times = time_batches(dataset, b, dist, spec.bench.repeats, spec.bench.warmup, spec.seed + b)
+        distributed.barrier(dist)
+        times = time_batches(dataset, b, dist, spec.bench.repeats, common["warmup"], spec.seed + b + dist.rank)
         row = {**common, "what": "data", "method": method, "attack_steps": 0, "attack_restarts": 1,
-               "batch_size": b, **summarize(times)}  # fmt: skip
-        print(f"bench data {method} b={b}: {row['median_s']:.4g} s", flush=True)
+               "batch_size": b, "calls_per_repeat": 1, **summarize(times)}  # fmt: skip
+        if dist.is_main:
+            print(f"bench data {method} b={b} world={dist.world_size}: {row['median_s']:.4g} s", flush=True)
         rows.append(row)
     return rows
 
 
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    if not dist.is_main:
-        return {"rank": dist.rank}  # one device measures; the others would only contend for the node
     device = dist.device
     memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
+    tune_malloc()  # as entry.run does for every job (idempotent): this bench may also be called directly
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer; warm-up absorbs the autotuning
-    else:
-        prime_cpu_allocator()
     info = dataset_info(spec.dataset)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std)
@@ -223,13 +252,16 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         "precision": spec.precision,
         "channels_last": spec.channels_last,
         "threads": torch.get_num_threads(),
-        "warmup": spec.bench.warmup,
+        "warmup": max(spec.bench.warmup, DDP_MIN_WARMUP) if dist.distributed else spec.bench.warmup,
+        "world_size": dist.world_size,
+        "calls_per_repeat": DDP_CALLS_PER_REPEAT if dist.distributed else 1,
     }
     bench = _Bench(
         spec=spec,
         model=model,
+        ddp_model=wrap_ddp(model, dist),
         opt=torch.optim.SGD(model.parameters(), lr=0.0, momentum=o.momentum, weight_decay=o.weight_decay),
-        device=device,
+        dist=dist,
         amp=torch.bfloat16 if spec.precision == "bf16" else None,
         gen=torch.Generator(device).manual_seed(spec.seed),
         common=common,
@@ -238,7 +270,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     data = load_data(spec)
     rows: list[dict[str, Any]] = []
     for b in spec.bench.batch_sizes:
-        cpu_gen = torch.Generator().manual_seed(spec.seed + b)
+        cpu_gen = torch.Generator().manual_seed(spec.seed + b + 7919 * dist.rank)  # rank 0: as at world size 1
         shape = (b, info.in_channels, info.image_size, info.image_size)
         x = torch.rand(shape, generator=cpu_gen).to(device).contiguous(memory_format=memory_format)
         y = torch.randint(0, info.num_classes, (b,), generator=cpu_gen).to(device)
@@ -246,7 +278,12 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         rows.append(bench.forward(x))
         rows.append(bench.validation(x, y))
         rows += [bench.train_step(x, y, m, a) for m, a in attacks.items()]
+        if dist.distributed:
+            rows.append(bench.allreduce(b))
         if data is not None:
             rows += data_rows(spec, data, b, dist, common)
+    distributed.barrier(dist)  # ranks leave together: none tears the process group down under another
+    if not dist.is_main:
+        return {"rank": dist.rank}  # rank 0 writes the rows (its own times)
     rundir.write_csv_atomic(run_dir / rundir.BENCH, BENCH_COLUMNS, rows)
-    return {"bench_csv": rundir.BENCH, "rows": len(rows), "device": common["device"]}
+    return {"bench_csv": rundir.BENCH, "rows": len(rows), "device": common["device"], "world_size": dist.world_size}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workloads import distributed, rundir, runinfo
+from workloads import allocator, distributed, rundir, runinfo
 from workloads.spec import RunSpec, from_dict
 
 # kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps)
@@ -38,6 +38,7 @@ def error_path(run_dir: Path, rank: int) -> Path:
 def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str, Any]:
     """Run the job described by RUN_DIR/spec.json in RUN_DIR; returns the workload's result dict.
     `dist` None: detect the process layout (torchrun env, submitit/Slurm job, else a single process)."""
+    allocator.tune_malloc()  # before the first large allocations (dataset, model)
     spec_path = Path(spec_path).resolve()
     spec = from_dict(rundir.read_json(spec_path))
     run_dir = spec_path.parent

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from workloads import rundir
+from workloads import allocator, rundir
 from workloads.distributed import Dist, all_gather_object
 
 
@@ -90,6 +90,7 @@ def collect_env(dist: Dist) -> dict[str, Any]:
         "device": ranks[0]["device"],
         "device_type": dist.device.type,
         "torch_threads": torch.get_num_threads(),
+        "malloc": allocator.applied(),  # glibc thresholds fixed by workloads.allocator (None: glibc defaults)
         "versions": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,

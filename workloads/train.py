@@ -71,6 +71,14 @@ def train_step(
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
+def wrap_ddp(model: nn.Module, dist: Dist) -> nn.Module:
+    """The module the optimizer trains: DDP (gradient all-reduce overlapped with backward) when distributed."""
+    if not dist.distributed:
+        return model
+    device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
 def evaluate(
     model: nn.Module,
     dataset: Dataset[Any],
@@ -202,10 +210,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     o = spec.optimizer
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)  # independent of epochs
-    ddp_model: nn.Module = model
-    if dist.distributed:
-        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
-        ddp_model = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    ddp_model = wrap_ddp(model, dist)
     torch.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_GLOBAL))  # augmentation stream of this rank
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
 
