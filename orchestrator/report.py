@@ -453,9 +453,11 @@ def settings_lines(tables: Tables) -> list[str]:
         if vals:
             lines.append(f"- {label}: {vals}")
     if tables.bench is not None:
+        worlds = sorted({int(w) for w in tables.bench.get("world_size", pd.Series([1])).fillna(1)})
         lines.append(
             f"- bench: {_values(tables.bench, 'model')} on {_values(tables.bench, 'device')}, batch sizes "
-            f"{', '.join(str(b) for b in sorted(tables.bench['batch_size'].unique()))}"
+            f"{', '.join(str(b) for b in sorted(tables.bench['batch_size'].unique()))}, world sizes "
+            f"{', '.join(map(str, worlds))}"
         )
     return lines
 
@@ -549,9 +551,12 @@ def report_markdown(tables: Tables, table_md: str, cells: Sequence[Cell], figure
             "Left: one K-step PGD execution and one forward pass (the No PGD proxy) per batch size on one device. "
             "Middle: estimated total training time on one device vs batch size (solid: from the measured full "
             "training step when the bench has it; dotted: the paper's lower bound from PGD/forward alone). "
-            "Right: estimated time vs GPU count at a fixed global batch; stars: measured runs (last epoch).",
+            "Right: estimated time vs GPU count at a fixed global batch, from the bench rows measured at that "
+            "GPU count where the bench ran one (else one device plus the measured all-reduce; hollow markers: "
+            "extrapolated); stars: measured runs (last epoch).",
             "",
         ]
+    lines += estimate_lines(tables)
     if "fig2.png" in names:
         lines += [
             "## Fig. 2: adversarial accuracy vs ε",
@@ -566,6 +571,40 @@ def report_markdown(tables: Tables, table_md: str, cells: Sequence[Cell], figure
     if found:
         lines += ["## Findings", "", " ".join(found), ""]
     return "\n".join(lines)
+
+
+def estimate_lines(tables: Tables) -> list[str]:
+    """Estimate vs measured: each finished train run's last-epoch time against `orchestrate estimate`'s
+    prediction from this experiment's bench (estimate_vs_measured.csv has every column)."""
+    if tables.bench is None or tables.runs is None:
+        return []
+    from orchestrator.estimate import compare_runs
+
+    df = compare_runs(tables.runs, tables.bench)
+    if df.empty:
+        return []
+    write_csv_atomic(tables.exp_dir / "report" / "estimate_vs_measured.csv", list(df.columns), df.to_dict("records"))
+    unit = pick_unit([*df["predicted_s"], *df["measured_s"]])
+    lines = [
+        "## Estimate vs measured",
+        "",
+        f"| run | GPUs | predicted ({unit.name}) | measured ({unit.name}) | error | bench rows at |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in df.itertuples():
+        mark = " *" if r.extrapolated else ""
+        lines.append(
+            f"| {r.run_id}{mark} | {r.gpus} | {fmt_time(float(r.predicted_s), unit)} | "
+            f"{fmt_time(float(r.measured_s), unit)} | {float(r.error_pct):+.1f} % | {r.bench_world_size} rank(s) |"
+        )
+    lines += [
+        "",
+        "Predicted by the cost model (`orchestrate estimate`) from this experiment's bench.csv: per-batch costs of "
+        "training steps, validation batches and data loading measured at the run's world size where the bench "
+        "ran one (else one device plus the measured all-reduce); * extrapolated beyond the benched batch sizes.",
+        "",
+    ]
+    return lines
 
 
 def _cell(value: object) -> str:

@@ -95,6 +95,7 @@ def test_bench_without_the_data_skips_data_rows(tmp_path: Path, capsys: pytest.C
     rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
     assert result["rows"] == len(rows) and rows
     assert {r["what"] for r in rows} == {"forward", "eval", "train_step"}
+    assert {(r["inputs"], r["prime_steps"]) for r in rows} == {("random", "0")}  # no data: noise, fresh weights
     assert "no data rows (fashion_mnist unavailable" in capsys.readouterr().out
 
 
@@ -134,11 +135,34 @@ def test_bench_leaves_the_weights_alone(tmp_path: Path, monkeypatch: pytest.Monk
         return built[-1]
 
     monkeypatch.setattr(bench, "build_model", keep)
-    bench.main(spec(batch_sizes=[4], methods=["standard", "fast"], repeats=2, warmup=1), tmp_path, Dist())
+    bench.main(spec(batch_sizes=[4], methods=["standard", "fast"], repeats=2, warmup=1, prime_steps=0), tmp_path,
+               Dist())  # fmt: skip
     torch.manual_seed(0)  # bench.main seeds with spec.seed (0) before building: the same initial weights
     fresh = real_build("small_cnn", 10, 1, (0.2860,), (0.3530,))
     for (name, p), q in zip(built[0].named_parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p.detach(), q), name
+
+
+@needs_fmnist
+def test_bench_times_a_primed_model_on_real_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the dataset at hand: prime_steps SGD steps on real batches first, then every row on a real batch."""
+    primed: list[int] = []
+    real_prime = bench.prime_model
+
+    def spy(model: torch.nn.Module, *args: object) -> int:
+        before = [p.detach().clone() for p in model.parameters()]
+        steps = real_prime(model, *args)  # type: ignore[arg-type]
+        primed.append(sum(not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters(), strict=True)))
+        return steps
+
+    monkeypatch.setattr(bench, "prime_model", spy)
+    bench.main(spec(batch_sizes=[4], methods=["standard"], repeats=1, warmup=0, prime_steps=3), tmp_path, Dist())
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert {(r["inputs"], r["prime_steps"]) for r in rows} == {("data", "3")}
+    assert primed and primed[0] > 0  # the weights moved
+    x, y = bench.real_batch(bench.build_datasets(spec()).train, 6, seed=1)  # type: ignore[arg-type]
+    assert tuple(x.shape) == (6, 1, 28, 28) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert y.dtype == torch.int64 and len(set(y.tolist())) > 1
 
 
 def test_only_rank_zero_writes(tmp_path: Path) -> None:

@@ -427,3 +427,32 @@ def test_old_bench_files_without_world_size_read_as_one(tmp_path: Path) -> None:
     write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
     df = estimate.read_bench(tmp_path / "bench.csv")
     assert set(df["world_size"]) == {1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimate vs measured (report)
+
+
+def test_compare_runs_predicts_each_finished_train_run(multi_bench: pd.DataFrame) -> None:
+    def row(run_id: str, method: str, gpus: int, measured: float, **extra: object) -> dict[str, object]:
+        return {"run_id": run_id, "kind": "train", "state": "finished", "method": method, "model": "small_cnn",
+                "dataset": "cifar10", "device": "x86_64", "epochs": 6, "global_batch_size": 128,
+                "world_size": gpus, "eval_every": 3, "eval_steps": 20, "eval_restarts": 1, "eval_batch_size": None,
+                "train_subset": None, "val_subset": None, "elapsed_s_last": measured, **extra}  # fmt: skip
+
+    one = closed_form("fast", epochs=6, global_batch=128, gpus=1, every=3, n_train=50000, n_val=10000)
+    two = CONTENTION * closed_form("pgd7", epochs=6, global_batch=128, gpus=2, every=3, n_train=50000, n_val=10000)
+    runs = pd.DataFrame([
+        row("fast-1", "fast", 1, one * 1.25),
+        row("pgd7-2", "pgd7", 2, two / 1.25),
+        row("running", "fast", 1, 1.0, state="running"),  # unfinished: left out
+        row("other-device", "fast", 1, 1.0, device="NVIDIA H100"),  # no bench rows for it: left out
+        {**row("bench", "", 1, 1.0), "kind": "bench"},  # not a training run
+    ])  # fmt: skip
+    df = estimate.compare_runs(runs, multi_bench)
+    assert list(df.columns) == list(estimate.COMPARE_COLUMNS)
+    assert list(df["run_id"]) == ["fast-1", "pgd7-2"]
+    assert df["predicted_s"].tolist() == pytest.approx([one, two], rel=1e-12)
+    assert df["error_pct"].tolist() == pytest.approx([-20.0, 25.0], rel=1e-9)
+    assert df["bench_world_size"].tolist() == [1, 2]
+    assert estimate.compare_runs(runs.iloc[0:0], multi_bench).empty

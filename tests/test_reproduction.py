@@ -75,9 +75,24 @@ def test_committed_run_shows_the_papers_findings() -> None:
     assert (clean["adv_acc"] == clean["clean_acc"]).all()  # eps 0 is the clean accuracy
 
 
+def test_committed_run_is_predicted_by_its_bench_within_15_percent() -> None:
+    """Issue 4's target on the reference run: `estimate` from the run's own bench.csv (rows at each cell's world
+    size) against each training run's measured wall-clock. The committed numbers, not a new timing."""
+    from orchestrator.estimate import compare_runs
+
+    runs, bench = pd.read_csv(DEMO_RESULTS / "runs.csv"), pd.read_csv(DEMO_RESULTS / "bench.csv")
+    df = compare_runs(runs, bench)
+    assert len(df) == 6 and set(df["gpus"]) == {1, 2}
+    assert (df.loc[df["gpus"] == 2, "bench_world_size"] == 2).all()  # 2-GPU cells from the 2-rank rows
+    assert df["error_pct"].abs().max() < 15.0, df[["run_id", "predicted_s", "measured_s", "error_pct"]].to_string()
+    committed = pd.read_csv(DEMO_RESULTS / "report" / "estimate_vs_measured.csv")
+    assert committed["run_id"].tolist() == df["run_id"].tolist()
+    assert committed["error_pct"].tolist() == pytest.approx(df["error_pct"].tolist(), rel=1e-9)
+
+
 def test_committed_run_directories_are_small_and_complete() -> None:
     runs = sorted(p for p in (DEMO_RESULTS / "runs").iterdir() if p.is_dir())
-    assert len(runs) >= 10  # bench + 6 train + 3 evaluate (+ visualize)
+    assert len(runs) >= 11  # 2 bench + 6 train + 3 evaluate (+ visualize)
     for run in runs:
         for name in (rundir.SPEC, "env.json", rundir.RESULT):
             assert (run / name).is_file(), f"{run.name}: {name} missing"
@@ -181,6 +196,7 @@ def test_demo_grid_is_the_issue_study() -> None:
         assert c.dataset == "fashion_mnist" and c.data_root is None  # real Fashion-MNIST (Debian files)
     bench, train, evaluate, visualize = grids
     assert set(bench.cells[0].bench.methods) == set(METHODS) and len(bench.cells[0].bench.batch_sizes) >= 3
+    assert {c.world_size for c in bench.cells} == {1, 2}  # a bench cell per train shape (multi-GPU estimates)
     assert {(c.method, c.shape.gpus_per_node) for c in train.cells} == {(m, g) for m in METHODS for g in (1, 2)}
     assert len(train.cells) == 6
     for c in train.cells:

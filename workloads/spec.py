@@ -99,6 +99,8 @@ class Bench:
     )
     repeats: int = field(default=10, metadata=at_least(1))
     warmup: int = field(default=2, metadata=at_least(0))
+    # standard SGD steps on real training batches before timing (0: time the freshly initialised model)
+    prime_steps: int = field(default=50, metadata=at_least(0))
 
 
 @dataclass
