@@ -193,10 +193,12 @@ def test_paper_grids_have_the_papers_settings(file, dataset, model, eps, weight_
 
 def test_fig1_bench_grid():
     grid = load_grid(ROOT / "experiments" / "fig1_bench.yaml")
-    (cell,) = grid.cells
-    assert (grid.kind, cell.run_id, cell.dataset) == ("bench", "bench-resnet50_cifar-n1g1", "cifar10")
-    assert cell.bench.methods == ["standard", "fast", "pgd7"] and {32, 128} <= set(cell.bench.batch_sizes)
-    assert (cell.shape.nodes, cell.shape.gpus_per_node, cell.attack.eps) == (1, 1, 1.0)
+    # one cell per shape of the paper's grids (1 GPU for Fig. 1, 2 and 8 ranks for the multi-GPU estimates)
+    assert [c.run_id for c in grid.cells] == [f"bench-resnet50_cifar-{s}" for s in ("n1g1", "n1g2", "n4g2")]
+    assert [c.world_size for c in grid.cells] == [1, 2, 8]
+    for cell in grid.cells:
+        assert (grid.kind, cell.dataset, cell.attack.eps) == ("bench", "cifar10", 1.0)
+        assert cell.bench.methods == ["standard", "fast", "pgd7"] and {32, 128} <= set(cell.bench.batch_sizes)
 
 
 # -- site profiles and submitit parameters ---------------------------------------------------------------
