@@ -180,6 +180,53 @@ def test_two_shapes_ddp_across_nodes(tmp_path: Path, results: Path, monkeypatch:
     assert "gres/gpu=2" in sacct(str(cells["fast-n1g2-b64-s0"].job_id), "AllocTRES")
 
 
+BENCH_GRID = """\
+name: bench2
+kind: bench
+profile: local-cluster
+executor: slurm
+defaults:
+  model: small_cnn
+  dataset: fashion_mnist
+  train_subset: 512
+  eval: {steps: 2}
+  bench: {batch_sizes: [16, 32], methods: [standard, fast], repeats: 2, warmup: 1, prime_steps: 3}
+  resources: {timeout_min: 5}
+grid:
+  shape:
+    - {nodes: 2, gpus_per_node: 1}
+"""
+
+
+def test_bench_across_two_nodes_feeds_the_estimate(tmp_path: Path, results: Path) -> None:
+    """A 2-node bench cell: both ranks measure at once (DDP steps, a gradient all-reduce between the nodes) and a
+    2-GPU train cell is then estimated from those rows."""
+    grid = tmp_path / "bench2.yaml"
+    grid.write_text(BENCH_GRID)
+    launch.submit(grid, results, log=quiet)
+    exp_dir = results / "bench2"
+    cells = wait_terminal(exp_dir, timeout=150)
+    assert {c.state for c in cells.values()} == {"finished"}, cell_state.format_table(list(cells.values()))
+    run_dir = manifest.run_dir(exp_dir, "bench-small_cnn-n2g1")
+    env = rundir.read_json(run_dir / rundir.ENV)
+    assert env["world_size"] == 2
+    names = subprocess.run(["scontrol", "show", "hostnames", env["slurm"]["node_list"]], capture_output=True,
+                           text=True).stdout  # fmt: skip
+    assert len(set(names.split())) == 2  # the all-reduce crossed the (emulated) nodes
+    rows = rundir.read_csv(collect.collect(exp_dir)["bench"])
+    assert {r["world_size"] for r in rows} == {"2"} and {r["inputs"] for r in rows} == {"data"}
+    assert {int(r["batch_size"]) for r in rows if r["what"] == "allreduce"} == {16, 32}
+    train = tmp_path / "train2.yaml"
+    train.write_text(TRAIN_GRID.format(name="bench2", profile="local-cluster", epochs=1, train_subset=512,
+                                       eval_every=1, timeout_min=5, max_requeues=0,
+                                       shapes="    - {nodes: 2, gpus_per_node: 1}"))  # fmt: skip
+    from orchestrator.estimate import estimate_grid
+
+    (row,) = estimate_grid(train, exp_dir).itertuples()
+    assert (row.gpus, row.batch_per_gpu, row.bench_world_size, row.basis) == (2, 32, 2, "train_step")
+    assert row.predicted_s > 0 and not row.extrapolated
+
+
 def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
     # long enough (8 epochs of 3072 examples) that the requeue always lands while the job still trains
     grid = write_grid(tmp_path, "requeue", [(1, 2)], epochs=8, train_subset=3072)
