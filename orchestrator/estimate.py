@@ -11,7 +11,8 @@ cell of the same shape: every rank measures at once, training steps through DDP;
 - train_step rows at G: used as they are (basis "train_step", bench_world_size G);
 - else the rows of the smallest benched world size plus the bench's `allreduce` time at G (a gradient-sized
   all-reduce; at the nearest benched world size, flagged extrapolated, when G itself was not benched);
-- else plus `allreduce_s` (default 0: perfect scaling, the paper's bound).
+- else plus `allreduce_s` when given (basis "+allreduce_s"), else nothing: perfect scaling, the paper's bound
+  (basis "+perfect_scaling", and `format_estimate` says so).
 Validation and data rows follow the same rule (rows at G, else the smallest world size). The lower_bound basis
 is the paper's: single-device costs at the per-GPU batch, no communication.
 
@@ -58,6 +59,7 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
     "restricted_imagenet": (257735, 10150),
 }
 BASES = ("train_step", "lower_bound")
+PERFECT_SCALING = "+perfect_scaling"  # basis suffix: a multi-GPU step without any communication cost
 # Substrings (lower case) of accelerator names as torch.cuda.get_device_name reports them (see is_gpu_device).
 GPU_NAME_HINTS = ("nvidia", "tesla", "geforce", "quadro", "titan", "rtx", "radeon", "instinct", "gpu", "cuda")
 ESTIMATE_COLUMNS = (
@@ -388,8 +390,10 @@ def predict(
             measured = costs.allreduce(gpus, b) if allreduce_s is None else None
             if measured is not None:
                 comm, e1, used = measured[0], e1 or measured[1], used + "+allreduce"
+            elif allreduce_s is not None:
+                comm, used = allreduce_s, used + "+allreduce_s"
             else:
-                comm = allreduce_s or 0.0
+                used += PERFECT_SCALING  # nothing measured at or across several ranks: no communication counted
     else:
         (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
     b_eval = eval_batch_per_gpu or b
@@ -582,5 +586,10 @@ def format_estimate(df: pd.DataFrame) -> str:
     total = float(df["gpu_hours"].sum()) if len(df) else 0.0
     lines.append(f"total: {total:.3g} GPU-hours over {len(df)} cells (bench device: {devices})")
     if len(df) and df["extrapolated"].any():
-        lines.append("* extrapolated beyond the measured batch sizes (bench a wider batch range to confirm)")
+        lines.append("* extrapolated beyond the measured batch sizes or GPU counts (bench a wider range to confirm)")
+    if len(df) and df["basis"].astype(str).str.endswith(PERFECT_SCALING).any():
+        lines.append(
+            f"{PERFECT_SCALING}: the bench has no rows at that GPU count nor an all-reduce time, so communication "
+            "is not counted (bench a cell of that shape, or give --allreduce-s)"
+        )
     return "\n".join(lines)

@@ -127,6 +127,7 @@ def test_multi_gpu_form_at_fixed_global_batch(bench: pd.DataFrame, gpus: int) ->
                            allreduce=0.05)  # fmt: skip
     assert pred.seconds == pytest.approx(expected, rel=1e-12)
     assert not pred.extrapolated  # per-GPU batch 256/16 = 16 is still measured
+    assert pred.basis == ("train_step+allreduce_s" if gpus > 1 else "train_step")
 
 
 def test_more_gpus_is_faster_and_subsets_shrink_the_run(bench: pd.DataFrame) -> None:
@@ -218,8 +219,11 @@ def test_estimate_grid_matches_closed_form(tmp_path: Path) -> None:
         assert r.gpu_hours == pytest.approx(expected * r.gpus / 3600, rel=1e-12)
         assert r.batch_per_gpu == 64 // r.gpus
         assert not r.extrapolated  # per-GPU batches 64 and 32 were both measured
+    # a bench on one device only, no all-reduce measured: the 2-GPU cells say that communication is not counted
+    assert {(r.gpus, r.basis) for r in df.itertuples()} == {(1, "train_step"), (2, "train_step+perfect_scaling")}
     text = estimate.format_estimate(df)
     assert "total:" in text and f"{df['gpu_hours'].sum():.3g} GPU-hours over 6 cells" in text
+    assert "+perfect_scaling: the bench has no rows at that GPU count" in text
     assert estimate.estimate_grid(grid, exp / "bench.csv").equals(df)  # a bench.csv path works as well
 
 
