@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
-from orchestrator.estimate import BenchCosts, EstimateError, predict, with_world_size
+from orchestrator.bench_costs import BenchCosts, EstimateError, with_world_size
+from orchestrator.estimate import predict
 from orchestrator.report import Unit, approach_name, approach_order, dataset_label, pick_unit
 
 PAPER_DEFAULTS = {"epochs": 150, "global_batch_size": 256, "eval_every": 5, "eval_steps": 20, "eval_restarts": 1}

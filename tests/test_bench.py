@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import estimate
+from orchestrator import bench_costs
 from workloads import bench
 from workloads.distributed import Dist
 from workloads.spec import from_dict
@@ -62,7 +62,7 @@ def test_bench_writes_expected_rows(tmp_path: Path) -> None:
         # 7 forward + input-backward passes cost more than one no-grad forward pass
         assert median[("pgd", "pgd7")] > median[("forward", "standard")]
     # the file feeds the cost model as it is
-    costs = estimate.select_costs(estimate.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
+    costs = bench_costs.select_costs(bench_costs.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
     assert costs.train_step("pgd7", 8)[2] == "train_step"
 
 
@@ -82,7 +82,7 @@ def test_bench_writes_data_rows_for_fashion_mnist(tmp_path: Path) -> None:
         # augmentation (a padded random crop) costs more per example than the plain conversion
         assert median[("data", "data_train", b)] > median[("data", "data_val", b)] > 0
     # the cost model reads them: the data term of the train split at a measured batch size
-    costs = estimate.select_costs(estimate.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
+    costs = bench_costs.select_costs(bench_costs.read_bench(tmp_path), model="small_cnn", dataset="fashion_mnist")
     assert costs.data("train", 16) == (median[("data", "data_train", "16")], False)
     assert costs.data("val", 8) == (median[("data", "data_val", "8")], False)
 
@@ -187,8 +187,8 @@ def test_two_ranks_bench_ddp_steps_and_the_gradient_allreduce(tmp_path: Path) ->
     keys = [(r["what"], r["method"], int(r["batch_size"])) for r in rows]
     for b in (8, 16):
         assert ("allreduce", "gradients", b) in keys and ("train_step", "fast", b) in keys
-    df = estimate.read_bench(run_dir)
-    costs = estimate.select_costs(df, model="small_cnn", dataset="fashion_mnist")
+    df = bench_costs.read_bench(run_dir)
+    costs = bench_costs.select_costs(df, model="small_cnn", dataset="fashion_mnist")
     assert costs.world_sizes == [2]
     t, extra = costs.allreduce(2, 8)  # type: ignore[misc]
     assert t > 0 and not extra

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import estimate
-from orchestrator.estimate import EstimateError, interpolate
+from orchestrator import bench_costs, estimate
+from orchestrator.bench_costs import EstimateError, interpolate
 from workloads.rundir import write_csv_atomic
 
 # Synthetic per-batch costs with a closed form: one attack pass costs a + b B.
@@ -49,8 +49,8 @@ def bench() -> pd.DataFrame:
     return pd.DataFrame(bench_rows())
 
 
-def costs_of(bench: pd.DataFrame) -> estimate.BenchCosts:
-    return estimate.select_costs(bench, model="small_cnn", dataset="cifar10")
+def costs_of(bench: pd.DataFrame) -> bench_costs.BenchCosts:
+    return bench_costs.select_costs(bench, model="small_cnn", dataset="cifar10")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,14 +168,14 @@ def test_missing_train_step_falls_back_to_standard_plus_pgd(bench: pd.DataFrame)
 
 def test_selection_errors_are_one_line(bench: pd.DataFrame) -> None:
     with pytest.raises(EstimateError, match="no bench data for model resnet50, dataset cifar10") as info:
-        estimate.select_costs(bench, model="resnet50", dataset="cifar10")
+        bench_costs.select_costs(bench, model="resnet50", dataset="cifar10")
     assert "\n" not in str(info.value) and "small_cnn/cifar10 on x86_64" in str(info.value)
     two = pd.concat([bench, pd.DataFrame(bench_rows(device="NVIDIA H100"))])
     with pytest.raises(EstimateError, match="several devices"):
-        estimate.select_costs(two, model="small_cnn", dataset="cifar10")
-    assert estimate.select_costs(two, model="small_cnn", dataset="cifar10", device="h100").device == "NVIDIA H100"
+        bench_costs.select_costs(two, model="small_cnn", dataset="cifar10")
+    assert bench_costs.select_costs(two, model="small_cnn", dataset="cifar10", device="h100").device == "NVIDIA H100"
     with pytest.raises(EstimateError, match="precision bf16"):
-        estimate.select_costs(bench, model="small_cnn", dataset="cifar10", precision="bf16")
+        bench_costs.select_costs(bench, model="small_cnn", dataset="cifar10", precision="bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def with_data(rows: list[dict[str, object]], device: str) -> pd.DataFrame:
 def test_cpu_data_loading_adds_serially(method: str, gpus: int) -> None:
     bench = with_data(bench_rows(device="AMD EPYC 9R14"), "AMD EPYC 9R14")
     costs = costs_of(bench)
-    assert not estimate.is_gpu_device(costs.device)
+    assert not bench_costs.is_gpu_device(costs.device)
     pred = estimate.predict(costs, method=method, dataset="cifar10", epochs=9, global_batch=128, gpus=gpus,
                             eval_every=3, eval_steps=20)  # fmt: skip
     b = 128 // gpus
@@ -303,7 +303,7 @@ def test_cpu_data_loading_adds_serially(method: str, gpus: int) -> None:
 
 def test_cuda_data_loading_counts_only_what_compute_does_not_hide() -> None:
     device = "NVIDIA H100 80GB HBM3"
-    assert estimate.is_gpu_device(device)
+    assert bench_costs.is_gpu_device(device)
     rows = bench_rows(device=device)
     kw = dict(method="standard", dataset="cifar10", epochs=6, global_batch=64, eval_every=3, eval_steps=20)
     compute = closed_form("standard", epochs=6, global_batch=64, gpus=1, every=3, n_train=50000, n_val=10000)
@@ -429,7 +429,7 @@ def test_a_bench_only_at_world_size_two_still_predicts_one_gpu() -> None:
 def test_old_bench_files_without_world_size_read_as_one(tmp_path: Path) -> None:
     rows = bench_rows()
     write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
-    df = estimate.read_bench(tmp_path / "bench.csv")
+    df = bench_costs.read_bench(tmp_path / "bench.csv")
     assert set(df["world_size"]) == {1}
 
 

@@ -278,12 +278,12 @@ def test_figures_from_small_csvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_fig1_lower_bound_matches_estimate(tmp_path: Path) -> None:
     """The middle panel's points are the cost model's numbers (same code path as `orchestrate estimate`)."""
-    from orchestrator import estimate, plots
+    from orchestrator import bench_costs, plots
 
     exp = small_experiment(tmp_path)
     tables = report.load_tables(exp)
     assert tables.bench is not None
-    costs = estimate.BenchCosts(tables.bench, "x86_64")
+    costs = bench_costs.BenchCosts(tables.bench, "x86_64")
     settings = plots.settings_for(report.train_runs(tables.runs), "small_cnn", "fashion_mnist")
     assert (settings.epochs, settings.global_batch, settings.train_subset, settings.val_subset) == (2, 64, 2000, 500)
     curves = plots._curves(costs, settings, ["pgd7"], [8, 64], per_x="batch")
