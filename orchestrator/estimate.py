@@ -121,6 +121,36 @@ def total_time(
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    """What the cost model needs about a training run besides its method and GPU count: from a RunSpec
+    (`of_spec`), a runs.csv row (`compare_runs`) or a group of rows (the report's Fig. 1)."""
+
+    dataset: str
+    epochs: int
+    global_batch: int
+    eval_every: int = 5
+    eval_steps: int = 20
+    eval_restarts: int = 1
+    eval_batch: int | None = None  # per GPU; None: the training batch per GPU
+    train_subset: int | None = None
+    val_subset: int | None = None
+
+    @classmethod
+    def of_spec(cls, spec: RunSpec) -> RunSettings:
+        return cls(
+            dataset=spec.dataset,
+            epochs=spec.epochs,
+            global_batch=spec.global_batch_size,
+            eval_every=spec.eval.every,
+            eval_steps=spec.eval.steps,
+            eval_restarts=spec.eval.restarts,
+            eval_batch=spec.eval.batch_size,
+            train_subset=spec.train_subset,
+            val_subset=spec.val_subset,
+        )
+
+
+@dataclass(frozen=True)
 class Prediction:
     seconds: float
     extrapolated: bool
@@ -193,22 +223,30 @@ def predict(
     return Prediction(seconds, e1 or e2, used, world)
 
 
-def predict_spec(
-    costs: BenchCosts, spec: RunSpec, *, basis: str = "train_step", allreduce_s: float | None = None
+def predict_run(
+    costs: BenchCosts,
+    settings: RunSettings,
+    *,
+    method: str,
+    gpus: int,
+    global_batch: int | None = None,
+    basis: str = "train_step",
+    allreduce_s: float | None = None,
 ) -> Prediction:
+    """`predict` for a run described by `settings` (global_batch overrides the run's, e.g. for a batch sweep)."""
     return predict(
         costs,
-        method=spec.method,
-        dataset=spec.dataset,
-        epochs=spec.epochs,
-        global_batch=spec.global_batch_size,
-        gpus=spec.world_size,
-        eval_every=spec.eval.every,
-        eval_steps=spec.eval.steps,
-        eval_restarts=spec.eval.restarts,
-        eval_batch_per_gpu=spec.eval.batch_size,
-        train_subset=spec.train_subset,
-        val_subset=spec.val_subset,
+        method=method,
+        dataset=settings.dataset,
+        epochs=settings.epochs,
+        global_batch=settings.global_batch if global_batch is None else global_batch,
+        gpus=gpus,
+        eval_every=settings.eval_every,
+        eval_steps=settings.eval_steps,
+        eval_restarts=settings.eval_restarts,
+        eval_batch_per_gpu=settings.eval_batch,
+        train_subset=settings.train_subset,
+        val_subset=settings.val_subset,
         basis=basis,
         allreduce_s=allreduce_s,
     )
@@ -234,7 +272,8 @@ def estimate_cells(
             precision=spec.precision,
             channels_last=spec.channels_last,
         )
-        pred = predict_spec(costs, spec, basis=basis, allreduce_s=allreduce_s)
+        pred = predict_run(costs, RunSettings.of_spec(spec), method=spec.method, gpus=spec.world_size, basis=basis,
+                           allreduce_s=allreduce_s)  # fmt: skip
         rows.append(
             {
                 "run_id": spec.run_id,
@@ -280,21 +319,19 @@ def compare_runs(runs: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
         costs = groups.get((str(row["device"]), str(row["model"]), str(row["dataset"])))
         if costs is None:
             continue
+        settings = RunSettings(
+            dataset=str(row["dataset"]),
+            epochs=int(row["epochs"]),
+            global_batch=_setting(row, "global_batch_size") or 256,
+            eval_every=_setting(row, "eval_every") or 5,
+            eval_steps=_setting(row, "eval_steps") or 0,
+            eval_restarts=_setting(row, "eval_restarts") or 1,
+            eval_batch=_setting(row, "eval_batch_size"),
+            train_subset=_setting(row, "train_subset"),
+            val_subset=_setting(row, "val_subset"),
+        )
         try:
-            pred = predict(
-                costs,
-                method=str(row["method"]),
-                dataset=str(row["dataset"]),
-                epochs=int(row["epochs"]),
-                global_batch=_setting(row, "global_batch_size") or 256,
-                gpus=_setting(row, "world_size") or 1,
-                eval_every=_setting(row, "eval_every") or 5,
-                eval_steps=_setting(row, "eval_steps") or 0,
-                eval_restarts=_setting(row, "eval_restarts") or 1,
-                eval_batch_per_gpu=_setting(row, "eval_batch_size"),
-                train_subset=_setting(row, "train_subset"),
-                val_subset=_setting(row, "val_subset"),
-            )
+            pred = predict_run(costs, settings, method=str(row["method"]), gpus=_setting(row, "world_size") or 1)
         except EstimateError:
             continue  # e.g. a method the bench did not time
         measured = float(row["elapsed_s_last"])

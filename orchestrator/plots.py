@@ -10,7 +10,6 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
 from orchestrator.bench_costs import BenchCosts, EstimateError, with_world_size
-from orchestrator.estimate import predict
+from orchestrator.estimate import RunSettings, predict_run
 from orchestrator.report import Unit, approach_name, approach_order, dataset_label, pick_unit
 
 PAPER_DEFAULTS = {"epochs": 150, "global_batch_size": 256, "eval_every": 5, "eval_steps": 20, "eval_restarts": 1}
@@ -78,21 +77,6 @@ def _log2_x(ax: plt.Axes, ticks: Sequence[float]) -> None:
 # Fig. 1
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the cost model needs about the training runs (paper values when runs.csv cannot tell)."""
-
-    dataset: str
-    epochs: int
-    global_batch: int
-    eval_every: int
-    eval_steps: int
-    eval_restarts: int
-    eval_batch: int | None
-    train_subset: int | None
-    val_subset: int | None
-
-
 def _mode(df: pd.DataFrame, column: str, default: float | None) -> float | None:
     if column not in df.columns or df[column].dropna().empty:
         return default
@@ -103,10 +87,11 @@ def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def settings_for(runs: pd.DataFrame, model: str, dataset: str) -> Settings:
+def settings_for(runs: pd.DataFrame, model: str, dataset: str) -> RunSettings:
+    """The settings most runs of this model and dataset used (the paper's when runs.csv has none)."""
     sel = runs[(runs["model"] == model) & (runs["dataset"] == dataset)] if not runs.empty else runs
     d = PAPER_DEFAULTS if sel.empty else {}
-    return Settings(
+    return RunSettings(
         dataset=dataset,
         epochs=int(_mode(sel, "epochs", d.get("epochs", 1)) or 1),
         global_batch=int(_mode(sel, "global_batch_size", d.get("global_batch_size", 256)) or 256),
@@ -128,29 +113,8 @@ def pick_group(bench: pd.DataFrame, runs: pd.DataFrame) -> tuple[str, str, str]:
     return best[0], best[1], best[2]
 
 
-def _predict(
-    costs: BenchCosts, s: Settings, method: str, global_batch: int, gpus: int, basis: str
-) -> tuple[float, bool]:
-    pred = predict(
-        costs,
-        method=method,
-        dataset=s.dataset,
-        epochs=s.epochs,
-        global_batch=global_batch,
-        gpus=gpus,
-        eval_every=s.eval_every,
-        eval_steps=s.eval_steps,
-        eval_restarts=s.eval_restarts,
-        eval_batch_per_gpu=s.eval_batch,
-        train_subset=s.train_subset,
-        val_subset=s.val_subset,
-        basis=basis,
-    )
-    return pred.seconds, pred.extrapolated
-
-
 def _curves(
-    costs: BenchCosts, s: Settings, methods: Sequence[str], xs: Sequence[int], per_x: str
+    costs: BenchCosts, s: RunSettings, methods: Sequence[str], xs: Sequence[int], per_x: str
 ) -> dict[tuple[str, str], list[tuple[int, float, bool]]]:
     """{(method, basis): [(x, seconds, extrapolated)]}; x is the batch (single GPU) or the GPU count."""
     out: dict[tuple[str, str], list[tuple[int, float, bool]]] = {}
@@ -160,10 +124,10 @@ def _curves(
             for x in xs:
                 batch, gpus = (x, 1) if per_x == "batch" else (s.global_batch, x)
                 try:
-                    t, extra = _predict(costs, s, m, batch, gpus, basis)
+                    pred = predict_run(costs, s, method=m, gpus=gpus, global_batch=batch, basis=basis)
                 except EstimateError:
                     break  # this basis lacks data for this method (e.g. no train_step rows)
-                points.append((x, t, extra))
+                points.append((x, pred.seconds, pred.extrapolated))
             if points:
                 out[(m, basis)] = points
     return out
