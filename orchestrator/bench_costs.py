@@ -171,7 +171,8 @@ class BenchCosts:
         """(seconds, extrapolated, basis, world size of the rows used) of one training step of `method`:
         its train_step rows at `world`, else the standard step plus its PGD at `world`, else both at the
         smallest benched world size."""
-        for g in dict.fromkeys([world or min(self.world_sizes, default=1), min(self.world_sizes, default=1)]):
+        smallest = min(self.world_sizes, default=1)
+        for g in dict.fromkeys([world or smallest, smallest]):
             curve, used = self._curve_at(g, "train_step", method)
             if curve and used == g:
                 return (*interpolate(curve, b), "train_step", g)

@@ -54,7 +54,7 @@ from workloads.distributed import Dist
 from workloads.models import build_model
 from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
 from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
-from workloads.train import autocast, loader_kwargs, to_device, train_step, wrap_ddp
+from workloads.train import amp_dtype, autocast, loader_kwargs, to_device, train_step, wrap_ddp
 
 BENCH_COLUMNS = (
     "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",
@@ -132,10 +132,8 @@ class _Bench:
 
     def measure(self, fn: Callable[[], Any], **fields: Any) -> dict[str, Any]:
         distributed.barrier(self.dist)  # all ranks start each measurement together (contention as in training)
-        warmup, calls = self.spec.bench.warmup, self.common["calls_per_repeat"]
-        if self.dist.distributed:
-            warmup = max(warmup, DDP_MIN_WARMUP)
-        times = time_calls(fn, self.device, self.spec.bench.repeats, warmup, calls)
+        times = time_calls(fn, self.device, self.spec.bench.repeats, self.common["warmup"],
+                           self.common["calls_per_repeat"])  # fmt: skip
         row = {**self.common, **fields, **summarize(times)}
         if self.dist.is_main:
             what, method, b = row["what"], row["method"], row["batch_size"]
@@ -235,15 +233,18 @@ def real_batch(dataset: Dataset[Any], b: int, seed: int) -> tuple[Tensor, Tensor
 def prime_model(model: nn.Module, spec: RunSpec, data: DataBundle, device: torch.device) -> int:
     """Train `model` for spec.bench.prime_steps standard SGD steps (the spec's optimizer) on real training
     batches of the smallest benched size, so the timed kernels see trained-like weights; returns the steps."""
-    o, b = spec.optimizer, min(spec.bench.batch_sizes)
+    o, b, steps = spec.optimizer, min(spec.bench.batch_sizes), spec.bench.prime_steps
+    if steps == 0:
+        return 0  # RandomSampler refuses zero samples
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     standard = resolve_attack("standard", spec.attack)
-    amp = torch.bfloat16 if spec.precision == "bf16" else None
+    gen = torch.Generator().manual_seed(spec.seed)
+    sampler = RandomSampler(data.train, replacement=True, num_samples=steps * b, generator=gen)  # type: ignore[arg-type]
     model.train()
-    for step in range(spec.bench.prime_steps):
-        x, y = to_device(*real_batch(data.train, b, spec.seed + step), device, spec.channels_last)
-        train_step(model, model, opt, x, y, standard, None, amp=amp)
-    return spec.bench.prime_steps
+    for x, y in DataLoader(data.train, b, sampler=sampler):  # one loader for all steps
+        x, y = to_device(x, y, device, spec.channels_last)
+        train_step(model, model, opt, x, y, standard, None, amp=amp_dtype(spec))
+    return steps
 
 
 def data_rows(spec: RunSpec, data: DataBundle, b: int, dist: Dist, common: dict[str, Any]) -> list[dict[str, Any]]:
@@ -295,7 +296,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         ddp_model=wrap_ddp(model, dist),
         opt=torch.optim.SGD(model.parameters(), lr=0.0, momentum=o.momentum, weight_decay=o.weight_decay),
         dist=dist,
-        amp=torch.bfloat16 if spec.precision == "bf16" else None,
+        amp=amp_dtype(spec),
         gen=torch.Generator(device).manual_seed(spec.seed),
         common=common,
     )

@@ -41,6 +41,11 @@ from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval
 STREAM_GLOBAL, STREAM_ATTACK, STREAM_EVAL, STREAM_LOADER = range(4)
 
 
+def amp_dtype(spec: RunSpec) -> torch.dtype | None:
+    """The autocast dtype of spec.precision (None: fp32, autocast off)."""
+    return torch.bfloat16 if spec.precision == "bf16" else None
+
+
 def autocast(device: torch.device, amp: torch.dtype | None) -> AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
@@ -198,7 +203,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     batch = spec.global_batch_size // dist.world_size
     attack, eval_attack = resolve_attack(spec.method, spec.attack), resolve_eval_attack(spec)
     metric_name = "clean_acc" if spec.method == "standard" else "adv_acc"
-    amp = torch.bfloat16 if spec.precision == "bf16" else None
+    amp = amp_dtype(spec)
     memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
