@@ -200,6 +200,14 @@ def load_data(spec: RunSpec) -> DataBundle | None:
         return None
 
 
+def random_batches(dataset: Dataset[Any], b: int, batches: int, seed: int, **loader: Any) -> DataLoader[Any]:
+    """A DataLoader of `batches` batches of b examples drawn with replacement (so any b and count work), through
+    the dataset's transforms; sampling and worker seeds from `seed` (no global RNG is drawn)."""
+    gen = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * b, generator=gen)  # type: ignore[arg-type]
+    return DataLoader(dataset, b, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader)
+
+
 def time_batches(dataset: Dataset[Any], b: int, dist: Dist, repeats: int, warmup: int, seed: int) -> list[float]:
     """Seconds to fetch each of `repeats` batches of b examples from one DataLoader iterator set up as the
     trainer's. Untimed first: `warmup` batches, plus the batches worker processes prefetch (their queue would
@@ -207,10 +215,7 @@ def time_batches(dataset: Dataset[Any], b: int, dist: Dist, repeats: int, warmup
     kwargs = loader_kwargs(dist)
     workers = kwargs.get("num_workers", 0)
     skip = warmup + (workers * 2 if workers else 0)  # DataLoader's default prefetch_factor is 2 per worker
-    gen = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=(skip + repeats) * b, generator=gen)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, b, sampler=sampler, generator=torch.Generator().manual_seed(seed), **kwargs)
-    batches = iter(loader)
+    batches = iter(random_batches(dataset, b, skip + repeats, seed, **kwargs))
     for _ in range(skip):
         next(batches)
     times: list[float] = []
@@ -223,10 +228,8 @@ def time_batches(dataset: Dataset[Any], b: int, dist: Dist, repeats: int, warmup
 
 
 def real_batch(dataset: Dataset[Any], b: int, seed: int) -> tuple[Tensor, Tensor]:
-    """b examples of `dataset` drawn with replacement (so any b works), through its transforms."""
-    gen = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=b, generator=gen)  # type: ignore[arg-type]
-    x, y = next(iter(DataLoader(dataset, b, sampler=sampler)))
+    """One batch of b examples of `dataset` (random_batches)."""
+    x, y = next(iter(random_batches(dataset, b, 1, seed)))
     return x, y
 
 
@@ -235,13 +238,11 @@ def prime_model(model: nn.Module, spec: RunSpec, data: DataBundle, device: torch
     batches of the smallest benched size, so the timed kernels see trained-like weights; returns the steps."""
     o, b, steps = spec.optimizer, min(spec.bench.batch_sizes), spec.bench.prime_steps
     if steps == 0:
-        return 0  # RandomSampler refuses zero samples
+        return 0  # a sampler of zero samples is refused
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     standard = resolve_attack("standard", spec.attack)
-    gen = torch.Generator().manual_seed(spec.seed)
-    sampler = RandomSampler(data.train, replacement=True, num_samples=steps * b, generator=gen)  # type: ignore[arg-type]
     model.train()
-    for x, y in DataLoader(data.train, b, sampler=sampler):  # one loader for all steps
+    for x, y in random_batches(data.train, b, steps, spec.seed):
         x, y = to_device(x, y, device, spec.channels_last)
         train_step(model, model, opt, x, y, standard, None, amp=amp_dtype(spec))
     return steps
