@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from workloads import rundir
+from workloads import layout
 from workloads.spec import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,11 @@ def run_once(tmp: Path, method: str, epochs: int, tuned: bool, index: int) -> pd
         "attack": {"norm": "l2", "eps": 1.0}, "eval": {"every": 2, "steps": 10},
     })  # fmt: skip
     run_dir.mkdir(parents=True)
-    rundir.write_json_atomic(run_dir / rundir.SPEC, spec.to_dict())
+    layout.write_json_atomic(run_dir / layout.SPEC, spec.to_dict())
     env = {**os.environ, "FASTROBUST_TUNE_MALLOC": "1" if tuned else "0"}
-    cmd = [sys.executable, "-m", "workloads.train", "--spec", str(run_dir / rundir.SPEC), "--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "workloads.train", "--spec", str(run_dir / layout.SPEC), "--out", str(run_dir)]
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
-    return pd.read_csv(run_dir / rundir.EPOCHS).assign(tuned=tuned, method=method)
+    return pd.read_csv(run_dir / layout.EPOCHS).assign(tuned=tuned, method=method)
 
 
 def main() -> int:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workloads.rundir import write_csv_atomic
+from workloads.layout import write_csv_atomic
 
 DATASETS = ("cifar10", "restricted_imagenet")
 METHODS = {"pgd7": 7.0, "fast": 2.3, "standard": 1.0}

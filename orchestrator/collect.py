@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import state as cell_state
-from workloads import rundir
+from workloads import layout
 from workloads.spec import RunSpec, from_dict, resolve_attack
 
 RUNS_CSV = "runs.csv"
@@ -117,7 +117,7 @@ def _concat(
         path = rd / name
         if not path.exists():
             continue
-        for row in rundir.read_csv(path):
+        for row in layout.read_csv(path):
             columns += [c for c in row if c not in columns]
             rows.append({**row, "run_id": row.get("run_id") or run_id, **({origin: run_id} if origin else {})})
     return columns + ([origin] if origin else []), rows
@@ -132,20 +132,20 @@ def collect(exp_dir: Path) -> dict[str, Path]:
     run_rows, epoch_rows, run_dirs = [], [], []
     for run_id in sorted(statuses):
         rd = runs_dir / run_id
-        if not (rd / rundir.SPEC).exists():
+        if not (rd / layout.SPEC).exists():
             continue  # a manifest entry without its run directory: nothing to collect
-        spec = from_dict(rundir.read_json(rd / rundir.SPEC))
-        rows = rundir.read_csv(rd / rundir.EPOCHS) if (rd / rundir.EPOCHS).exists() else []
+        spec = from_dict(layout.read_json(rd / layout.SPEC))
+        rows = layout.read_csv(rd / layout.EPOCHS) if (rd / layout.EPOCHS).exists() else []
         rows.sort(key=lambda r: int(r["epoch"]))
-        env = rundir.read_json(rd / rundir.ENV) if (rd / rundir.ENV).exists() else {}
+        env = layout.read_json(rd / layout.ENV) if (rd / layout.ENV).exists() else {}
         run_rows.append(run_row(spec, statuses[run_id], rows, env))
         epoch_rows += [{**r, "run_id": r.get("run_id") or run_id} for r in rows]
         run_dirs.append((run_id, rd))
     written = {"runs": exp_dir / RUNS_CSV, "epochs": exp_dir / EPOCHS_CSV}
-    rundir.write_csv_atomic(written["runs"], RUN_COLUMNS, run_rows)
-    epoch_columns = list(rundir.EPOCH_COLUMNS)
+    layout.write_csv_atomic(written["runs"], RUN_COLUMNS, run_rows)
+    epoch_columns = list(layout.EPOCH_COLUMNS)
     epoch_columns += sorted({c for r in epoch_rows for c in r} - set(epoch_columns))
-    rundir.write_csv_atomic(written["epochs"], epoch_columns, epoch_rows)
+    layout.write_csv_atomic(written["epochs"], epoch_columns, epoch_rows)
     for key, name, origin in (
         ("bench", BENCH_CSV, None),
         ("robustness", ROBUSTNESS_CSV, None),
@@ -154,5 +154,5 @@ def collect(exp_dir: Path) -> dict[str, Path]:
         columns, rows = _concat(run_dirs, name, origin)
         if rows:
             written[key] = exp_dir / name
-            rundir.write_csv_atomic(written[key], columns, rows)
+            layout.write_csv_atomic(written[key], columns, rows)
     return written

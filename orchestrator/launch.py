@@ -34,7 +34,7 @@ from orchestrator.errors import UserError
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.profiles import executor_kwargs, slurm_parameters
-from workloads import rundir
+from workloads import layout
 from workloads.spec import RunSpec
 
 WAITING_KINDS = ("evaluate", "visualize")  # kinds that read what earlier documents produced
@@ -106,7 +106,7 @@ class LocalProgress:
         if cell.state == "finished":
             self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s")
         else:
-            error = manifest.run_dir(exp_dir, run_id) / rundir.ERROR
+            error = manifest.run_dir(exp_dir, run_id) / layout.ERROR
             where = error if error.exists() else exp_dir / manifest.SUBMITIT
             self.write(f"{run_id} {cell.state}: see {where}")
         self.bar.update(1)
@@ -196,8 +196,8 @@ def sbatch_script(folder: Path, params: dict[str, Any], ctor: dict[str, Any], n_
 
 
 def _spec_changed(spec: RunSpec, run_dir: Path) -> bool:
-    path = run_dir / rundir.SPEC
-    return path.exists() and rundir.read_json(path) != spec.to_dict()
+    path = run_dir / layout.SPEC
+    return path.exists() and layout.read_json(path) != spec.to_dict()
 
 
 def plan(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
@@ -284,11 +284,11 @@ def _submit_array(
     if dependency:
         params["slurm_dependency"] = "afterany:" + ":".join(dependency)
     for cell in cells:  # the job reads it: written before the job can possibly start
-        rundir.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / rundir.SPEC, cell.to_dict())
+        layout.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / layout.SPEC, cell.to_dict())
     with clean_submission_env():
         executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
         with executor.batch():
-            jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / rundir.SPEC)) for c in cells]
+            jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / layout.SPEC)) for c in cells]
     ids = {c.run_id: str(j.job_id) for c, j in zip(cells, jobs, strict=True)}
     array = str(jobs[0].job_id).split("_")[0]
     for run_id, job_id in ids.items():

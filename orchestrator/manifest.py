@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads import rundir
+from workloads import layout
 
 MANIFEST = "manifest.json"
 LOCK = ".submit.lock"
@@ -46,13 +46,13 @@ def load(exp_dir: Path) -> dict[str, Entry]:
     path = exp_dir / MANIFEST
     if not path.exists():
         return {}
-    data: dict[str, dict[str, Any]] = rundir.read_json(path)
+    data: dict[str, dict[str, Any]] = layout.read_json(path)
     known = set(Entry.__dataclass_fields__)
     return {run_id: Entry(**{k: v for k, v in e.items() if k in known}) for run_id, e in data.items()}
 
 
 def save(exp_dir: Path, entries: dict[str, Entry]) -> None:
-    rundir.write_json_atomic(exp_dir / MANIFEST, {k: asdict(entries[k]) for k in sorted(entries)})
+    layout.write_json_atomic(exp_dir / MANIFEST, {k: asdict(entries[k]) for k in sorted(entries)})
 
 
 def record(

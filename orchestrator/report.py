@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.errors import UserError
-from workloads.rundir import write_csv_atomic, write_text_atomic
+from workloads.layout import write_csv_atomic, write_text_atomic
 from workloads.spec import DATASETS, method_steps
 
 RUNS, EPOCHS, BENCH, ROBUSTNESS = "runs.csv", "epochs.csv", "bench.csv", "robustness.csv"

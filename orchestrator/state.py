@@ -24,7 +24,7 @@ from pathlib import Path
 
 from orchestrator import manifest
 from orchestrator.manifest import Entry
-from workloads import rundir
+from workloads import layout
 
 STATES = ("finished", "running", "pending", "failed", "cancelled", "missing", "unknown")
 TERMINAL = frozenset({"finished", "failed", "cancelled"})
@@ -151,9 +151,9 @@ def query_local(job_ids: Iterable[str]) -> dict[str, JobRecord]:
 def classify(run_dir: Path, entry: Entry | None, record: JobRecord | None, now: float, asked: bool = True) -> str:
     """State of one cell. `record` is the scheduler's view of its newest job; `asked` is False when no
     scheduler could be asked."""
-    if (run_dir / rundir.RESULT).exists():
+    if (run_dir / layout.RESULT).exists():
         return "finished"
-    has_error = (run_dir / rundir.ERROR).exists()
+    has_error = (run_dir / layout.ERROR).exists()
     if entry is None or entry.job_id is None:
         return "failed" if has_error else "missing"
     if not asked:
@@ -172,7 +172,7 @@ def classify(run_dir: Path, entry: Entry | None, record: JobRecord | None, now: 
 
 
 def _epoch_progress(run_dir: Path) -> tuple[int | None, float | None]:
-    path = run_dir / rundir.EPOCHS
+    path = run_dir / layout.EPOCHS
     if not path.exists():
         return None, None
     with open(path, newline="") as f:
@@ -187,18 +187,18 @@ def _epoch_progress(run_dir: Path) -> tuple[int | None, float | None]:
 
 
 def _attempts(run_dir: Path) -> tuple[int, list[str]]:
-    path = run_dir / rundir.ENV
+    path = run_dir / layout.ENV
     if not path.exists():
         return 0, []
-    env = rundir.read_json(path)
+    env = layout.read_json(path)
     return len(env.get("attempts", [])), [str(j) for j in env.get("job_ids", [])]
 
 
 def _spec_epochs(run_dir: Path) -> tuple[str, int | None]:
-    path = run_dir / rundir.SPEC
+    path = run_dir / layout.SPEC
     if not path.exists():
         return "", None
-    spec = rundir.read_json(path)
+    spec = layout.read_json(path)
     kind = spec.get("kind", "")
     return kind, spec.get("epochs") if kind == "train" else None
 
@@ -206,7 +206,7 @@ def _spec_epochs(run_dir: Path) -> tuple[str, int | None]:
 def experiment_run_ids(exp_dir: Path) -> list[str]:
     """Every cell of an experiment: run directories with a spec.json, plus manifest entries."""
     runs = exp_dir / manifest.RUNS
-    ids = {p.parent.name for p in runs.glob(f"*/{rundir.SPEC}")} if runs.is_dir() else set()
+    ids = {p.parent.name for p in runs.glob(f"*/{layout.SPEC}")} if runs.is_dir() else set()
     return sorted(ids | set(manifest.load(exp_dir)))
 
 

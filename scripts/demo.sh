@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up, run the demo study (experiments/demo.yaml: bench, then standard / fast / pgd7 training
 # of a small CNN on real Fashion-MNIST at 1 and 2 "GPUs", then PGD evaluation) on submitit's local executor,
-# then build the report (results/demo/report/). About 10 minutes on 2 CPU cores (measured: 9:55 for the cells).
+# then build the report (results/demo/report/; the committed reference run is results/reference/demo/, which the
+# demo never reads or overwrites). About 10 minutes on 2 CPU cores (measured: 9:55 for the cells).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -14,7 +14,7 @@ from typing import Any
 
 import submitit
 
-from workloads import rundir
+from workloads import layout
 
 
 class StubCell(submitit.helpers.Checkpointable):
@@ -24,18 +24,18 @@ class StubCell(submitit.helpers.Checkpointable):
         if job_env.global_rank != 0:
             return {}
         run_dir = Path(spec_path).parent
-        spec = rundir.read_json(spec_path)
+        spec = layout.read_json(spec_path)
         job_id = str(job_env.job_id)
         time.sleep(float(os.environ.get("STUB_SLEEP_S", "0")))
         world = spec["shape"]["nodes"] * spec["shape"]["gpus_per_node"]
         row = {"run_id": spec["run_id"], "epoch": 1, "train_s": 0.0, "eval_s": 0.0, "elapsed_s": 0.01, "lr": 0.1,
                "train_loss": 1.0, "train_acc": 0.5, "clean_acc": 0.5, "adv_acc": 0.25,
                "batch_per_rank": spec["global_batch_size"] // world, "world_size": world}  # fmt: skip
-        rundir.append_csv_row_atomic(run_dir / rundir.EPOCHS, rundir.EPOCH_COLUMNS, row)
+        layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
         env = {"job_id": job_id, "job_ids": [job_id], "attempts": [{"job_id": job_id}], "device": "stub",
                "hostnames": [socket.gethostname()], "world_size": world}  # fmt: skip
-        rundir.write_json_atomic(run_dir / rundir.ENV, env)
+        layout.write_json_atomic(run_dir / layout.ENV, env)
         result = {"run_id": spec["run_id"], "kind": spec["kind"], "world_size": world, "started": started,
                   "ended": time.time()}  # fmt: skip
-        rundir.write_json_atomic(run_dir / rundir.RESULT, result)
+        layout.write_json_atomic(run_dir / layout.RESULT, result)
         return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator import collect, manifest
-from workloads import rundir
+from workloads import layout
 from workloads.spec import Attack, RunSpec, Shape
 
 DESIGN_RUN_COLUMNS = [
@@ -18,19 +18,19 @@ DESIGN_RUN_COLUMNS = [
 def make_run(exp_dir: Path, spec: RunSpec, epochs: list[tuple[float, str, str]], finished: bool = True) -> Path:
     """A run directory; epochs as (elapsed_s, clean_acc, adv_acc) with "" for not evaluated."""
     rd = manifest.run_dir(exp_dir, spec.run_id)
-    rundir.write_json_atomic(rd / rundir.SPEC, spec.to_dict())
+    layout.write_json_atomic(rd / layout.SPEC, spec.to_dict())
     rows = [
         {"run_id": spec.run_id, "epoch": i + 1, "elapsed_s": t, "clean_acc": c, "adv_acc": a,
          "batch_per_rank": spec.batch_per_rank, "world_size": spec.world_size}
         for i, (t, c, a) in enumerate(epochs)
     ]  # fmt: skip
     if rows:
-        rundir.write_csv_atomic(rd / rundir.EPOCHS, rundir.EPOCH_COLUMNS, rows)
-    rundir.write_json_atomic(rd / rundir.ENV, {"device": "cpu-test", "job_ids": ["7_1"], "attempts": [{}, {}]})
+        layout.write_csv_atomic(rd / layout.EPOCHS, layout.EPOCH_COLUMNS, rows)
+    layout.write_json_atomic(rd / layout.ENV, {"device": "cpu-test", "job_ids": ["7_1"], "attempts": [{}, {}]})
     if finished:
-        rundir.write_json_atomic(rd / rundir.RESULT, {"run_id": spec.run_id})
+        layout.write_json_atomic(rd / layout.RESULT, {"run_id": spec.run_id})
     else:
-        rundir.write_text_atomic(rd / rundir.ERROR, "Traceback ...")
+        layout.write_text_atomic(rd / layout.ERROR, "Traceback ...")
     return rd
 
 
@@ -44,19 +44,19 @@ def build(tmp_path: Path) -> Path:
     make_run(exp, spec("fast", "fast-run"), [(1.0, "0.5", "0.30"), (2.0, "", ""), (3.5, "0.6", "0.25")])
     make_run(exp, spec("standard", "std-run", gpus=1), [(1.0, "0.7", "0.1"), (2.5, "0.6", "0.2")], finished=False)
     bench = make_run(exp, spec("standard", "bench-run", kind="bench", gpus=1), [])
-    rundir.write_csv_atomic(
-        bench / rundir.BENCH,
+    layout.write_csv_atomic(
+        bench / layout.BENCH,
         ["device", "method", "batch_size", "median_s"],
         [{"device": "cpu", "method": m, "batch_size": 8, "median_s": 0.1} for m in ("fast", "pgd7")],
     )
     ev = make_run(exp, spec("fast", "eval-fast-run", kind="evaluate", gpus=1), [])
-    rundir.write_csv_atomic(
-        ev / rundir.ROBUSTNESS,
+    layout.write_csv_atomic(
+        ev / layout.ROBUSTNESS,
         ["run_id", "eps", "adv_acc"],
         [{"run_id": "fast-run", "eps": e, "adv_acc": 0.5 - e / 4} for e in (0.0, 0.5)],
     )
     vis = make_run(exp, spec("standard", "vis-run", kind="visualize", gpus=1), [])
-    rundir.write_csv_atomic(  # one row per visualised model, named by ITS run_id
+    layout.write_csv_atomic(  # one row per visualised model, named by ITS run_id
         vis / "features.csv",
         ["run_id", "method", "vis_hf_share"],
         [
@@ -74,7 +74,7 @@ def test_runs_csv_columns_and_values(tmp_path: Path) -> None:
     header = paths["runs"].read_text().splitlines()[0].split(",")
     assert header[: len(DESIGN_RUN_COLUMNS)] == DESIGN_RUN_COLUMNS
     assert "batch_per_rank" in header
-    runs = {r["run_id"]: r for r in rundir.read_csv(paths["runs"])}
+    runs = {r["run_id"]: r for r in layout.read_csv(paths["runs"])}
     assert list(runs) == sorted(runs)
     fast = runs["fast-run"]
     assert (fast["state"], fast["world_size"], fast["batch_per_rank"]) == ("finished", "2", "32")
@@ -96,15 +96,15 @@ def test_runs_csv_columns_and_values(tmp_path: Path) -> None:
 
 def test_epochs_bench_robustness(tmp_path: Path) -> None:
     paths = collect.collect(build(tmp_path))
-    epochs = rundir.read_csv(paths["epochs"])
+    epochs = layout.read_csv(paths["epochs"])
     assert [(r["run_id"], r["epoch"]) for r in epochs] == [
         ("fast-run", "1"), ("fast-run", "2"), ("fast-run", "3"), ("std-run", "1"), ("std-run", "2"),
     ]  # fmt: skip
-    bench = rundir.read_csv(paths["bench"])
+    bench = layout.read_csv(paths["bench"])
     assert [(r["run_id"], r["method"]) for r in bench] == [("bench-run", "fast"), ("bench-run", "pgd7")]
-    robustness = rundir.read_csv(paths["robustness"])
+    robustness = layout.read_csv(paths["robustness"])
     assert [r["run_id"] for r in robustness] == ["fast-run", "fast-run"]  # the evaluated run, as the file says
-    features = rundir.read_csv(paths["features"])
+    features = layout.read_csv(paths["features"])
     assert [(r["run_id"], r["method"], r["visualize_run"]) for r in features] == [
         ("std-run", "standard", "vis-run"), ("fast-run", "fast", "vis-run"),
     ]  # fmt: skip
@@ -130,4 +130,4 @@ def test_collect_twice_is_byte_identical_and_atomic(tmp_path: Path) -> None:
 
 def test_empty_experiment(tmp_path: Path) -> None:
     paths = collect.collect(tmp_path / "nothing")
-    assert rundir.read_csv(paths["runs"]) == [] and set(paths) == {"runs", "epochs"}
+    assert layout.read_csv(paths["runs"]) == [] and set(paths) == {"runs", "epochs"}

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from workloads import checkpoint, distributed, rundir
+from workloads import checkpoint, distributed, layout
 from workloads.data import build_datasets
 from workloads.models import build_model
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
@@ -54,8 +54,8 @@ def write_spec(run_dir: Path, **overrides: Any) -> tuple[Path, RunSpec]:
     }
     spec = from_dict(data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_json_atomic(run_dir / rundir.SPEC, spec.to_dict())
-    return run_dir / rundir.SPEC, spec
+    layout.write_json_atomic(run_dir / layout.SPEC, spec.to_dict())
+    return run_dir / layout.SPEC, spec
 
 
 def torchrun_entry(spec_path: Path, world: int = 2) -> list[subprocess.CompletedProcess[str]]:
@@ -112,7 +112,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: P
     assert spec.batch_per_rank == 32 and len(build_datasets(spec).train) % spec.global_batch_size == 0
     torchrun_entry(spec_path)
     run_dir = spec_path.parent
-    state = checkpoint.load(run_dir / rundir.CKPT_LAST)
+    state = checkpoint.load(run_dir / layout.CKPT_LAST)
     assert state["epoch"] == 2 and len(state["rng"]) == 2  # RNG states of both ranks
     expected = manual_standard_training(spec)
     assert state["model"].keys() == expected.keys()  # unwrapped: no "module." prefix
@@ -123,12 +123,12 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: P
     init = build_model(spec.model, 10, 1, (0.286,), (0.353,)).state_dict()
     assert not torch.allclose(init["head.weight"], expected["head.weight"], atol=1e-3)
 
-    env = rundir.read_json(run_dir / rundir.ENV)
+    env = layout.read_json(run_dir / layout.ENV)
     assert env["world_size"] == 2 and [r["rank"] for r in env["ranks"]] == [0, 1]
     assert env["rank_source"] == "torchrun" and env["backend"] == "gloo"
-    rows = rundir.read_csv(run_dir / rundir.EPOCHS)
+    rows = layout.read_csv(run_dir / layout.EPOCHS)
     assert [r["world_size"] for r in rows] == ["2", "2"] and rows[0]["batch_per_rank"] == "32"
-    assert (run_dir / rundir.RESULT).exists()
+    assert (run_dir / layout.RESULT).exists()
     assert not list(run_dir.glob("error*.txt"))
 
 
@@ -136,9 +136,9 @@ def test_fast_method_runs_under_ddp(tmp_path: Path) -> None:
     spec_path, _ = write_spec(tmp_path / "ddp-fast", method="fast", epochs=1, augment=True)
     procs = torchrun_entry(spec_path)
     run_dir = spec_path.parent
-    result = rundir.read_json(run_dir / rundir.RESULT)
+    result = layout.read_json(run_dir / layout.RESULT)
     assert result["world_size"] == 2 and result["epochs"] == 1 and result["best_epoch"] == 1
-    rows = rundir.read_csv(run_dir / rundir.EPOCHS)
+    rows = layout.read_csv(run_dir / layout.EPOCHS)
     assert len(rows) == 1 and 0 <= float(rows[0]["adv_acc"]) <= float(rows[0]["clean_acc"]) + 0.05
     assert '"event": "epoch"' in procs[0].stdout and procs[1].stdout == ""  # only rank 0 logs
 
@@ -168,7 +168,7 @@ def test_eval_counts_are_exact_across_ranks(tmp_path: Path) -> None:
     from workloads.train import train
 
     train(spec, spec_path.parent)
-    ckpt = str(spec_path.parent / rundir.CKPT_LAST)
+    ckpt = str(spec_path.parent / layout.CKPT_LAST)
     model, _ = checkpoint.load_model(ckpt, "last")
     attack = ResolvedAttack("l2", 1.0, 3, 0.8, random_start=False)
     single = evaluate(model, build_datasets(spec).val, distributed.Dist(), attack, batch_size=16)

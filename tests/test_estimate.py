@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import bench_costs, estimate
 from orchestrator.bench_costs import EstimateError, interpolate
-from workloads.rundir import write_csv_atomic
+from workloads.layout import write_csv_atomic
 
 # Synthetic per-batch costs with a closed form: one attack pass costs a + b B.
 A, B_COEF = 0.01, 0.002

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from tests.fixtures import make_cifar10
-from workloads import distributed, entry, evaluate, madry_compat, rundir, strong_eval
+from workloads import distributed, entry, evaluate, madry_compat, layout, strong_eval
 from workloads.checkpoint import load_model
 from workloads.data import build_split
 from workloads.models import RobustModel, build_model
@@ -171,8 +171,8 @@ def eval_spec(run_id: str, **evaluate_kw: Any) -> RunSpec:
 
 
 def write_spec(results: Path, spec: RunSpec) -> Path:
-    path = results / spec.experiment / "runs" / spec.run_id / rundir.SPEC
-    rundir.write_json_atomic(path, spec.to_dict())
+    path = results / spec.experiment / "runs" / spec.run_id / layout.SPEC
+    layout.write_json_atomic(path, spec.to_dict())
     return path
 
 
@@ -185,7 +185,7 @@ def free_port() -> int:
 def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> None:
     one = write_spec(results, eval_spec("eval-w1", max_examples=150))
     result = entry.run(one, dist=distributed.single(RunSpec(threads=1)))
-    rows = rundir.read_csv(one.parent / rundir.ROBUSTNESS)
+    rows = layout.read_csv(one.parent / layout.ROBUSTNESS)
     assert list(rows[0]) == list(evaluate.CSV_COLUMNS)
     contract = ["run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc"]
     assert set(contract) <= set(rows[0])
@@ -197,7 +197,7 @@ def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> No
     assert float(rows[2]["adv_acc"]) < float(rows[1]["adv_acc"]) < float(rows[0]["adv_acc"])
     assert rows[0]["source_experiment"] == EXP and rows[0]["attack_eps"] == str(TRAIN_EPS)
     assert rows[0]["checkpoint"] == "best" and rows[0]["checkpoint_epoch"] == "3"
-    assert result["n"] == 150 and (one.parent / rundir.RESULT).exists()
+    assert result["n"] == 150 and (one.parent / layout.RESULT).exists()
     assert not list(one.parent.glob("evaluate-progress-*"))
 
     # 150 examples in batches of 32: 5 batches, so rank 0 runs 3 and rank 1 runs 2 (the last one short)
@@ -218,10 +218,10 @@ def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> No
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    rows2 = rundir.read_csv(two.parent / rundir.ROBUSTNESS)
+    rows2 = layout.read_csv(two.parent / layout.ROBUSTNESS)
     counts = lambda rs: [(r["eps"], r["n"], r["clean_acc"], r["adv_acc"]) for r in rs]  # noqa: E731
     assert counts(rows2) == counts(rows)
-    assert rundir.read_json(two.parent / rundir.RESULT)["world_size"] == 2
+    assert layout.read_json(two.parent / layout.RESULT)["world_size"] == 2
 
 
 def test_resume_skips_recorded_batches(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,10 +246,10 @@ def test_resume_skips_recorded_batches(results: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(evaluate, "batch_counts", lambda *a, **k: (calls.append(a[3]), original(*a, **k))[1])
     evaluate.main(spec, run_dir, distributed.single(spec))
     assert calls == [0, 32, 32, 64]  # batch 0 was recorded before the interruption
-    resumed = rundir.read_csv(run_dir / rundir.ROBUSTNESS)
+    resumed = layout.read_csv(run_dir / layout.ROBUSTNESS)
     fresh_dir = write_spec(results, eval_spec("eval-fresh", max_examples=96)).parent
     evaluate.main(eval_spec("eval-fresh", max_examples=96), fresh_dir, distributed.single(spec))
-    assert rundir.read_csv(fresh_dir / rundir.ROBUSTNESS) == resumed
+    assert layout.read_csv(fresh_dir / layout.ROBUSTNESS) == resumed
 
 
 def test_source_resolution_errors(results: Path) -> None:
@@ -259,7 +259,7 @@ def test_source_resolution_errors(results: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         evaluate.checkpoint_file(eval_spec("eval-x", source_experiment="nope"), run_dir)
     path, experiment = evaluate.checkpoint_file(eval_spec("eval-x", checkpoint="last"), run_dir)
-    assert path == results / EXP / "runs" / "fast" / rundir.CKPT_LAST and experiment == EXP
+    assert path == results / EXP / "runs" / "fast" / layout.CKPT_LAST and experiment == EXP
     with pytest.raises(ValueError, match="run directory"):
         evaluate.checkpoint_file(eval_spec("eval-x"), results / "elsewhere")
 
@@ -335,7 +335,7 @@ def test_main_evaluates_a_madry_checkpoint(tmp_path: Path) -> None:
                    data_root=str(tmp_path / "data"), method="pgd7", attack=Attack(eps=3.0), evaluate=ev)  # fmt: skip
     run_dir = tmp_path / "results" / "ext" / "runs" / spec.run_id
     evaluate.main(spec, run_dir, distributed.single(spec))
-    rows = rundir.read_csv(run_dir / rundir.ROBUSTNESS)
+    rows = layout.read_csv(run_dir / layout.ROBUSTNESS)
     assert [(r["run_id"], r["method"], r["model"], r["dataset"], r["n"]) for r in rows] == [
         ("rimagenet_l2_3_0", "pgd7", "resnet18_cifar", "cifar10", "8")
     ] * 2

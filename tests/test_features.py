@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import entry, feature_plots, features, rundir
+from workloads import entry, feature_plots, features, layout
 from workloads.checkpoint import load_model
 from workloads.data import build_datasets
 from workloads.distributed import Dist
@@ -193,10 +193,10 @@ def vis_spec(**visualize: object) -> RunSpec:
 def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
     spec = vis_spec()
     run_dir = results_root / "vis" / "runs" / "vis0"
-    spec_path = run_dir / rundir.SPEC
-    rundir.write_json_atomic(spec_path, spec.to_dict())
+    spec_path = run_dir / layout.SPEC
+    layout.write_json_atomic(spec_path, spec.to_dict())
     result = entry.run(spec_path, dist=Dist())
-    assert (run_dir / rundir.RESULT).exists()
+    assert (run_dir / layout.RESULT).exists()
 
     # one row per model; columns: units per seed block, lambdas + 2 anchors per pair, targets + original per image
     assert result["figures"] == {"fig3": [2, 2 * (1 + 3)], "fig4": [2, 1 * (2 + 3)], "fig5": [2, 2 * (1 + 2)]}
@@ -205,7 +205,7 @@ def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
             assert (run_dir / f"{name}.{ext}").stat().st_size > 0
     assert not list(run_dir.glob(".*.tmp")), "temp files left behind"
 
-    rows = rundir.read_csv(run_dir / features.FEATURES_CSV)
+    rows = layout.read_csv(run_dir / features.FEATURES_CSV)
     assert tuple(rows[0]) == features.FEATURE_COLUMNS
     assert [r["run_id"] for r in rows] == list(METHODS)
     assert [r["method"] for r in rows] == list(METHODS)
@@ -213,7 +213,7 @@ def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
         assert 0 <= float(r["vis_hf_share"]) <= 1
         assert 0 <= float(r["target_self"]) <= 1
         assert r["most_robust_other"] == next(m for m in METHODS if m != r["run_id"])
-    transfer = rundir.read_csv(run_dir / features.TRANSFER_CSV)
+    transfer = layout.read_csv(run_dir / features.TRANSFER_CSV)
     assert tuple(transfer[0]) == features.TRANSFER_COLUMNS
     assert len(transfer) == 4 and sum(int(t["is_self"]) for t in transfer) == 2
 

@@ -16,7 +16,7 @@ from orchestrator import cli, launch, manifest
 from orchestrator import state as cell_state
 from orchestrator.grid import load_grids
 from tests.slurm_stub import StubCell
-from workloads import rundir
+from workloads import layout
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden" / "local-cluster-one-cell.sbatch"
@@ -145,9 +145,9 @@ def test_resubmission_rules(tmp_path: Path, results: Path) -> None:
     ids = sorted(c.run_id for c in grids[0].cells)
     finished, failed, running = ids
     for run_id in ids:
-        rundir.write_json_atomic(manifest.run_dir(exp_dir, run_id) / rundir.SPEC, {})
-    rundir.write_json_atomic(manifest.run_dir(exp_dir, finished) / rundir.RESULT, {})
-    rundir.write_text_atomic(manifest.run_dir(exp_dir, failed) / rundir.ERROR, "boom")
+        layout.write_json_atomic(manifest.run_dir(exp_dir, run_id) / layout.SPEC, {})
+    layout.write_json_atomic(manifest.run_dir(exp_dir, finished) / layout.RESULT, {})
+    layout.write_text_atomic(manifest.run_dir(exp_dir, failed) / layout.ERROR, "boom")
     _fake_submission(exp_dir, failed, "999999999")  # no such process: ended without result -> failed
     # a live "submitit" process stands in for a running local job
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "submitit"])
@@ -180,8 +180,8 @@ def test_local_executor_runs_a_tiny_grid(tmp_path: Path, results: Path, capsys: 
     assert re.search(r"^fast-n1g2-b64-s0 finished in \d+ s$", out, re.M), out
     assert "\r" not in out
     run_dir = results / "tinylocal" / "runs" / "fast-n1g2-b64-s0"
-    assert rundir.read_json(run_dir / rundir.RESULT)["world_size"] == 2
-    assert rundir.read_json(run_dir / rundir.ENV)["world_size"] == 2
+    assert layout.read_json(run_dir / layout.RESULT)["world_size"] == 2
+    assert layout.read_json(run_dir / layout.ENV)["world_size"] == 2
     entry = manifest.load(results / "tinylocal")["fast-n1g2-b64-s0"]
     assert entry.executor == "local" and entry.job_ids
     assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
@@ -202,7 +202,7 @@ def test_local_executor_runs_cells_one_at_a_time(
     assert result.local is not None and result.local.wait(poll_s=0.2)  # the last cell
     ended = [line.split()[0] for line in lines if " finished in " in line]
     assert ended == [f"standard-n1g1-b128-s{i}" for i in range(3)], lines
-    runs = sorted((rundir.read_json(p) for p in (results / "seq" / "runs").glob("*/result.json")),
+    runs = sorted((layout.read_json(p) for p in (results / "seq" / "runs").glob("*/result.json")),
                   key=lambda r: r["started"])  # fmt: skip
     assert len(runs) == 3
     assert all(a["ended"] <= b["started"] for a, b in itertools.pairwise(runs)), runs

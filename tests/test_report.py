@@ -13,7 +13,7 @@ import pytest
 matplotlib.use("Agg")
 
 from orchestrator import report
-from workloads.rundir import write_csv_atomic
+from workloads.layout import write_csv_atomic
 
 # Paper Table I: (dataset, method) -> {gpus: (last hours, last ratio, best hours, best ratio)}; None = "—".
 PAPER = {

@@ -1,7 +1,7 @@
 """End-to-end reproduction: the committed reference run of the demo, the paper's grids and the demo grid.
 
-(a) The report regenerated from the committed CSVs (results/demo/*.csv, no run directories) reproduces the
-    committed report/table1.csv byte for byte, and the committed numbers show the paper's qualitative findings.
+(a) The report regenerated from the committed CSVs (results/reference/demo/*.csv, no run directories) reproduces
+    the committed report/table1.csv byte for byte, and the committed numbers show the paper's qualitative findings.
 (b) `orchestrate submit <paper grid> --dry-run` is pinned by golden files (FASTROBUST_UPDATE_GOLDEN=1 rewrites them).
 (c) `orchestrate estimate <paper grid> --bench experiments/bench/cpu_paper_models.csv` prints predicted hours.
 (d) experiments/demo.yaml loads and its cells are the study of issue 7; the committed spec.json files are its cells.
@@ -21,11 +21,11 @@ import pytest
 
 from orchestrator import cli
 from orchestrator.grid import load_grids
-from workloads import rundir
+from workloads import layout
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_GRID = REPO / "experiments" / "demo.yaml"
-DEMO_RESULTS = REPO / "results" / "demo"
+DEMO_RESULTS = REPO / "results" / "reference" / "demo"  # committed reference run (the demo writes results/demo)
 PAPER_GRIDS = ("paper_cifar10", "paper_restricted_imagenet", "fig1_bench")
 CPU_BENCH = REPO / "experiments" / "bench" / "cpu_paper_models.csv"
 CSVS = ("runs.csv", "epochs.csv", "bench.csv", "robustness.csv")
@@ -52,7 +52,7 @@ def test_report_from_committed_csvs_reproduces_table1(csv_only_demo: Path) -> No
     build_report(csv_only_demo)
     regenerated = (csv_only_demo / "report" / "table1.csv").read_bytes()
     committed = (DEMO_RESULTS / "report" / "table1.csv").read_bytes()
-    assert regenerated == committed, "results/demo/report/table1.csv no longer follows from results/demo/*.csv"
+    assert regenerated == committed, "results/reference/demo/report/table1.csv no longer follows from its CSVs"
     for name in ("fig1.png", "fig2.png", "report.md"):
         assert (csv_only_demo / "report" / name).stat().st_size > 0
 
@@ -94,9 +94,9 @@ def test_committed_run_directories_are_small_and_complete() -> None:
     runs = sorted(p for p in (DEMO_RESULTS / "runs").iterdir() if p.is_dir())
     assert len(runs) >= 11  # 2 bench + 6 train + 3 evaluate (+ visualize)
     for run in runs:
-        for name in (rundir.SPEC, "env.json", rundir.RESULT):
+        for name in (layout.SPEC, "env.json", layout.RESULT):
             assert (run / name).is_file(), f"{run.name}: {name} missing"
-        assert not (run / rundir.ERROR).exists(), f"{run.name} failed"
+        assert not (run / layout.ERROR).exists(), f"{run.name} failed"
     tracked = [p for p in DEMO_RESULTS.rglob("*") if p.is_file() and ".submitit" not in p.parts]
     big = [f"{p.relative_to(REPO)} ({p.stat().st_size} B)" for p in tracked if not p.name.endswith(".pt")]
     big = [b for b in big if int(b.rsplit("(", 1)[1].split()[0]) > 1_000_000]
@@ -228,7 +228,7 @@ def test_demo_reads_real_fashion_mnist() -> None:
 def test_committed_specs_are_the_demo_cells() -> None:
     """The reference run's spec.json files are exactly the current demo.yaml's cells (its settings record)."""
     cells = {c.run_id: c for g in load_grids(DEMO_GRID) for c in g.cells}
-    committed = {p.parent.name: rundir.read_json(p) for p in (DEMO_RESULTS / "runs").glob(f"*/{rundir.SPEC}")}
+    committed = {p.parent.name: layout.read_json(p) for p in (DEMO_RESULTS / "runs").glob(f"*/{layout.SPEC}")}
     assert set(committed) == set(cells)
     for run_id, spec in committed.items():
         # every recorded setting as the grid gives it now (settings added to RunSpec later may be absent)

@@ -21,7 +21,7 @@ import pytest
 from orchestrator import cli, collect, launch, manifest
 from orchestrator import state as cell_state
 from tests.slurm_stub import StubCell
-from workloads import rundir
+from workloads import layout
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def sacct(job_id: str, fields: str) -> str:
 
 
 def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
-    return rundir.read_csv(run_dir / rundir.EPOCHS)
+    return layout.read_csv(run_dir / layout.EPOCHS)
 
 
 def assert_epochs_once(run_dir: Path, epochs: int) -> None:
@@ -153,7 +153,7 @@ def test_two_shapes_ddp_across_nodes(tmp_path: Path, results: Path, monkeypatch:
     cells = wait_terminal(exp_dir, timeout=150)
     assert {c.state for c in cells.values()} == {"finished"}, cell_state.format_table(list(cells.values()))
 
-    runs = {r["run_id"]: r for r in rundir.read_csv(collect.collect(exp_dir)["runs"])}
+    runs = {r["run_id"]: r for r in layout.read_csv(collect.collect(exp_dir)["runs"])}
     assert {r["world_size"] for r in runs.values()} == {"2", "4"}
     assert runs["fast-n2g2-b64-s0"]["batch_per_rank"] == "16"
     assert all(r["state"] == "finished" for r in runs.values())
@@ -161,7 +161,7 @@ def test_two_shapes_ddp_across_nodes(tmp_path: Path, results: Path, monkeypatch:
     two = "fast-n2g2-b64-s0"
     job_id = cells[two].job_id
     assert job_id
-    env = rundir.read_json(manifest.run_dir(exp_dir, two) / rundir.ENV)
+    env = layout.read_json(manifest.run_dir(exp_dir, two) / layout.ENV)
     assert env["world_size"] == 4
     node_list = sacct(job_id, "NodeList")
     names = subprocess.run(["scontrol", "show", "hostnames", node_list], capture_output=True, text=True).stdout
@@ -208,12 +208,12 @@ def test_bench_across_two_nodes_feeds_the_estimate(tmp_path: Path, results: Path
     cells = wait_terminal(exp_dir, timeout=150)
     assert {c.state for c in cells.values()} == {"finished"}, cell_state.format_table(list(cells.values()))
     run_dir = manifest.run_dir(exp_dir, "bench-small_cnn-n2g1")
-    env = rundir.read_json(run_dir / rundir.ENV)
+    env = layout.read_json(run_dir / layout.ENV)
     assert env["world_size"] == 2
     names = subprocess.run(["scontrol", "show", "hostnames", env["slurm"]["node_list"]], capture_output=True,
                            text=True).stdout  # fmt: skip
     assert len(set(names.split())) == 2  # the all-reduce crossed the (emulated) nodes
-    rows = rundir.read_csv(collect.collect(exp_dir)["bench"])
+    rows = layout.read_csv(collect.collect(exp_dir)["bench"])
     assert {r["world_size"] for r in rows} == {"2"} and {r["inputs"] for r in rows} == {"data"}
     assert {int(r["batch_size"]) for r in rows if r["what"] == "allreduce"} == {16, 32}
     train = tmp_path / "train2.yaml"
@@ -235,8 +235,8 @@ def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
     run_dir = manifest.run_dir(exp_dir, "fast-n1g2-b64-s0")
     job_id = manifest.load(exp_dir)["fast-n1g2-b64-s0"].job_id
     assert job_id
-    wait_until(lambda: (run_dir / rundir.CKPT_LAST).exists(), 120, "the first epoch's checkpoint", interval=0.2)
-    assert not (run_dir / rundir.RESULT).exists(), "finished before the requeue: make the run longer"
+    wait_until(lambda: (run_dir / layout.CKPT_LAST).exists(), 120, "the first epoch's checkpoint", interval=0.2)
+    assert not (run_dir / layout.RESULT).exists(), "finished before the requeue: make the run longer"
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # while it waits to restart, the requeued cell is pending, never failed
     states = [cell_state.poll(exp_dir)[0].state for _ in range(3)]
@@ -246,7 +246,7 @@ def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
     cell = cells["fast-n1g2-b64-s0"]
     assert cell.state == "finished", cell_state.format_table([cell])
     assert_epochs_once(run_dir, 8)
-    env = rundir.read_json(run_dir / rundir.ENV)
+    env = layout.read_json(run_dir / layout.ENV)
     assert len(env["attempts"]) == 2 and env["attempts"][1]["restart_count"] == "1", env["attempts"]
     assert cell.attempts == 2
     # a Slurm requeue keeps its job id: both attempts ran as the job the manifest lists
@@ -271,7 +271,7 @@ def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.
     assert cli.main(["submit", str(grid), "--results", str(results)]) == 2
     assert "already running or pending" in capsys.readouterr().err
 
-    assert not (manifest.run_dir(exp_dir, "fast-n1g1-b64-s0") / rundir.RESULT).exists(), "finished too soon"
+    assert not (manifest.run_dir(exp_dir, "fast-n1g1-b64-s0") / layout.RESULT).exists(), "finished too soon"
     subprocess.run(["scancel", first], check=True)
     wait_until(lambda: cell_state.poll(exp_dir)[0].state == "cancelled", 60, "state cancelled")
     assert cli.main(["status", "cancel", "--results", str(results)]) == 0
@@ -321,13 +321,13 @@ def test_64_cells_as_arrays(tmp_path: Path, results: Path, monkeypatch: pytest.M
     done = wait_terminal(exp_dir, timeout=240)
     assert {c.state for c in done.values()} == {"finished"}, cell_state.counts(done.values())
     for run_id in done:  # every result complete and parseable; no temp file left behind
-        assert rundir.read_json(manifest.run_dir(exp_dir, run_id) / rundir.RESULT)["run_id"] == run_id
+        assert layout.read_json(manifest.run_dir(exp_dir, run_id) / layout.RESULT)["run_id"] == run_id
     assert not list(exp_dir.rglob("*.tmp"))
     paths = collect.collect(exp_dir)
     first = paths["runs"].read_bytes()
-    rows = rundir.read_csv(paths["runs"])
+    rows = layout.read_csv(paths["runs"])
     assert len(rows) == 64 and {r["state"] for r in rows} == {"finished"}
-    assert len(rundir.read_csv(paths["epochs"])) == 64
+    assert len(layout.read_csv(paths["epochs"])) == 64
     assert collect.collect(exp_dir)["runs"].read_bytes() == first
 
 
@@ -338,7 +338,7 @@ def test_time_limit_checkpoints_requeues_and_finishes(time_limit_run: tuple[Path
     assert cell.state == "finished", cell_state.format_table([cell])
     run_dir = manifest.run_dir(exp_dir, cell.run_id)
     assert_epochs_once(run_dir, TIME_LIMIT_EPOCHS)
-    env = rundir.read_json(run_dir / rundir.ENV)
+    env = layout.read_json(run_dir / layout.ENV)
     assert len(env["attempts"]) >= 2, env["attempts"]
     job_id = str(cell.job_id)
     log = (exp_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()  # submitit logs INFO to stdout

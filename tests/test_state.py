@@ -10,7 +10,7 @@ import pytest
 from orchestrator import manifest
 from orchestrator import state as cell_state
 from orchestrator.state import JobRecord, classify, parse_sacct
-from workloads import rundir
+from workloads import layout
 
 
 def test_parse_sacct_expands_pending_array_ranges() -> None:
@@ -42,15 +42,15 @@ def _entry(age_s: float = 1000.0) -> manifest.Entry:
 @pytest.mark.parametrize(
     ("files", "slurm_state", "expected"),
     [
-        ((rundir.RESULT,), "RUNNING", "finished"),  # result.json is written last: the run is done
-        ((rundir.ERROR,), "REQUEUED", "pending"),  # a requeue is never a failure, whatever error.txt says
-        ((rundir.ERROR,), "PENDING", "pending"),
-        ((rundir.ERROR,), "RUNNING", "running"),
+        ((layout.RESULT,), "RUNNING", "finished"),  # result.json is written last: the run is done
+        ((layout.ERROR,), "REQUEUED", "pending"),  # a requeue is never a failure, whatever error.txt says
+        ((layout.ERROR,), "PENDING", "pending"),
+        ((layout.ERROR,), "RUNNING", "running"),
         ((), "COMPLETING", "running"),
         ((), "CANCELLED", "cancelled"),
         ((), "COMPLETED", "failed"),  # ended without result.json
         ((), "TIMEOUT", "failed"),
-        ((rundir.ERROR,), "FAILED", "failed"),
+        ((layout.ERROR,), "FAILED", "failed"),
     ],
 )
 def test_classify(tmp_path: Path, files: tuple[str, ...], slurm_state: str, expected: str) -> None:
@@ -65,7 +65,7 @@ def test_classify_without_scheduler_record(tmp_path: Path) -> None:
     assert classify(rd, _entry(age_s=5), None, now) == "pending"  # accounting has not caught up yet
     assert classify(rd, _entry(), None, now) == "missing"  # unknown to the scheduler (e.g. a wiped cluster)
     assert classify(rd, _entry(), None, now, asked=False) == "unknown"
-    (rd / rundir.ERROR).write_text("boom")
+    (rd / layout.ERROR).write_text("boom")
     assert classify(rd, _entry(), None, now) == "failed"
 
 
@@ -73,11 +73,11 @@ def test_poll_asks_the_scheduler_once_for_all_cells(tmp_path: Path, monkeypatch:
     entries: dict[str, manifest.Entry] = {}
     for i in range(20):
         run_id = f"cell{i:02d}"
-        rundir.write_json_atomic(manifest.run_dir(tmp_path, run_id) / rundir.SPEC, {"kind": "train", "epochs": 3})
+        layout.write_json_atomic(manifest.run_dir(tmp_path, run_id) / layout.SPEC, {"kind": "train", "epochs": 3})
         manifest.record(entries, run_id, f"40_{i}", "40", "slurm", "train", 1)
     manifest.save(tmp_path, entries)
-    rundir.write_csv_atomic(
-        manifest.run_dir(tmp_path, "cell03") / rundir.EPOCHS, rundir.EPOCH_COLUMNS,
+    layout.write_csv_atomic(
+        manifest.run_dir(tmp_path, "cell03") / layout.EPOCHS, layout.EPOCH_COLUMNS,
         [{"run_id": "cell03", "epoch": 1, "elapsed_s": 2.5}, {"run_id": "cell03", "epoch": 2, "elapsed_s": 5.25}],
     )  # fmt: skip
     calls: list[list[str]] = []

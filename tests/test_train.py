@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from workloads import checkpoint, distributed, entry, rundir, runinfo
+from workloads import checkpoint, distributed, entry, layout, runinfo
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
 from workloads.train import cli, train, train_step
 
@@ -38,7 +38,7 @@ def tiny_spec(**overrides: Any) -> RunSpec:
 
 
 def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
-    return checkpoint.load(run_dir / (rundir.CKPT_LAST if which == "last" else rundir.CKPT_BEST))["model"]
+    return checkpoint.load(run_dir / (layout.CKPT_LAST if which == "last" else layout.CKPT_BEST))["model"]
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
@@ -48,13 +48,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(tiny_spec(), straight)
     train(tiny_spec(epochs=2), resumed)
-    first_elapsed = [float(r["elapsed_s"]) for r in rundir.read_csv(resumed / rundir.EPOCHS)]
-    rows = rundir.read_csv(resumed / rundir.EPOCHS)
+    first_elapsed = [float(r["elapsed_s"]) for r in layout.read_csv(resumed / layout.EPOCHS)]
+    rows = layout.read_csv(resumed / layout.EPOCHS)
     stale = {**rows[-1], "epoch": "3", "train_loss": "123"}
-    rundir.append_csv_row_atomic(resumed / rundir.EPOCHS, rundir.EPOCH_COLUMNS, stale)
+    layout.append_csv_row_atomic(resumed / layout.EPOCHS, layout.EPOCH_COLUMNS, stale)
     result = train(tiny_spec(), resumed)
 
-    a, b = rundir.read_csv(straight / rundir.EPOCHS), rundir.read_csv(resumed / rundir.EPOCHS)
+    a, b = layout.read_csv(straight / layout.EPOCHS), layout.read_csv(resumed / layout.EPOCHS)
     assert [r["epoch"] for r in b] == ["1", "2", "3"]
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
     assert strip(a) == strip(b)
@@ -63,8 +63,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     elapsed = [float(r["elapsed_s"]) for r in b]
     assert elapsed[:2] == first_elapsed and elapsed[0] < elapsed[1] < elapsed[2]
-    assert result["epochs"] == 3 and rundir.read_json(resumed / rundir.RESULT)["epochs"] == 3
-    assert len(rundir.read_json(resumed / rundir.ENV)["attempts"]) == 2
+    assert result["epochs"] == 3 and layout.read_json(resumed / layout.RESULT)["epochs"] == 3
+    assert len(layout.read_json(resumed / layout.ENV)["attempts"]) == 2
     with pytest.raises(ValueError, match="other settings"):  # a different method cannot silently continue
         train(tiny_spec(method="pgd2", epochs=4), resumed)
 
@@ -72,8 +72,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
 def test_run_directory_contents(tmp_path: Path) -> None:
     spec = tiny_spec(method="standard", epochs=3, eval={"every": 2, "steps": 2})
     result = train(spec, tmp_path)
-    rows = rundir.read_csv(tmp_path / rundir.EPOCHS)
-    assert tuple(rows[0]) == rundir.EPOCH_COLUMNS
+    rows = layout.read_csv(tmp_path / layout.EPOCHS)
+    assert tuple(rows[0]) == layout.EPOCH_COLUMNS
     assert [(r["clean_acc"] != "", r["adv_acc"] != "") for r in rows] == [(False, False), (True, True), (True, True)]
     assert rows[0]["eval_s"] == "0.0" and float(rows[1]["eval_s"]) > 0
     for r in rows:
@@ -86,12 +86,12 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     # best = highest clean accuracy for standard training (earliest of equals)
     evaluated = [r for r in rows if r["clean_acc"]]
     best_row = max(evaluated, key=lambda r: float(r["clean_acc"]))
-    best = checkpoint.load(tmp_path / rundir.CKPT_BEST)
+    best = checkpoint.load(tmp_path / layout.CKPT_BEST)
     assert best["best"] == {"epoch": int(best_row["epoch"]), "metric": float(best_row["clean_acc"])}
     assert best["epoch"] == int(best_row["epoch"])
     assert result["best_epoch"] == best["epoch"] and result["best_metric"] == "clean_acc"
 
-    last = checkpoint.load(tmp_path / rundir.CKPT_LAST)  # weights_only=True inside: plain types and tensors
+    last = checkpoint.load(tmp_path / layout.CKPT_LAST)  # weights_only=True inside: plain types and tensors
     assert last["format"] == "fastrobust-v1" and last["epoch"] == 3
     assert set(last) >= {"model", "optimizer", "scheduler", "epoch", "elapsed_s", "best", "rng", "spec", "arch"}
     assert last["elapsed_s"] == float(rows[-1]["elapsed_s"]) and last["spec"] == spec.to_dict()
@@ -101,21 +101,21 @@ def test_run_directory_contents(tmp_path: Path) -> None:
     assert not model.training and loaded_spec == spec
     assert all(torch.equal(v, last["model"][k]) for k, v in model.state_dict().items())
 
-    assert rundir.read_json(tmp_path / rundir.RESULT)["run_id"] == "tiny"
-    env = rundir.read_json(tmp_path / rundir.ENV)
+    assert layout.read_json(tmp_path / layout.RESULT)["run_id"] == "tiny"
+    env = layout.read_json(tmp_path / layout.ENV)
     assert env["world_size"] == 1 and env["hostnames"] and env["versions"]["torch"] == torch.__version__
     assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_commit"])
 
 
 def test_entry_writes_error_txt_and_no_result_on_failure(tmp_path: Path) -> None:
     spec = tiny_spec(data_root=str(tmp_path / "no-such-data"))
-    rundir.write_json_atomic(tmp_path / rundir.SPEC, spec.to_dict())
-    rundir.write_json_atomic(tmp_path / rundir.RESULT, {"stale": True})  # from an earlier attempt
+    layout.write_json_atomic(tmp_path / layout.SPEC, spec.to_dict())
+    layout.write_json_atomic(tmp_path / layout.RESULT, {"stale": True})  # from an earlier attempt
     with pytest.raises(ValueError, match="no-such-data"):
-        entry.run(tmp_path / rundir.SPEC, dist=distributed.single(spec))
-    error = (tmp_path / rundir.ERROR).read_text()
+        entry.run(tmp_path / layout.SPEC, dist=distributed.single(spec))
+    error = (tmp_path / layout.ERROR).read_text()
     assert "Traceback" in error and "no-such-data" in error
-    assert not (tmp_path / rundir.RESULT).exists() and (tmp_path / rundir.ENV).exists()
+    assert not (tmp_path / layout.RESULT).exists() and (tmp_path / layout.ENV).exists()
 
 
 def test_env_json_appends_each_attempts_job_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +126,7 @@ def test_env_json_appends_each_attempts_job_id(tmp_path: Path, monkeypatch: pyte
         env = runinfo.update_env_json(tmp_path, runinfo.collect_env(distributed.Dist()))
     assert env["job_ids"] == ["101", "102"] and env["job_id"] == "102"
     assert [a["job_id"] for a in env["attempts"]] == ["101", "101", "102"]
-    assert rundir.read_json(tmp_path / rundir.ENV) == env
+    assert layout.read_json(tmp_path / layout.ENV) == env
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "7")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert runinfo.collect_env(distributed.Dist())["job_id"] == "7_3"
@@ -135,10 +135,10 @@ def test_env_json_appends_each_attempts_job_id(tmp_path: Path, monkeypatch: pyte
 def test_cli_copies_the_spec_and_runs(tmp_path: Path) -> None:
     spec = tiny_spec(epochs=1, train_subset=128, method="pgd2")
     src = tmp_path / "cell.json"
-    rundir.write_json_atomic(src, spec.to_dict())
+    layout.write_json_atomic(src, spec.to_dict())
     cli(["--spec", str(src), "--out", str(tmp_path / "run")])
-    assert rundir.read_json(tmp_path / "run" / rundir.SPEC) == spec.to_dict()
-    assert rundir.read_json(tmp_path / "run" / rundir.RESULT)["epochs"] == 1
+    assert layout.read_json(tmp_path / "run" / layout.SPEC) == spec.to_dict()
+    assert layout.read_json(tmp_path / "run" / layout.RESULT)["epochs"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
     and the checkpoint keeps fp32 weights (autocast only changes the compute dtype)."""
     spec = tiny_spec(epochs=1, precision="bf16", channels_last=True, method="pgd2")
     train(spec, tmp_path)
-    rows = rundir.read_csv(tmp_path / rundir.EPOCHS)
+    rows = layout.read_csv(tmp_path / layout.EPOCHS)
     assert len(rows) == 1 and torch.isfinite(torch.tensor(float(rows[0]["train_loss"])))
     assert 0.0 <= float(rows[0]["adv_acc"]) <= float(rows[0]["clean_acc"]) <= 1.0
     saved = weights(tmp_path)

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from workloads import distributed, rundir
+from workloads import distributed, layout
 from workloads.allocator import tune_malloc
 from workloads.attacks import attack_from, attack_mode
 from workloads.data import DataBundle, DataError, build_datasets, dataset_info
@@ -323,5 +323,5 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     distributed.barrier(dist)  # ranks leave together: none tears the process group down under another
     if not dist.is_main:
         return {"rank": dist.rank}  # rank 0 writes the rows (its own times)
-    rundir.write_csv_atomic(run_dir / rundir.BENCH, BENCH_COLUMNS, rows)
-    return {"bench_csv": rundir.BENCH, "rows": len(rows), "device": common["device"], "world_size": dist.world_size}
+    layout.write_csv_atomic(run_dir / layout.BENCH, BENCH_COLUMNS, rows)
+    return {"bench_csv": layout.BENCH, "rows": len(rows), "device": common["device"], "world_size": dist.world_size}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workloads import rundir
+from workloads import layout
 from workloads.models import RobustModel, build_model
 from workloads.spec import RunSpec, from_dict
 
@@ -95,7 +95,7 @@ def save(
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    rundir.write_bytes_atomic(path, buf.getvalue())
+    layout.write_bytes_atomic(path, buf.getvalue())
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -111,7 +111,7 @@ def checkpoint_path(path_or_run_dir: str | Path, which: str = "best") -> Path:
     if path.is_dir():
         if which not in ("best", "last"):
             raise ValueError(f"which: expected best or last; got {which!r}")
-        path = path / (rundir.CKPT_BEST if which == "best" else rundir.CKPT_LAST)
+        path = path / (layout.CKPT_BEST if which == "best" else layout.CKPT_LAST)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     return path

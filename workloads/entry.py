@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workloads import allocator, distributed, rundir, runinfo
+from workloads import allocator, distributed, layout, runinfo
 from workloads.spec import RunSpec, from_dict
 
 # kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps)
@@ -32,7 +32,7 @@ Main = Callable[[RunSpec, Path, distributed.Dist], dict[str, Any]]
 
 
 def error_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / (rundir.ERROR if rank == 0 else f"error-rank{rank}.txt")
+    return run_dir / (layout.ERROR if rank == 0 else f"error-rank{rank}.txt")
 
 
 def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str, Any]:
@@ -40,12 +40,12 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
     `dist` None: detect the process layout (torchrun env, submitit/Slurm job, else a single process)."""
     allocator.tune_malloc()  # before the first large allocations (dataset, model)
     spec_path = Path(spec_path).resolve()
-    spec = from_dict(rundir.read_json(spec_path))
+    spec = from_dict(layout.read_json(spec_path))
     run_dir = spec_path.parent
     dist = dist or distributed.setup(spec)
     try:
         if dist.is_main:  # stale markers of an earlier attempt (a resubmission extends or retries the run)
-            for name in (rundir.RESULT, rundir.ERROR):
+            for name in (layout.RESULT, layout.ERROR):
                 (run_dir / name).unlink(missing_ok=True)
         env = runinfo.collect_env(dist)  # collective
         if dist.is_main:
@@ -55,10 +55,10 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
         if dist.is_main:
             stamp = {"run_id": spec.run_id, "kind": spec.kind, "world_size": dist.world_size}
             record = {**stamp, **result, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            rundir.write_json_atomic(run_dir / rundir.RESULT, record)
+            layout.write_json_atomic(run_dir / layout.RESULT, record)
         return result
     except Exception:
-        rundir.write_text_atomic(error_path(run_dir, dist.rank), traceback.format_exc())
+        layout.write_text_atomic(error_path(run_dir, dist.rank), traceback.format_exc())
         raise
     finally:
         distributed.cleanup()

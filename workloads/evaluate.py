@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from workloads import checkpoint, distributed, madry_compat, rundir, strong_eval
+from workloads import checkpoint, distributed, madry_compat, layout, strong_eval
 from workloads.attacks import attack_mode, pgd
 from workloads.checkpoint import derive_seed
 from workloads.data import build_split, dataset_info
@@ -295,7 +295,7 @@ def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
             raise ValueError("evaluate.source_run: required when evaluate.checkpoint is best or last")
         experiment = ev.source_experiment or spec.experiment
         source_dir = results_root(run_dir) / experiment / "runs" / ev.source_run
-        path = source_dir / (rundir.CKPT_BEST if ev.checkpoint == "best" else rundir.CKPT_LAST)
+        path = source_dir / (layout.CKPT_BEST if ev.checkpoint == "best" else layout.CKPT_LAST)
         if not path.is_file():
             raise FileNotFoundError(f"evaluate.checkpoint: {path} does not exist (has {ev.source_run} finished?)")
         return path, experiment
@@ -303,7 +303,7 @@ def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
     if not path.is_absolute():  # relative to the folder holding results/ (the project root)
         path = results_root(run_dir).parent / path
     if path.is_dir():
-        path = path / rundir.CKPT_BEST
+        path = path / layout.CKPT_BEST
     if not path.is_file():
         raise FileNotFoundError(f"evaluate.checkpoint: {path} does not exist")
     return path, ev.source_experiment
@@ -418,12 +418,12 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
 
     def record(b: int, counts: list[int]) -> None:
         mine[b] = counts
-        rundir.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
+        layout.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
         if show:
             event = {"event": "evaluate_batch", "batch": b, "batches": n_batches, "elapsed_s": elapsed()}
             print(json.dumps(event), file=sys.stderr, flush=True)
 
-    rundir.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
+    layout.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
     results = run_batches(model, data, s, dist, num_workers=_loader_workers(dist), done=done, on_batch=record)
     rows = summarize(results, s, dist if dist.distributed else None)
 
@@ -440,7 +440,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     rows = [{**label, **row} for row in rows]
     distributed.barrier(dist)  # every rank has finished its progress writes
     if dist.is_main:
-        rundir.write_csv_atomic(run_dir / rundir.ROBUSTNESS, CSV_COLUMNS, rows)
+        layout.write_csv_atomic(run_dir / layout.ROBUSTNESS, CSV_COLUMNS, rows)
         for path in run_dir.glob(PROGRESS.format(rank="*")):
             path.unlink(missing_ok=True)
     return {

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workloads import rundir
+from workloads import layout
 from workloads.attacks import pgd
 from workloads.checkpoint import derive_seed, load_model
 from workloads.distributed import Dist
@@ -549,9 +549,9 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     raw = raw_tensors(out, classes, spec)
     buf = io.BytesIO()
     torch.save(raw, buf)
-    rundir.write_bytes_atomic(run_dir / FEATURES_PT, buf.getvalue())
-    rundir.write_csv_atomic(run_dir / FEATURES_CSV, FEATURE_COLUMNS, feature_rows)
-    rundir.write_csv_atomic(run_dir / TRANSFER_CSV, TRANSFER_COLUMNS, transfer_rows)
+    layout.write_bytes_atomic(run_dir / FEATURES_PT, buf.getvalue())
+    layout.write_csv_atomic(run_dir / FEATURES_CSV, FEATURE_COLUMNS, feature_rows)
+    layout.write_csv_atomic(run_dir / TRANSFER_CSV, TRANSFER_COLUMNS, transfer_rows)
     layouts = feature_plots.draw_all(raw, run_dir)
     return {
         "models": list(models),

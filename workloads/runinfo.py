@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from workloads import allocator, rundir
+from workloads import allocator, layout
 from workloads.distributed import Dist, all_gather_object
 
 
@@ -109,13 +109,13 @@ def update_env_json(run_dir: str | Path, info: dict[str, Any]) -> dict[str, Any]
     """Merge this attempt into run_dir/env.json: top-level keys describe the latest attempt, `attempts` lists
     every attempt (job id, start time, hosts), `job_ids` every distinct scheduler id in order (a Slurm requeue
     keeps its id; a resubmission adds one)."""
-    path = Path(run_dir) / rundir.ENV
-    old = rundir.read_json(path) if path.exists() else {}
+    path = Path(run_dir) / layout.ENV
+    old = layout.read_json(path) if path.exists() else {}
     attempts = [*old.get("attempts", []), {k: info.get(k) for k in ("job_id", "start_time", "hostnames")}]
     attempts[-1]["restart_count"] = info.get("slurm", {}).get("restart_count")
     job_ids = list(old.get("job_ids", []))
     if info.get("job_id") is not None and info["job_id"] not in job_ids:
         job_ids.append(info["job_id"])
     env = {**info, "job_ids": job_ids, "attempts": attempts}
-    rundir.write_json_atomic(path, env)
+    layout.write_json_atomic(path, env)
     return env

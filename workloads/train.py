@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from workloads import checkpoint, distributed, rundir
+from workloads import checkpoint, distributed, layout
 from workloads.attacks import attack_from, attack_mode
 from workloads.checkpoint import derive_seed
 from workloads.data import DataBundle, build_datasets
@@ -165,18 +165,18 @@ def check_resumable(spec: RunSpec, saved: dict[str, Any], path: Path) -> None:
 
 def truncate_epochs_csv(run_dir: Path, completed: int) -> None:
     """Drop rows past the checkpoint (written before a crash that preceded their checkpoint)."""
-    path = run_dir / rundir.EPOCHS
+    path = run_dir / layout.EPOCHS
     if path.exists():
-        rows = rundir.read_csv(path)
+        rows = layout.read_csv(path)
         kept = [r for r in rows if int(r["epoch"]) <= completed]
         if len(kept) != len(rows):
-            rundir.write_csv_atomic(path, rundir.EPOCH_COLUMNS, kept)
+            layout.write_csv_atomic(path, layout.EPOCH_COLUMNS, kept)
 
 
 def summary(run_dir: Path, spec: RunSpec, metric_name: str) -> dict[str, Any]:
     """result.json contents from epochs.csv (rank 0)."""
-    path = run_dir / rundir.EPOCHS
-    rows = rundir.read_csv(path) if path.exists() else []
+    path = run_dir / layout.EPOCHS
+    rows = layout.read_csv(path) if path.exists() else []
     evaluated = [r for r in rows if r[metric_name] != ""]
     best = max(evaluated, key=lambda r: float(r[metric_name]), default=None)  # first of equals: earliest
     last = rows[-1] if rows else {}
@@ -220,9 +220,9 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
 
     start, elapsed, best = 0, 0.0, None
-    if (run_dir / rundir.CKPT_LAST).exists():
-        state = checkpoint.load(run_dir / rundir.CKPT_LAST)
-        check_resumable(spec, state["spec"], run_dir / rundir.CKPT_LAST)
+    if (run_dir / layout.CKPT_LAST).exists():
+        state = checkpoint.load(run_dir / layout.CKPT_LAST)
+        check_resumable(spec, state["spec"], run_dir / layout.CKPT_LAST)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -279,13 +279,13 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
         rng = distributed.all_gather_object(dist, checkpoint.capture_rng(gen))  # collective
         if dist.is_main:
             # Row first: a crash before the checkpoint below leaves a row that the resume truncates.
-            rundir.append_csv_row_atomic(run_dir / rundir.EPOCHS, rundir.EPOCH_COLUMNS, row)
+            layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
             print(json.dumps({"event": "epoch", **row}), flush=True)
             ckpt = dict(model=model, optimizer=opt, scheduler=sched, epoch=epoch, elapsed_s=row["elapsed_s"],
                         best=best, rng=rng, spec=spec)  # fmt: skip
             if improved:
-                checkpoint.save(run_dir / rundir.CKPT_BEST, **ckpt)
-            checkpoint.save(run_dir / rundir.CKPT_LAST, **ckpt)
+                checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
+            checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
         distributed.barrier(dist)
     return summary(run_dir, spec, metric_name) if dist.is_main else {"rank": dist.rank}
 
@@ -295,8 +295,8 @@ def train(spec: RunSpec, run_dir: str | Path) -> dict[str, Any]:
     (env.json, epochs.csv, checkpoints, result.json), resuming if it has a checkpoint."""
     from workloads import entry
 
-    path = Path(run_dir) / rundir.SPEC
-    rundir.write_json_atomic(path, spec.to_dict())
+    path = Path(run_dir) / layout.SPEC
+    layout.write_json_atomic(path, spec.to_dict())
     return entry.run(path, dist=distributed.single(spec))
 
 
@@ -308,7 +308,7 @@ def cli(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from workloads import entry
 
-    target = args.out / rundir.SPEC
+    target = args.out / layout.SPEC
     args.out.mkdir(parents=True, exist_ok=True)
     if not (target.exists() and target.samefile(args.spec)):
         shutil.copyfile(args.spec, target)

@@ -1,6 +1,9 @@
-"""Run directory layout and atomic file writes (temp file in the same folder + os.replace).
+"""The results layout (results/<experiment>/runs/<run_id>/, every artefact name, the epochs.csv columns)
+and atomic file writes (temp file in the same folder + fsync + os.replace).
 
-A crash at any point leaves either the old or the new version of a file, never a torn one.
+The one owner of where things are: the orchestrator and the workloads ask these functions for paths and
+names instead of joining strings. A crash at any point leaves either the old or the new version of a file,
+never a torn one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+RUNS = "runs"  # results/<experiment>/runs/<run_id>/
+SUBMITIT = ".submitit"  # results/<experiment>/.submitit/: submitit's job folders (pickles, stdout/stderr)
 SPEC = "spec.json"
 ENV = "env.json"
 EPOCHS = "epochs.csv"
@@ -28,6 +33,18 @@ EPOCH_COLUMNS = (
     "run_id", "epoch", "train_s", "eval_s", "elapsed_s", "lr", "train_loss", "train_acc",
     "clean_acc", "adv_acc", "batch_per_rank", "world_size",
 )  # fmt: skip
+
+
+def experiment_dir(results_root: str | os.PathLike[str], experiment: str) -> Path:
+    return Path(results_root) / experiment
+
+
+def runs_dir(results_root: str | os.PathLike[str], experiment: str) -> Path:
+    return experiment_dir(results_root, experiment) / RUNS
+
+
+def run_dir(results_root: str | os.PathLike[str], experiment: str, run_id: str) -> Path:
+    return runs_dir(results_root, experiment) / run_id
 
 
 def _umask() -> int:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from workloads import rundir
+from workloads import layout
 
 
 def test_failed_replace_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "epochs.csv"
-    rundir.append_csv_row_atomic(path, ("epoch", "loss"), {"epoch": 1, "loss": 0.5})
+    layout.append_csv_row_atomic(path, ("epoch", "loss"), {"epoch": 1, "loss": 0.5})
     before = path.read_bytes()
 
     def crash(*_: object) -> None:
@@ -20,7 +20,7 @@ def test_failed_replace_keeps_old_file_and_no_temp(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        rundir.append_csv_row_atomic(path, ("epoch", "loss"), {"epoch": 2, "loss": 0.25})
+        layout.append_csv_row_atomic(path, ("epoch", "loss"), {"epoch": 2, "loss": 0.25})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["epochs.csv"]
 
@@ -29,8 +29,8 @@ def test_append_rows_roundtrip_and_empty_cells(tmp_path: Path) -> None:
     path = tmp_path / "epochs.csv"
     for epoch in (1, 2, 3):
         row = {"epoch": epoch, "adv_acc": 0.5 if epoch == 3 else None, "extra": "ignored"}
-        rundir.append_csv_row_atomic(path, ("epoch", "adv_acc"), row)
-    rows = rundir.read_csv(path)
+        layout.append_csv_row_atomic(path, ("epoch", "adv_acc"), row)
+    rows = layout.read_csv(path)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert [r["adv_acc"] for r in rows] == ["", "", "0.5"]
     assert path.read_text().splitlines()[0] == "epoch,adv_acc"
@@ -38,6 +38,6 @@ def test_append_rows_roundtrip_and_empty_cells(tmp_path: Path) -> None:
 
 def test_json_roundtrip_and_readable_mode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "result.json"
-    rundir.write_json_atomic(path, {"b": 1, "a": [1.5, None]})
-    assert rundir.read_json(path) == {"a": [1.5, None], "b": 1}
-    assert path.stat().st_mode & 0o777 == 0o666 & ~rundir.UMASK
+    layout.write_json_atomic(path, {"b": 1, "a": [1.5, None]})
+    assert layout.read_json(path) == {"a": [1.5, None], "b": 1}
+    assert path.stat().st_mode & 0o777 == 0o666 & ~layout.UMASK
