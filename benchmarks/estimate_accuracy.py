@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator.estimate import estimate_grid
+from orchestrator.estimate.model import estimate_grid
 
 NAME = "estacc"
 

@@ -1,6 +1,6 @@
 """Training speed with glibc's default malloc thresholds vs the fixed ones of workloads.allocator.
 
-Runs the same short training (`python -m workloads.train`: small CNN on real Fashion-MNIST, one thread, global
+Runs the same short training (`python -m workloads.kinds.train`: small CNN on real Fashion-MNIST, one thread, global
 batch 128, evaluation every 2 epochs) in fresh processes, alternating FASTROBUST_TUNE_MALLOC=0 (glibc's
 defaults) and 1 (the default: thresholds fixed), `--rounds` times per method, and prints per-epoch training
 and evaluation times (median over epochs and rounds) with the speed-up measured side by side. Also prints the
@@ -37,7 +37,7 @@ def run_once(tmp: Path, method: str, epochs: int, tuned: bool, index: int) -> pd
     run_dir.mkdir(parents=True)
     layout.write_json_atomic(run_dir / layout.SPEC, spec.to_dict())
     env = {**os.environ, "FASTROBUST_TUNE_MALLOC": "1" if tuned else "0"}
-    cmd = [sys.executable, "-m", "workloads.train", "--spec", str(run_dir / layout.SPEC), "--out", str(run_dir)]
+    cmd = [sys.executable, "-m", "workloads.kinds.train", "--spec", str(run_dir / layout.SPEC), "--out", str(run_dir)]
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
     return pd.read_csv(run_dir / layout.EPOCHS).assign(tuned=tuned, method=method)
 

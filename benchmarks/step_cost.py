@@ -6,6 +6,11 @@ table shows medians after warm-up. Targets on the 2-core CPU (ResNet-18-CIFAR, b
 fast/std <= 1.8, pgd7/std <= 6.0, trainer std throughput >= 0.97x the bare step's.
 
     python benchmarks/step_cost.py [--model resnet18_cifar] [--batch 64] [--repeats 7] [--threads 2]
+        [--device cpu|cuda] [--precision fp32|bf16] [--channels-last] [--attack-passes] [--out RECORD.json]
+
+--device cuda times each call with CUDA events (queued work counted; cuDNN autotuning on, as the trainer);
+--attack-passes also times the attacks alone (model in --mode, as train_step runs them), which gives the floor of
+each ratio, 1 + attack pass / standard step; --out writes the JSON record printed last (benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -17,13 +22,15 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from workloads.attacks import attack_from, attack_mode
+from workloads.engine import train_step
 from workloads.models import build_model
 from workloads.spec import Attack, resolve_attack
-from workloads.train import train_step
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -36,28 +43,55 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--pgd-steps", type=int, default=7)
     parser.add_argument("--eps", type=float, default=1.0)
     parser.add_argument("--mode", default="eval", choices=("eval", "train"), help="model mode during the attack")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, as a run's")
+    parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
+    parser.add_argument("--attack-passes", action="store_true", help="also time each attack alone (ratio floors)")
+    parser.add_argument("--out", type=Path, help="write the JSON record here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the trainer; the warm-up repeats absorb the autotuning
+    amp = torch.bfloat16 if args.precision == "bf16" else None
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
 
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    x, y = x.to(device), y.to(device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     base = build_model(args.model, 10, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).train()
+    base = base.to(device, memory_format=memory_format)
 
     def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def trainer(method: str) -> Callable[[], object]:
         model = copy.deepcopy(base)
-        opt, gen = sgd(model), torch.Generator().manual_seed(0)
+        opt, gen = sgd(model), torch.Generator(device).manual_seed(0)  # on the device, as the trainer's
         attack = resolve_attack(method, Attack(eps=args.eps))
-        return lambda: train_step(model, model, opt, x, y, attack, gen, mode=args.mode)
+        return lambda: train_step(model, model, opt, x, y, attack, gen, mode=args.mode, amp=amp)
+
+    def attack_pass(method: str) -> Callable[[], object]:
+        """The attack of `method` alone, as train_step runs it (same mode and autocast), weights untouched."""
+        model, gen = copy.deepcopy(base), torch.Generator(device).manual_seed(0)
+        attack = resolve_attack(method, Attack(eps=args.eps))
+
+        def run() -> object:
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None)
+            with autocast, attack_mode(model, args.mode):
+                return attack_from(model, x, y, attack, generator=gen)
+
+        return run
 
     def bare() -> Callable[[], object]:
         model = copy.deepcopy(base)
         opt = sgd(model)
 
         def step() -> None:
-            loss = F.cross_entropy(model(x), y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None):
+                loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -66,27 +100,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     pgd = f"pgd{args.pgd_steps}"
     variants = {"bare std": bare(), "standard": trainer("standard"), "fast": trainer("fast"), pgd: trainer(pgd)}
+    if args.attack_passes:
+        variants |= {"fast attack": attack_pass("fast"), f"{pgd} attack": attack_pass(pgd)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(args.warmup + args.repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order each repeat
-            t0 = time.perf_counter()
-            variants[name]()
+            seconds = timed(variants[name], device)
             if r >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(seconds)
 
     med = {name: statistics.median(t) for name, t in times.items()}
     low = {name: min(t) for name, t in times.items()}  # the least-disturbed repeat: robust on a shared machine
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"# {args.model}, batch {args.batch}, {args.threads} threads, attack mode {args.mode}, "
           f"{args.repeats} repeats after {args.warmup} warm-up (seconds); load average {load}")  # fmt: skip
+    if device.type != "cpu" or args.precision != "fp32" or args.channels_last:
+        print(f"# device {device}, {args.precision}{', channels_last' if args.channels_last else ''}")
     header = ("variant", "median_s", "min_s", "max_s", "x std (median)", "x std (min)")
-    widths = (10, 8, 7, 7, 14, 11)
+    widths = (max(10, *map(len, names)), 8, 7, 7, 14, 11)
     print("| " + " | ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for name, t in times.items():
         print(
-            f"| {name:<10} | {med[name]:8.3f} | {low[name]:7.3f} | {max(t):7.3f} "
+            f"| {name:<{widths[0]}} | {med[name]:8.3f} | {low[name]:7.3f} | {max(t):7.3f} "
             f"| {med[name] / med['standard']:14.2f} | {low[name] / low['standard']:11.2f} |"
         )
     ratios = {
@@ -99,14 +136,41 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{pgd}/std": low[pgd] / low["standard"],
         "trainer_std_throughput/bare": low["bare std"] / low["standard"],
     }
-    targets = {"fast/std": "<= 1.8", f"{pgd}/std": "<= 6.0", "trainer_std_throughput/bare": ">= 0.97"}
+    if args.attack_passes:  # an attacking step is its attack plus a standard step: its ratio cannot be lower
+        for method in ("fast", pgd):
+            ratios[f"{method} floor"] = 1 + med[f"{method} attack"] / med["standard"]
+            ratios_min[f"{method} floor"] = 1 + low[f"{method} attack"] / low["standard"]
+    targets = {"fast/std": "<= 1.8", f"{pgd}/std": "<= 6.0", "trainer_std_throughput/bare": ">= 0.97",
+               "fast floor": "1 + attack/std", f"{pgd} floor": "1 + attack/std"}  # fmt: skip
     print(f"{'ratio':<28} {'median':>7} {'min':>7}   target")
     for key, value in ratios.items():
         print(f"{key:<28} {value:7.3f} {ratios_min[key]:7.3f}   {targets[key]}")
     record = {"event": "step_cost", "model": args.model, "batch": args.batch, "threads": args.threads,
               "median_s": med, "min_s": low, "ratios_median": ratios, "ratios_min": ratios_min}  # fmt: skip
+    if device.type != "cpu" or args.precision != "fp32" or args.channels_last or args.attack_passes:
+        record |= {"device": str(device), "precision": args.precision, "channels_last": args.channels_last,
+                   "repeats": args.repeats, "warmup": args.warmup}  # fmt: skip
+        if device.type == "cuda":
+            record["device_name"] = torch.cuda.get_device_name(device)
     print(json.dumps(record))
+    if args.out is not None:
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
     return ratios
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call. CUDA: events around it after a synchronize, so the queued kernels are counted."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000.0
 
 
 if __name__ == "__main__":

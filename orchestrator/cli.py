@@ -21,9 +21,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import launch
-from orchestrator import state as cell_state
+from orchestrator import launch, progress
+from orchestrator import status as cell_status
 from orchestrator.errors import UserError
+from orchestrator.plan import Plan
+from orchestrator.scheduler import SchedulerUnavailable
+from workloads import layout
 
 EXIT_FAILED_CELLS = 1
 EXIT_USAGE = 2
@@ -87,16 +90,16 @@ def _wait(result: launch.SubmitResult, poll_s: float) -> int:
     if slurm:
         total = sum(len(v) for v in slurm.values())
         with tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr) as bar:
-            launch.wait_for_cells(slurm, poll_s, lambda done, _total: bar.update(done - bar.n))
+            progress.wait_for_cells(slurm, poll_s, lambda done, _total: bar.update(done - bar.n))
     all_finished = True
     for exp_dir, ids in _plan_cells(result.plans).items():
-        cells = cell_state.poll(exp_dir, ids)
+        cells = cell_status.poll(exp_dir, ids)
         all_finished &= all(c.state == "finished" for c in cells)
-        print(cell_state.format_table(cells))
+        print(cell_status.format_table(cells))
     return 0 if all_finished else EXIT_FAILED_CELLS
 
 
-def _plan_cells(plans: Iterable[launch.Plan]) -> dict[Path, list[str]]:
+def _plan_cells(plans: Iterable[Plan]) -> dict[Path, list[str]]:
     """Every cell of the plans' documents by experiment folder (several documents may share one)."""
     cells: dict[Path, set[str]] = {}
     for p in plans:
@@ -118,29 +121,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     for exp_dir, ids in targets.items():
         if len(targets) > 1:
             print(f"== {exp_dir.name}")
-        print(cell_state.format_table(cell_state.poll(exp_dir, ids)))
+        print(cell_status.format_table(cell_status.poll(exp_dir, ids)))
     return 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from orchestrator.collect import collect
+    from orchestrator import collect
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
-    for path in collect(exp_dir).values():
+    for path in collect.collect(exp_dir).values():
         print(path)
     return 0
 
 
+def _collect_first(exp_dir: Path) -> None:
+    """The step `report` and `estimate` take before reading an experiment's CSVs: collect its run directories
+    (when it has any; a folder of CSVs copied from a cluster is read as it is), and say so."""
+    from orchestrator import collect
+
+    if layout.runs_dir(exp_dir.parent, exp_dir.name).is_dir():
+        written = collect.collect(exp_dir)
+        print(f"collected {exp_dir}: {', '.join(p.name for p in written.values()) or 'no run directories'}")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import build_report  # collects first when the folder holds run directories
+    from orchestrator.report import build_report  # reads CSVs only
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    _collect_first(exp_dir)
     print(build_report(exp_dir, baseline=args.baseline))
     return 0
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from orchestrator.estimate import estimate_grid, format_estimate
+    from orchestrator.estimate.model import estimate_grid, format_estimate
 
     root = launch.results_root(args.results)
     bench = Path(args.bench).expanduser()
@@ -148,6 +162,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if not (root / args.bench).is_dir():
             raise UserError(f"--bench: {args.bench!r} is neither a bench.csv file nor an experiment under {root}")
         bench = root / args.bench
+    if bench.is_dir():
+        _collect_first(bench)
     df = estimate_grid(Path(args.grid), bench, device=args.device, basis=args.basis, allreduce_s=args.allreduce_s)
     print(format_estimate(df))
     return 0
@@ -189,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("report", parents=[common], help="tables and figures under results/<exp>/report/")
+    p = sub.add_parser("report", parents=[common], help="collect, then tables and figures under results/<exp>/report/")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
     p.set_defaults(func=cmd_report)
@@ -223,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))  # every cmd_* returns its exit status
     except UserError as exc:
         for line in exc.problems:
             print(f"orchestrate: error: {' '.join(str(line).split())}", file=sys.stderr)
         return EXIT_USAGE
-    except cell_state.SchedulerUnavailable as exc:
+    except SchedulerUnavailable as exc:
         print(f"orchestrate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

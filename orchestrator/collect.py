@@ -17,15 +17,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestrator import state as cell_state
+from orchestrator import status as cell_status
 from workloads import layout
+from workloads.catalog import method_info
 from workloads.spec import RunSpec, from_dict, resolve_attack
 
 RUNS_CSV = "runs.csv"
 EPOCHS_CSV = "epochs.csv"
-BENCH_CSV = "bench.csv"
-ROBUSTNESS_CSV = "robustness.csv"
-FEATURES_CSV = "features.csv"  # the visualize workload's (workloads.features.FEATURES_CSV)
+BENCH_CSV = layout.BENCH  # the run directories' files, concatenated under the same name
+ROBUSTNESS_CSV = layout.ROBUSTNESS
+FEATURES_CSV = "features.csv"  # the visualize workload's (workloads.kinds.visualize.FEATURES_CSV)
 
 RUN_COLUMNS = (
     # design.md's columns, in its order
@@ -58,10 +59,11 @@ def _best_row(rows: list[dict[str, str]], metric: str) -> dict[str, str] | None:
     return best
 
 
-def run_row(spec: RunSpec, status: cell_state.CellStatus, rows: list[dict[str, str]], env: dict[str, Any]) -> dict:
+def run_row(
+    spec: RunSpec, status: cell_status.CellStatus, rows: list[dict[str, str]], env: dict[str, Any]
+) -> dict[str, Any]:
     attack = resolve_attack(spec.method, spec.attack)
-    # Table I's "best epoch": highest adversarial validation accuracy; clean accuracy for standard training
-    metric = "clean_acc" if attack.steps == 0 else "adv_acc"
+    metric = method_info(spec.method).best_metric  # Table I's "best epoch", as the trainer chose it
     best = _best_row(rows, metric)
     last = rows[-1] if rows else {}
     train = spec.kind == "train"  # the training settings mean nothing for other kinds (module docstring)
@@ -127,8 +129,8 @@ def collect(exp_dir: Path) -> dict[str, Path]:
     """Write runs.csv and epochs.csv (+ bench.csv, robustness.csv, features.csv when run directories hold them;
     features.csv gets a visualize_run column: the visualize cell whose run directory holds fig3-5)."""
     exp_dir = Path(exp_dir)
-    statuses = {s.run_id: s for s in cell_state.poll(exp_dir)}
-    runs_dir = exp_dir / "runs"
+    statuses = {s.run_id: s for s in cell_status.poll(exp_dir)}
+    runs_dir = layout.runs_dir(exp_dir.parent, exp_dir.name)
     run_rows, epoch_rows, run_dirs = [], [], []
     for run_id in sorted(statuses):
         rd = runs_dir / run_id

@@ -16,17 +16,7 @@ evaluate, all with the same name). Keys of one document:
 The settings and their valid values are those of workloads.spec.RunSpec (the one source of truth);
 experiment, run_id and kind are set by the file itself. Every problem in any document is reported, one line
 each, as `FILE:LINE: key.path: what was expected`, and nothing is returned unless the whole file is valid.
-
-run_id (readable, derived from the cell, never a scheduler id):
-
-    train      {method}-n{nodes}g{gpus_per_node}-b{global_batch_size}-s{seed}   e.g. fast-n1g2-b256-s0
-    bench      bench-{model}-n{nodes}g{gpus_per_node}                          e.g. bench-resnet50_cifar-n1g1
-    evaluate   eval-{evaluate.source_run}                                      e.g. eval-fast-n1g2-b256-s0
-    visualize  vis-{visualize.source_runs joined by _}
-
-followed by `-{key}{value}` for every other setting that differs between the document's cells, in RunSpec
-order (key = the setting's last name, e.g. -eps0.5; its dotted path with _ where two such names clash;
-numbers in %g form, booleans as true/false), then characters outside [A-Za-z0-9_.-] replaced by _.
+Cells get their readable run_ids from orchestrator.run_ids.
 """
 
 from __future__ import annotations
@@ -44,7 +34,9 @@ import yaml
 
 from orchestrator.errors import UserError
 from orchestrator.profiles import Profile, ProfileError, load_profile
-from workloads.spec import KINDS, RunSpec, check_spec, parse
+from orchestrator.run_ids import derive_run_ids, format_value
+from workloads.schema import parse
+from workloads.spec import KINDS, RunSpec, check_spec
 
 EXECUTORS = ("auto", "slurm", "local")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -52,16 +44,11 @@ TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "
 SET_BY_FILE = ("experiment", "run_id", "kind")  # RunSpec fields the file sets from name/kind and expansion
 MAX_CELLS = 10_000  # a typo like a 100-value list in five keys should fail fast, not hang
 SECTIONS: dict[str, type] = {
-    name: tp for name, tp in typing.get_type_hints(RunSpec).items() if dataclasses.is_dataclass(tp)
+    name: tp
+    for name, tp in typing.get_type_hints(RunSpec).items()
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp)
 }
 SETTINGS = tuple(f.name for f in dataclasses.fields(RunSpec) if f.name not in SET_BY_FILE)
-# Settings spelled out in the run_id prefix of each kind; other settings that vary become -{key}{value}.
-ID_FIELDS = {
-    "train": ("method", "shape.nodes", "shape.gpus_per_node", "global_batch_size", "seed"),
-    "bench": ("model", "shape.nodes", "shape.gpus_per_node"),
-    "evaluate": ("evaluate.source_run",),
-    "visualize": ("visualize.source_runs",),
-}
 
 
 class GridError(UserError):
@@ -94,7 +81,7 @@ class Grid:
                 others = [r for nn, gg, r in groups if (nn, gg) == (n, g)]
                 fields = dataclasses.fields(RunSpec().resources)
                 diff = [
-                    f"{f.name}{_fmt(v)}"
+                    f"{f.name}{format_value(v)}"
                     for i, (f, v) in enumerate(zip(fields, res, strict=True))
                     if len({o[i] for o in others}) > 1
                 ]
@@ -178,9 +165,11 @@ def _read_yaml(text: str) -> tuple[list[yaml.Node], list[Any]]:
     """Nodes (for line numbers and duplicate keys) and data of every document."""
     loader = yaml.SafeLoader(text)
     try:
-        nodes = []
+        nodes: list[yaml.Node] = []
         while loader.check_node():
-            nodes.append(loader.get_node())
+            node = loader.get_node()
+            if node is not None:  # check_node() said a document follows
+                nodes.append(node)
         return nodes, [loader.construct_document(n) for n in nodes]
     finally:
         loader.dispose()
@@ -276,7 +265,7 @@ class _Document:
         if value not in valid:
             self.report(key, f"expected one of {', '.join(valid)}; got {value!r}")
             return None
-        return value
+        return str(value)
 
     def _executor(self, data: dict[str, Any]) -> str | None:
         chosen = self._choice(data, "executor", EXECUTORS, "auto")
@@ -361,7 +350,8 @@ class _Document:
                 where = _join(_join("grid", key), i)
                 section, _, sub = key.partition(".")
                 if sub:
-                    target = raw.get(section) if isinstance(raw.get(section), dict) else {}
+                    current = raw.get(section)
+                    target = current if isinstance(current, dict) else {}
                     raw[section] = target = dict(target)
                     _put(target, sub, values[i], key, where, origins)
                 else:
@@ -423,7 +413,7 @@ class _Document:
     def _assign_run_ids(
         self, kind: str, cells: list[tuple[RunSpec, tuple[int, ...]]], axes: list[tuple[str, list[Any]]]
     ) -> None:
-        ids = _run_ids(kind, [spec for spec, _ in cells])
+        ids = derive_run_ids(kind, [spec for spec, _ in cells])
         first: dict[str, tuple[int, ...]] = {}
         blamed: set[str] = set()
         for (spec, combo), run_id in zip(cells, ids, strict=True):
@@ -479,48 +469,6 @@ def _user_path(origins: dict[str, str], spec_path: str) -> str:
         suffix = path[len(parent) :] + suffix
         path = parent
     return _join("defaults", spec_path)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = _join(prefix, key)
-        if isinstance(value, dict):
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (tuple, list)):
-        return "_".join(_fmt(v) for v in value)
-    return "none" if value is None else str(value)
-
-
-def _run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
-    """Readable run_ids (format in the module docstring)."""
-    flats = [_flatten(s.to_dict()) for s in specs]
-    skip = set(ID_FIELDS[kind]) | set(SET_BY_FILE)
-    varying = [k for k in flats[0] if k not in skip and len({f[k] for f in flats}) > 1] if flats else []
-    leaves = [k.rsplit(".", 1)[-1] for k in varying]
-    labels = [k.replace(".", "_") if leaves.count(leaf) > 1 else leaf for k, leaf in zip(varying, leaves, strict=True)]
-    ids = []
-    for spec, flat in zip(specs, flats, strict=True):
-        shape = f"n{spec.shape.nodes}g{spec.shape.gpus_per_node}"
-        prefix = {
-            "train": f"{spec.method}-{shape}-b{spec.global_batch_size}-s{spec.seed}",
-            "bench": f"bench-{spec.model}-{shape}",
-            "evaluate": f"eval-{spec.evaluate.source_run}",
-            "visualize": "vis-" + "_".join(spec.visualize.source_runs),
-        }[kind]
-        suffix = "".join(f"-{label}{_fmt(flat[k])}" for k, label in zip(varying, labels, strict=True))
-        ids.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix + suffix))
-    return ids
 
 
 def _describe(value: Any) -> str:

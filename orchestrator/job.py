@@ -8,31 +8,14 @@ original pickle without calling checkpoint(); it resumes from the same checkpoin
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from typing import Any
 
 import submitit
-from submitit.core import logger
-from submitit.slurm.slurm import SlurmJobEnvironment
 
-
-def _requeue_ignoring_sigterm(self: SlurmJobEnvironment, countdown: int) -> None:
-    """submitit's requeue, but `scontrol` ignores SIGTERM.
-
-    `scontrol requeue` makes slurmstepd SIGTERM every process of the step, sometimes before scontrol itself has
-    exited; submitit then records an error although the requeue happened (~1 in 10 tries on the test cluster).
-    """
-    subprocess.check_call(
-        ["scontrol", "requeue", self.job_id],
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN),
-    )
-    logger.get_logger().info(f"Requeued job {self.job_id} ({countdown} remaining timeouts)")
-
+from orchestrator import submitit_compat
 
 # Applied wherever this module is imported, i.e. in every job process (it unpickles CellJob from here).
-SlurmJobEnvironment._requeue = _requeue_ignoring_sigterm  # type: ignore[method-assign]
+submitit_compat.install_requeue_fix()
 
 
 class CellJob(submitit.helpers.Checkpointable):

@@ -1,14 +1,10 @@
 """Grid file -> submitit jobs: one array per resource shape, spec.json written before anything is submitted.
 
-Rules of a (re)submission, checked for every cell of every document before anything is submitted:
-- finished cells are skipped;
-- running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
-- failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
-- missing cells (never submitted, or unknown to the scheduler) are submitted.
-Documents are submitted in file order. Slurm: an evaluate/visualize document waits for the jobs of the documents
-before it (`--dependency=afterany:...`). Local executor: cells run one at a time on this machine (concurrent cells
-would distort each other's timings), so everything before a document has ended when it starts; LocalProgress shows
-them while they run.
+What is (re)submitted is decided first, for every cell of every document (orchestrator.plan). Documents are
+submitted in file order. Slurm: an evaluate/visualize document waits for the jobs of the documents before it
+(`--dependency=afterany:...`). Local executor: cells run one at a time on this machine (concurrent cells would
+distort each other's timings), so everything before a document has ended when it starts; LocalProgress
+(orchestrator.progress) shows them while they run.
 """
 
 from __future__ import annotations
@@ -17,23 +13,20 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import submitit
-from submitit.slurm.slurm import SlurmExecutor
 
-from orchestrator import manifest
-from orchestrator import state as cell_state
-from orchestrator.errors import UserError
+from orchestrator import manifest, status, submitit_compat
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
+from orchestrator.plan import Plan, decide
 from orchestrator.profiles import executor_kwargs, slurm_parameters
+from orchestrator.progress import LocalProgress
 from workloads import layout
 from workloads.spec import RunSpec
 
@@ -43,79 +36,6 @@ WAITING_KINDS = ("evaluate", "visualize")  # kinds that read what earlier docume
 SCRUB_PREFIXES = ("SLURM_", "SUBMITIT_")
 SCRUB_NAMES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 KEEP_NAMES = ("SLURM_CONF", "SUBMITIT_PREEMPT_SIGNAL")  # user settings, not inherited job state
-
-
-class LaunchError(UserError):
-    """A submission refused as a whole; `problems` holds one line each."""
-
-
-@dataclass
-class Plan:
-    """What one document's submission will do."""
-
-    grid: Grid
-    exp_dir: Path
-    submit: list[RunSpec] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # run_id -> why
-
-
-class LocalProgress:
-    """Local cells, which run one at a time: a tqdm bar over them (position = cells ended) with the running cell's
-    run_id and epochs (epochs.csv vs spec.epochs) as postfix, and one line per ended cell. Without a bar (stderr
-    not a terminal) a line per completed epoch stands in for the postfix, so logs get no bar redraws."""
-
-    def __init__(self, total: int, log: Callable[[str], None] = print, bar: bool = False) -> None:
-        from tqdm import tqdm
-
-        self.log = log
-        self.bar = tqdm(total=total, unit="cell", desc="cells done", file=sys.stderr, disable=not bar)
-        self.running: tuple[Path, str, float] | None = None  # experiment folder, run_id, start (monotonic)
-        self.shown = ""  # the running cell's progress as last shown
-
-    def write(self, line: str) -> None:
-        """A line that leaves the bar intact."""
-        if self.bar.disable:
-            self.log(line)
-        else:
-            self.bar.write(line, file=sys.stdout)
-
-    def start(self, exp_dir: Path, run_id: str) -> None:
-        self.running, self.shown = (exp_dir, run_id, time.monotonic()), run_id
-        self.bar.set_postfix_str(run_id)  # a no-op without a bar (the "submitted" line names it)
-
-    def _show(self, text: str) -> None:
-        if text != self.shown:
-            self.shown = text
-            if self.bar.disable:
-                self.write(text)
-            else:
-                self.bar.set_postfix_str(text)
-
-    def wait(self, poll_s: float = 1.0) -> bool:
-        """Until the running cell has ended (a pid check is cheap: poll each second); True when it finished."""
-        if self.running is None:
-            return True
-        exp_dir, run_id, t0 = self.running
-        while True:
-            (cell,) = cell_state.poll(exp_dir, [run_id])
-            if cell.state in cell_state.TERMINAL or cell.state == "missing":
-                break
-            if cell.epochs is not None:
-                self._show(f"{run_id} epoch {cell.epoch or 0}/{cell.epochs}")
-            time.sleep(poll_s)
-        if cell.state == "finished":
-            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s")
-        else:
-            error = manifest.run_dir(exp_dir, run_id) / layout.ERROR
-            where = error if error.exists() else exp_dir / manifest.SUBMITIT
-            self.write(f"{run_id} {cell.state}: see {where}")
-        self.bar.update(1)
-        self.bar.set_postfix_str("")
-        self.running = None
-        return cell.state == "finished"
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 @dataclass
@@ -134,7 +54,7 @@ def results_root(cli_value: str | Path | None = None) -> Path:
 
 
 def submitit_folder(exp_dir: Path) -> Path:
-    return exp_dir / manifest.SUBMITIT / "%j"
+    return exp_dir / layout.SUBMITIT / "%j"
 
 
 @contextlib.contextmanager
@@ -169,75 +89,11 @@ def make_executor(cluster: str, folder: Path, params: dict[str, Any], ctor: dict
     return executor
 
 
-@contextlib.contextmanager
-def _slurm_without_srun() -> Iterator[None]:
-    # SlurmExecutor refuses to exist where srun is missing; a dry run must print the script on any machine.
-    with mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 2)):
-        yield
-
-
 def sbatch_script(folder: Path, params: dict[str, Any], ctor: dict[str, Any], n_cells: int) -> str:
     """The exact sbatch script submitit submits for an array of n_cells (a single job when n_cells is 1),
-    built by submitit itself the way SlurmExecutor._internal_process_submissions builds it."""
-    with _slurm_without_srun():
-        slurm_ex = make_executor("slurm", folder, params, ctor)._executor
-        assert isinstance(slurm_ex, SlurmExecutor)
-        command = slurm_ex._submitit_command_str
-        if n_cells == 1:
-            return slurm_ex._make_submission_file_text(command, "dry-run")
-        array_ex = SlurmExecutor(slurm_ex.folder, slurm_ex.max_num_timeout)
-        array_ex.update_parameters(**slurm_ex.parameters)
-        array_ex.parameters["map_count"] = n_cells
-        return array_ex._make_submission_file_text(command, "dry-run")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Planning
-
-
-def _spec_changed(spec: RunSpec, run_dir: Path) -> bool:
-    path = run_dir / layout.SPEC
-    return path.exists() and layout.read_json(path) != spec.to_dict()
-
-
-def plan(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
-    """Decide every cell; raises LaunchError (nothing submitted) when the submission must be refused."""
-    plans = [Plan(g, root / g.name) for g in grids]
-    statuses: dict[Path, dict[str, cell_state.CellStatus]] = {}
-    for p in plans:  # one scheduler query per experiment
-        if p.exp_dir not in statuses:
-            ids = {c.run_id for q in plans if q.exp_dir == p.exp_dir for c in q.grid.cells}
-            statuses[p.exp_dir] = {s.run_id: s for s in cell_state.poll(p.exp_dir, ids)}
-    active, retry = [], []
-    for p in plans:
-        for cell in p.grid.cells:
-            st = statuses[p.exp_dir][cell.run_id].state
-            where = f"{p.grid.name}/{cell.run_id}"
-            if st == "finished":
-                changed = _spec_changed(cell, manifest.run_dir(p.exp_dir, cell.run_id))
-                note = " (its spec.json differs from the grid: delete the run directory to rerun it)" if changed else ""
-                p.skipped[cell.run_id] = "finished" + note
-            elif st in ("running", "pending", "unknown"):
-                p.skipped[cell.run_id] = st
-                active.append(f"{where} ({st})")
-            elif st in ("failed", "cancelled") and not only_missing:
-                retry.append(f"{where} ({st})")
-            else:
-                p.submit.append(cell)
-    problems = []
-    if active and not only_missing:
-        problems.append(
-            f"{len(active)} cell(s) already running or pending, not submitted twice: {', '.join(active)}; "
-            "wait for them (orchestrate status), cancel them (orchestrate cancel), or pass --only-missing"
-        )
-    if retry:
-        problems.append(
-            f"{len(retry)} cell(s) failed or were cancelled earlier: {', '.join(retry)}; "
-            "resubmit them with --only-missing"
-        )
-    if problems:
-        raise LaunchError(problems)
-    return plans
+    built by submitit itself (orchestrator.submitit_compat), on any machine."""
+    with submitit_compat.slurm_without_srun():
+        return submitit_compat.sbatch_text(make_executor("slurm", folder, params, ctor), n_cells)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,18 +114,6 @@ def _dependency_ids(plans: list[Plan], upto: int, submitted: dict[str, str]) -> 
                 if job_id:
                     ids.add(job_id.split("_")[0])
     return sorted(ids, key=int)
-
-
-def wait_for_cells(exp_cells: dict[Path, list[str]], poll_s: float, progress: Callable[[int, int], None]) -> bool:
-    """Poll until every cell is finished/failed/cancelled; True when all finished."""
-    total = sum(len(v) for v in exp_cells.values())
-    while True:
-        cells = [c for exp_dir, ids in exp_cells.items() for c in cell_state.poll(exp_dir, ids)]
-        done = sum(c.state in cell_state.TERMINAL or c.state == "missing" for c in cells)
-        progress(done, total)
-        if done == total:
-            return all(c.state == "finished" for c in cells)
-        time.sleep(poll_s)
 
 
 def _submit_array(
@@ -319,7 +163,7 @@ def submit(
     job = job or CellJob()
     t0 = time.perf_counter()
     grids = load_grids(grid_path, executor)
-    plans = plan(grids, root, only_missing)
+    plans = decide(grids, root, only_missing)
     result = SubmitResult(plans)
     n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
     if n_local:
@@ -335,14 +179,10 @@ def submit(
             dependency = _dependency_ids(plans, i, result.job_ids)
         with manifest.locked(p.exp_dir):
             entries = manifest.load(p.exp_dir)
-            wanted = {c.run_id for c in p.submit}
-            for array_name, cells in p.grid.arrays():
-                cells = [c for c in cells if c.run_id in wanted]
+            for array_name, cells in p.arrays():
                 # local: one cell per "array", each started once the previous one has ended
                 groups = [cells] if p.grid.executor == "slurm" else [[c] for c in cells]
                 for group in groups:
-                    if not group:
-                        continue
                     if result.local is not None and p.grid.executor == "local":
                         result.local.wait()  # the previous local cell
                     ids = _submit_array(p, array_name, group, dependency, entries, job)
@@ -362,14 +202,10 @@ def submit(
 
 def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only_missing: bool = False) -> str:
     """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
-    plans = plan(load_grids(grid_path, executor), root, only_missing)
+    plans = decide(load_grids(grid_path, executor), root, only_missing)
     out: list[str] = []
     for i, p in enumerate(plans):
-        wanted = {c.run_id for c in p.submit}
-        for array_name, cells in p.grid.arrays():
-            cells = [c for c in cells if c.run_id in wanted]
-            if not cells:
-                continue
+        for array_name, cells in p.arrays():
             params, ctor = array_parameters(p.grid, array_name, cells)
             head = (
                 f"# === {p.grid.name} document {p.grid.document} ({p.grid.kind}), array {array_name}: "
@@ -394,7 +230,7 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
 def cancel(exp_dir: Path, log: Callable[[str], None] = print) -> int:
     """Cancel every running/pending cell of an experiment; returns how many were cancelled."""
     entries = manifest.load(exp_dir)
-    active = [c for c in cell_state.poll(exp_dir) if c.state in ("running", "pending") and c.job_id]
+    active = [c for c in status.poll(exp_dir) if c.state in ("running", "pending") and c.job_id]
     slurm_ids = [str(c.job_id) for c in active if entries[c.run_id].executor == "slurm"]
     if slurm_ids:
         subprocess.run(["scancel", *slurm_ids], check=True, timeout=60)

@@ -19,8 +19,6 @@ from workloads import layout
 
 MANIFEST = "manifest.json"
 LOCK = ".submit.lock"
-RUNS = "runs"
-SUBMITIT = ".submitit"
 
 
 @dataclass
@@ -39,7 +37,8 @@ class Entry:
 
 
 def run_dir(exp_dir: Path, run_id: str) -> Path:
-    return exp_dir / RUNS / run_id
+    """A cell's run directory, given its experiment folder (workloads.layout owns the layout)."""
+    return layout.run_dir(exp_dir.parent, exp_dir.name, run_id)
 
 
 def load(exp_dir: Path) -> dict[str, Entry]:

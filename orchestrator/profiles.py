@@ -30,7 +30,8 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UserError
-from workloads.spec import RunSpec, at_least, choices, parse
+from workloads.schema import at_least, choices, parse
+from workloads.spec import RunSpec
 
 GPU_REQUESTS = ("gpus_per_node", "gres", "none")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ class Profile:
 
 # Keys a profile file may hold: every field except those set by the loader.
 _NOT_IN_FILE = ("name", "path")
-_MAPPING_KEYS = ("additional", "env")  # workloads.spec.parse handles no dicts: checked here
+_MAPPING_KEYS = ("additional", "env")  # workloads.schema.parse handles no dicts: checked here
 
 
 def profile_dirs(grid_dir: Path | None = None) -> list[Path]:

@@ -10,4 +10,5 @@ trap 'bash scripts/slurm-cluster.sh stop >/dev/null' EXIT
 export FASTROBUST_REQUIRE_SLURM=1 FASTROBUST_NO_SKIP=1
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python -m mypy
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

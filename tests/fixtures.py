@@ -1,4 +1,6 @@
-"""Small datasets generated in the real on-disk formats, for loader tests and quick end-to-end runs.
+"""Test data builders shared by several test modules (fixtures proper live in tests/conftest.py).
+
+Small datasets generated in the real on-disk formats, for loader tests and quick end-to-end runs:
 
 - make_cifar10: torchvision's `cifar-10-batches-py` python pickles (str keys, as the official Python 2
   pickles read with encoding="latin1"). Channel 0 is noise; channel 1 is the constant `cifar_green(label)`
@@ -7,17 +9,30 @@
   ids `fake_wnid(i)` (sorted order = index order) and a <root>/wnids.txt listing all 1000 in order.
 - make_fashion_mnist: torchvision layout <root>/FashionMNIST/raw/*-ubyte[.gz] (IDX format).
 Labels are a seeded shuffle of balanced classes (not sorted, so "the first n" is not a stratified subset).
+
+Also: needs_fmnist (skip unless the real Fashion-MNIST files are installed), bench_rows (a synthetic bench.csv
+with known per-pass costs), free_port (for torch.distributed) and normalise (machine-specific paths in golden
+text -> placeholders).
 """
 
 from __future__ import annotations
 
 import gzip
 import pickle
+import socket
 import struct
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")  # the Debian package dataset-fashion-mnist
+needs_fmnist = pytest.mark.skipif(
+    not (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Debian dataset-fashion-mnist not installed"
+)
 
 
 def cifar_green(label: int) -> int:
@@ -106,3 +121,44 @@ def make_fashion_mnist(root: str | Path, n_train: int = 50, n_test: int = 20, gz
         _write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)), gz)
         _write_idx(folder / f"{prefix}-labels-idx1-ubyte", _balanced_labels(n, 10, rng), gz)
     return Path(root)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (MASTER_PORT of a test process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_rows(
+    passes: Mapping[tuple[str, str, int], float],
+    pass_s: Callable[[int], float],
+    batches: Iterable[int],
+    *,
+    device: str = "x86_64",
+    model: str = "small_cnn",
+    dataset: str = "cifar10",
+    repeats: int = 5,
+    spread: float = 0.0,
+    extra: Mapping[str, object] | None = None,
+) -> list[dict[str, object]]:
+    """bench.csv rows with a known cost model: `passes[(what, method, steps)]` passes of `pass_s(b)` seconds.
+
+    One row per batch size and entry (batch sizes outer); p10/p90 are median * (1 -/+ spread); `extra` columns
+    (e.g. precision) come last, in the order given.
+    """
+    rows: list[dict[str, object]] = []
+    for b in batches:
+        for (what, method, steps), k in passes.items():
+            t = k * pass_s(b)
+            rows.append({"device": device, "model": model, "dataset": dataset, "method": method,
+                         "attack_steps": steps, "batch_size": b, "repeats": repeats, "median_s": t,
+                         "p10_s": (1 - spread) * t if spread else t, "p90_s": (1 + spread) * t if spread else t,
+                         "what": what, "attack_restarts": 1, **(extra or {})})  # fmt: skip
+    return rows
+
+
+def normalise(text: str, results: Path, repo: Path | None = None) -> str:
+    """Machine-specific paths -> placeholders: the results root, the interpreter jobs run, the checkout (if given)."""
+    text = text.replace(str(results), "<RESULTS>").replace(sys.executable, "<PYTHON>")
+    return text if repo is None else text.replace(str(repo), "<REPO>")

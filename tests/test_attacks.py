@@ -15,9 +15,7 @@ P_OK = 1e-3  # a correct sampler passes a KS test at this level (fixed seeds: de
 P_WRONG = 1e-8  # a wrong sampler fails it by a wide margin
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the machine is shared; these tensors are small
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; these tensors are small
 
 
 def gen(seed: int) -> torch.Generator:

@@ -8,20 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import bench_costs
-from workloads import bench
+from orchestrator.estimate import bench_costs
+from tests.fixtures import needs_fmnist
 from workloads.distributed import Dist
+from workloads.kinds import bench
 from workloads.spec import from_dict
 
-needs_fmnist = pytest.mark.skipif(
-    not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file(),
-    reason="Debian dataset-fashion-mnist not installed",
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the machine is shared; these models are tiny
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; these models are tiny
 
 
 def spec(**bench_settings: object) -> object:

@@ -10,22 +10,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from tests.fixtures import cifar_green, fake_wnid, make_cifar10, make_fashion_mnist, make_imagenet
-from workloads.data import (
-    RESTRICTED_IMAGENET_RANGES,
-    DataError,
-    ImageDataset,
-    build_datasets,
-    build_split,
-    dataset_info,
-    stratified_indices,
+from tests.fixtures import (
+    DEBIAN_FMNIST,
+    cifar_green,
+    fake_wnid,
+    make_cifar10,
+    make_fashion_mnist,
+    make_imagenet,
+    needs_fmnist,
 )
-from workloads.spec import DATASETS, RunSpec
-
-DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").is_file(), reason="Debian dataset-fashion-mnist not installed"
-)
+from workloads.catalog import DATASETS, RESTRICTED_IMAGENET_RANGES, dataset_info
+from workloads.data import DataError, ImageDataset, build_datasets, build_split, stratified_indices
+from workloads.spec import RunSpec
 
 
 def spec(dataset: str, root: Path | str | None, **kw: object) -> RunSpec:

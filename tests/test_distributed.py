@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +13,15 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.fixtures import free_port
 from workloads import checkpoint, distributed, layout
+from workloads.accuracy import dataset_accuracy
 from workloads.data import build_datasets
 from workloads.models import build_model
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
-from workloads.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env() -> dict[str, str]:
@@ -156,7 +150,7 @@ def _eval_worker(rank: int, world: int, port: int, ckpt: str, spec_dict: dict[st
     try:
         model, _ = checkpoint.load_model(ckpt, "last")
         attack = ResolvedAttack("l2", 1.0, 3, 0.8, random_start=False)  # deterministic: comparable across layouts
-        result = evaluate(model, build_datasets(spec).val, dist, attack, batch_size=16)
+        result = dataset_accuracy(model, build_datasets(spec).val, dist, attack, batch_size=16)
         if dist.is_main:
             torch.save(result, out)
     finally:
@@ -165,13 +159,13 @@ def _eval_worker(rank: int, world: int, port: int, ckpt: str, spec_dict: dict[st
 
 def test_eval_counts_are_exact_across_ranks(tmp_path: Path) -> None:
     spec_path, spec = write_spec(tmp_path / "eval", epochs=1, shape={"nodes": 1, "gpus_per_node": 1})
-    from workloads.train import train
+    from workloads.kinds.train import train
 
     train(spec, spec_path.parent)
     ckpt = str(spec_path.parent / layout.CKPT_LAST)
     model, _ = checkpoint.load_model(ckpt, "last")
     attack = ResolvedAttack("l2", 1.0, 3, 0.8, random_start=False)
-    single = evaluate(model, build_datasets(spec).val, distributed.Dist(), attack, batch_size=16)
+    single = dataset_accuracy(model, build_datasets(spec).val, distributed.Dist(), attack, batch_size=16)
     out = str(tmp_path / "two.pt")
     spec2 = spec.to_dict() | {"shape": {"nodes": 1, "gpus_per_node": 2}}
     saved = {k: os.environ.pop(k) for k in TORCHRUN_VARS if k in os.environ}

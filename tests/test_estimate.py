@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import bench_costs, estimate
-from orchestrator.bench_costs import EstimateError, interpolate
+from orchestrator.estimate import bench_costs
+from orchestrator.estimate import model as estimate
+from orchestrator.estimate.bench_costs import EstimateError, interpolate
+from tests import fixtures
 from workloads.layout import write_csv_atomic
 
 # Synthetic per-batch costs with a closed form: one attack pass costs a + b B.
@@ -33,15 +35,8 @@ COSTS = {  # (what, method, steps) -> multiple of t_pass
 
 
 def bench_rows(device: str = "x86_64", model: str = "small_cnn", dataset: str = "cifar10") -> list[dict[str, object]]:
-    rows = []
-    for b in BATCHES:
-        for (what, method, steps), k in COSTS.items():
-            t = k * t_pass(b)
-            rows.append({"device": device, "model": model, "dataset": dataset, "method": method,
-                         "attack_steps": steps, "batch_size": b, "repeats": 5, "median_s": t, "p10_s": t,
-                         "p90_s": t, "what": what, "attack_restarts": 1, "precision": "fp32",
-                         "channels_last": False})  # fmt: skip
-    return rows
+    extra = {"precision": "fp32", "channels_last": False}
+    return fixtures.bench_rows(COSTS, t_pass, BATCHES, device=device, model=model, dataset=dataset, extra=extra)
 
 
 @pytest.fixture

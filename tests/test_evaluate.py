@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +15,26 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from tests.fixtures import make_cifar10
-from workloads import distributed, entry, evaluate, madry_compat, layout, strong_eval
+from tests.fixtures import free_port, make_cifar10
+from workloads import distributed, entry, layout
 from workloads.checkpoint import load_model
 from workloads.data import build_split
+from workloads.external import autoattack, madry
+from workloads.kinds import evaluate
+from workloads.kinds.train import train
 from workloads.models import RobustModel, build_model
 from workloads.spec import Attack, Eval, Evaluate, Optimizer, RunSpec
-from workloads.train import train
 
 EXP = "fm"
 TRAIN_EPS = 1.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the machine is shared; small_cnn on a few hundred images
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; small_cnn on a few hundred images
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """results/fm/runs/{standard,fast}: small_cnn trained briefly on 3000 Fashion-MNIST images (once)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate") / "results"
@@ -50,8 +49,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def trained(results: Path, method: str) -> tuple[RobustModel, RunSpec]:
-    return load_model(results / EXP / "runs" / method, "best")
+def trained(trained_results: Path, method: str) -> tuple[RobustModel, RunSpec]:
+    return load_model(trained_results / EXP / "runs" / method, "best")
 
 
 def val_tensors(spec: RunSpec, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +66,12 @@ def acc_at(rows: list[dict[str, Any]], eps: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def pgd10(results: Path) -> dict[str, float]:
+def pgd10(trained_results: Path) -> dict[str, float]:
     """Robust accuracy at the training eps: 10-step PGD, 1 random restart + the zero start, 500 test images."""
     torch.set_num_threads(1)
     out = {}
     for method in ("standard", "fast"):
-        model, spec = trained(results, method)
+        model, spec = trained(trained_results, method)
         rows = evaluate.evaluate_model(
             model, val_tensors(spec, 500), norm="l2", eps_list=[TRAIN_EPS], steps=10, restarts=1, batch_size=250
         )
@@ -84,11 +83,11 @@ def pgd10(results: Path) -> dict[str, float]:
 # Strength and monotonicity
 
 
-def test_at_least_as_strong_as_torchattacks_pgdl2(results: Path, pgd10: dict[str, float]) -> None:
+def test_at_least_as_strong_as_torchattacks_pgdl2(trained_results: Path, pgd10: dict[str, float]) -> None:
     """Same eps, steps, alpha and number of runs: ours (1 random start + the zero start) against torchattacks'
     PGDL2 with 2 random starts, per example the worst case."""
     torchattacks = pytest.importorskip("torchattacks")
-    model, spec = trained(results, "fast")
+    model, spec = trained(trained_results, "fast")
     x, y = val_tensors(spec, 500)
     alpha = 2.5 * TRAIN_EPS / 10
     attack = torchattacks.PGDL2(model, eps=TRAIN_EPS, alpha=alpha, steps=10, random_start=True)
@@ -117,8 +116,8 @@ def test_at_least_as_strong_as_torchattacks_pgdl2(results: Path, pgd10: dict[str
     assert ours_random_only <= theirs_1 + 0.02
 
 
-def test_more_steps_and_restarts_never_help_and_eps0_is_clean(results: Path) -> None:
-    model, spec = trained(results, "fast")
+def test_more_steps_and_restarts_never_help_and_eps0_is_clean(trained_results: Path) -> None:
+    model, spec = trained(trained_results, "fast")
     x, y = val_tensors(spec, 300)
     kwargs: dict[str, Any] = {"norm": "l2", "eps_list": [0.0, TRAIN_EPS], "batch_size": 150, "generator_seed": 3}
     by_steps = [evaluate.evaluate_model(model, (x, y), steps=k, restarts=1, **kwargs) for k in (1, 3, 10)]
@@ -165,25 +164,22 @@ def test_evaluation_leaves_the_model_unchanged() -> None:
 # The workload: robustness.csv, 1 vs 2 ranks
 
 
-def eval_spec(run_id: str, **evaluate_kw: Any) -> RunSpec:
-    ev = Evaluate(source_run="fast", eps_list=[0.0, 0.5, TRAIN_EPS], steps=5, restarts=2, batch_size=32, **evaluate_kw)
+def eval_spec(run_id: str, results: Path, **evaluate_kw: Any) -> RunSpec:
+    """An evaluate cell of run "fast", its source_dir resolved as the orchestrator does at submit time."""
+    source_dir = layout.run_dir(results, evaluate_kw.get("source_experiment") or EXP, "fast")
+    ev = Evaluate(source_run="fast", source_dir=str(source_dir), eps_list=[0.0, 0.5, TRAIN_EPS], steps=5, restarts=2,
+                  batch_size=32, **evaluate_kw)  # fmt: skip
     return RunSpec(experiment=EXP, run_id=run_id, kind="evaluate", seed=7, threads=1, evaluate=ev)
 
 
-def write_spec(results: Path, spec: RunSpec) -> Path:
-    path = results / spec.experiment / "runs" / spec.run_id / layout.SPEC
+def write_spec(trained_results: Path, spec: RunSpec) -> Path:
+    path = trained_results / spec.experiment / "runs" / spec.run_id / layout.SPEC
     layout.write_json_atomic(path, spec.to_dict())
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> None:
-    one = write_spec(results, eval_spec("eval-w1", max_examples=150))
+def test_main_writes_robustness_csv_and_two_ranks_match_one(trained_results: Path) -> None:
+    one = write_spec(trained_results, eval_spec("eval-w1", trained_results, max_examples=150))
     result = entry.run(one, dist=distributed.single(RunSpec(threads=1)))
     rows = layout.read_csv(one.parent / layout.ROBUSTNESS)
     assert list(rows[0]) == list(evaluate.CSV_COLUMNS)
@@ -201,7 +197,7 @@ def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> No
     assert not list(one.parent.glob("evaluate-progress-*"))
 
     # 150 examples in batches of 32: 5 batches, so rank 0 runs 3 and rank 1 runs 2 (the last one short)
-    two = write_spec(results, eval_spec("eval-w2", max_examples=150))
+    two = write_spec(trained_results, eval_spec("eval-w2", trained_results, max_examples=150))
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     for key in ("SLURM_PROCID", "SUBMITIT_EXECUTOR"):
@@ -224,10 +220,10 @@ def test_main_writes_robustness_csv_and_two_ranks_match_one(results: Path) -> No
     assert layout.read_json(two.parent / layout.RESULT)["world_size"] == 2
 
 
-def test_resume_skips_recorded_batches(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_skips_recorded_batches(trained_results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An interrupted evaluation resumes from evaluate-progress-rank*.json and ends with the same counts."""
-    spec = eval_spec("eval-resume", max_examples=96)
-    run_dir = write_spec(results, spec).parent
+    spec = eval_spec("eval-resume", trained_results, max_examples=96)
+    run_dir = write_spec(trained_results, spec).parent
     calls: list[int] = []
     original = evaluate.batch_counts
 
@@ -247,21 +243,21 @@ def test_resume_skips_recorded_batches(results: Path, monkeypatch: pytest.Monkey
     evaluate.main(spec, run_dir, distributed.single(spec))
     assert calls == [0, 32, 32, 64]  # batch 0 was recorded before the interruption
     resumed = layout.read_csv(run_dir / layout.ROBUSTNESS)
-    fresh_dir = write_spec(results, eval_spec("eval-fresh", max_examples=96)).parent
-    evaluate.main(eval_spec("eval-fresh", max_examples=96), fresh_dir, distributed.single(spec))
+    fresh_dir = write_spec(trained_results, eval_spec("eval-fresh", trained_results, max_examples=96)).parent
+    evaluate.main(eval_spec("eval-fresh", trained_results, max_examples=96), fresh_dir, distributed.single(spec))
     assert layout.read_csv(fresh_dir / layout.ROBUSTNESS) == resumed
 
 
-def test_source_resolution_errors(results: Path) -> None:
-    run_dir = results / EXP / "runs" / "eval-x"
-    with pytest.raises(ValueError, match="source_run"):
+def test_source_resolution_errors(trained_results: Path) -> None:
+    run_dir = trained_results / EXP / "runs" / "eval-x"
+    with pytest.raises(ValueError, match=r"source_dir.*source_run"):
         evaluate.checkpoint_file(RunSpec(experiment=EXP, kind="evaluate"), run_dir)
     with pytest.raises(FileNotFoundError, match="nope"):
-        evaluate.checkpoint_file(eval_spec("eval-x", source_experiment="nope"), run_dir)
-    path, experiment = evaluate.checkpoint_file(eval_spec("eval-x", checkpoint="last"), run_dir)
-    assert path == results / EXP / "runs" / "fast" / layout.CKPT_LAST and experiment == EXP
+        evaluate.checkpoint_file(eval_spec("eval-x", trained_results, source_experiment="nope"), run_dir)
+    path, experiment = evaluate.checkpoint_file(eval_spec("eval-x", trained_results, checkpoint="last"), run_dir)
+    assert path == trained_results / EXP / "runs" / "fast" / layout.CKPT_LAST and experiment == EXP
     with pytest.raises(ValueError, match="run directory"):
-        evaluate.checkpoint_file(eval_spec("eval-x"), results / "elsewhere")
+        evaluate.checkpoint_file(eval_spec("eval-x", trained_results, checkpoint="x.pt"), trained_results / "elsewhere")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,9 +267,9 @@ def test_source_resolution_errors(results: Path) -> None:
 def test_checkpoints_with_pickled_objects_need_allow_pickle(tmp_path: Path) -> None:
     path = tmp_path / "with_args.pt"
     torch.save({"model": {"module.normalizer.new_mean": torch.zeros(3, 1, 1)}, "args": argparse.Namespace()}, path)
-    with pytest.raises(madry_compat.MadryFormatError, match="allow_pickle"):
-        madry_compat.read_checkpoint(path)
-    assert isinstance(madry_compat.read_checkpoint(path, allow_pickle=True)["args"], argparse.Namespace)
+    with pytest.raises(madry.MadryFormatError, match="allow_pickle"):
+        madry.read_checkpoint(path)
+    assert isinstance(madry.read_checkpoint(path, allow_pickle=True)["args"], argparse.Namespace)
 
 
 def randomize_bn(model: nn.Module) -> None:
@@ -291,7 +287,7 @@ def test_madry_layout_round_trip(tmp_path: Path) -> None:
     model = build_model("resnet18_cifar", 10, 3, mean, std).eval()
     randomize_bn(model)
     path = tmp_path / "checkpoint.pt.best"
-    madry_compat.save_madry_checkpoint(model, "resnet18_cifar", path, epoch=42)
+    madry.save_madry_checkpoint(model, "resnet18_cifar", path, epoch=42)
     raw = torch.load(path, weights_only=True)
     sd = raw["model"]
     assert {"model", "optimizer", "schedule", "epoch"} <= set(raw)
@@ -300,7 +296,7 @@ def test_madry_layout_round_trip(tmp_path: Path) -> None:
     assert "module.model.layer2.0.shortcut.0.weight" in sd and "module.model.conv1.weight" in sd
     assert not any(".body." in k or ".head." in k for k in sd)  # their naming, not ours
 
-    loaded, info = madry_compat.load_madry_checkpoint(path)
+    loaded, info = madry.load_madry_checkpoint(path)
     assert (info.arch, info.num_classes, info.in_channels, info.epoch) == ("resnet18_cifar", 10, 3, 42)
     assert info.mean == pytest.approx(mean) and info.std == pytest.approx(std)
     x = torch.rand(2, 3, 32, 32)
@@ -308,19 +304,19 @@ def test_madry_layout_round_trip(tmp_path: Path) -> None:
         assert torch.equal(loaded(x), model(x))
     # the attacker's duplicate is dropped, not required to agree; a wrong key is an error, not ignored
     bad = dict(sd, **{"module.model.extra.weight": torch.zeros(1)})
-    with pytest.raises(madry_compat.MadryFormatError):
-        madry_compat.model_from_checkpoint({"model": bad, "epoch": 1})
+    with pytest.raises(madry.MadryFormatError):
+        madry.model_from_checkpoint({"model": bad, "epoch": 1})
 
 
 @pytest.mark.parametrize("arch", ["resnet50_cifar", "resnet50"])
 def test_madry_key_tables_cover_every_key(arch: str) -> None:
     model = build_model(arch, 9, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    classifier, _, _ = madry_compat.split_state_dict(madry_compat.from_ours(model, arch))
-    assert madry_compat.infer_arch(classifier) == (arch, 9, 3)
+    classifier, _, _ = madry.split_state_dict(madry.from_ours(model, arch))
+    assert madry.infer_arch(classifier) == (arch, 9, 3)
     head = "linear" if arch.endswith("cifar") else "fc"
     assert f"{head}.weight" in classifier and "layer4.2.conv3.weight" in classifier
     ours = {k: v for k, v in model.state_dict().items() if not k.startswith("normalize.")}
-    mapped = madry_compat.to_ours(classifier, arch)
+    mapped = madry.to_ours(classifier, arch)
     assert mapped.keys() == ours.keys() and all(torch.equal(mapped[k], ours[k]) for k in ours)
 
 
@@ -329,7 +325,7 @@ def test_main_evaluates_a_madry_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = build_model("resnet18_cifar", 10, 3, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)).eval()
     ckpt = tmp_path / "external" / "rimagenet_l2_3_0.pt"
-    madry_compat.save_madry_checkpoint(model, "resnet18_cifar", ckpt)
+    madry.save_madry_checkpoint(model, "resnet18_cifar", ckpt)
     ev = Evaluate(checkpoint=str(ckpt), eps_list=[0.0, 0.5], steps=1, restarts=1, batch_size=8, max_examples=8)
     spec = RunSpec(experiment="ext", run_id="madry-pgd7", kind="evaluate", dataset="cifar10",
                    data_root=str(tmp_path / "data"), method="pgd7", attack=Attack(eps=3.0), evaluate=ev)  # fmt: skip
@@ -350,9 +346,9 @@ def test_main_evaluates_a_madry_checkpoint(tmp_path: Path) -> None:
 # Optional AutoAttack-style columns
 
 
-@pytest.mark.skipif(not strong_eval.available(), reason="torchattacks not installed (extra [strong])")
-def test_autoattack_columns_side_by_side(results: Path) -> None:
-    model, spec = trained(results, "fast")
+@pytest.mark.skipif(not autoattack.available(), reason="torchattacks not installed (extra [strong])")
+def test_autoattack_columns_side_by_side(trained_results: Path) -> None:
+    model, spec = trained(trained_results, "fast")
     x, y = val_tensors(spec, 64)
     rows = evaluate.evaluate_model(model, (x, y), norm="l2", eps_list=[0.0, TRAIN_EPS], steps=5, restarts=1,
                                    batch_size=64, autoattack=True, autoattack_steps=5)  # fmt: skip
@@ -364,9 +360,9 @@ def test_autoattack_columns_side_by_side(results: Path) -> None:
     assert at["aa_acc"] < at["clean_acc"]  # the attacks do something
 
 
-def test_subset_dataset_input_matches_tensors(results: Path) -> None:
+def test_subset_dataset_input_matches_tensors(trained_results: Path) -> None:
     """A Dataset (as main passes it) and the same examples as tensors give the same rows."""
-    model, spec = trained(results, "fast")
+    model, spec = trained(trained_results, "fast")
     data = Subset(build_split(RunSpec(dataset="fashion_mnist"), train=False), range(40))
     x, y = val_tensors(spec, 40)
     kwargs: dict[str, Any] = {"norm": "linf", "eps_list": [0.05], "steps": 2, "restarts": 2, "batch_size": 16}

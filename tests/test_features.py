@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import entry, feature_plots, features, layout
+from workloads import entry, layout, representation
 from workloads.checkpoint import load_model
 from workloads.data import build_datasets
 from workloads.distributed import Dist
+from workloads.kinds import visualize, visualize_plots
+from workloads.kinds.train import train
 from workloads.spec import Attack, Eval, Optimizer, RunSpec, Visualize
-from workloads.train import train
 
 SOURCE_EXPERIMENT = "src"
 METHODS = ("standard", "fast")
@@ -48,7 +49,7 @@ def models(results_root: Path) -> dict[str, torch.nn.Module]:
 @pytest.fixture(scope="module")
 def val_images() -> tuple[torch.Tensor, torch.Tensor]:
     val = build_datasets(RunSpec(val_subset=500, augment=False)).val
-    idx = features.pick_images(val.targets, 6, torch.Generator().manual_seed(0))
+    idx = visualize.pick_images(val.targets, 6, torch.Generator().manual_seed(0))
     return torch.stack([val[int(i)][0] for i in idx]), val.targets[idx]
 
 
@@ -75,13 +76,13 @@ def assert_in_ball(x: torch.Tensor, center: torch.Tensor, eps: float) -> torch.T
 def test_high_freq_share_on_known_images() -> None:
     g = torch.Generator().manual_seed(0)
     noise = torch.rand(16, 1, 28, 28, generator=g) - 0.5
-    assert features.high_freq_share(noise).mean() == pytest.approx(1 - math.pi / 16, abs=0.03)
+    assert representation.high_freq_share(noise).mean() == pytest.approx(1 - math.pi / 16, abs=0.03)
     yy, xx = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
     smooth = torch.cos(2 * math.pi * (xx + yy) / 28)[None, None]  # one cycle per image: lowest frequency
     checker = ((xx + yy) % 2 * 2 - 1)[None, None]  # Nyquist in both directions
-    assert features.high_freq_share(smooth).item() < 1e-6
-    assert features.high_freq_share(checker).item() == pytest.approx(1.0)
-    assert torch.isnan(features.high_freq_share(torch.zeros(1, 3, 8, 8))).all()
+    assert representation.high_freq_share(smooth).item() < 1e-6
+    assert representation.high_freq_share(checker).item() == pytest.approx(1.0)
+    assert torch.isnan(representation.high_freq_share(torch.zeros(1, 3, 8, 8))).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def test_visualize_units_ascends_within_eps(models, val_images, method: str) -> 
     seeds = x[:3]
     units = [3, 40, 77, 101]
     eps = 2.0  # small enough that the projection binds (the box alone allows ~28)
-    result = features.visualize_units(model, seeds, units, eps=eps, step=0.25, iterations=30)
+    result = representation.visualize_units(model, seeds, units, eps=eps, step=0.25, iterations=30)
     assert result.trace.shape == (31, 12)
     assert_climbs(result.trace)
     dist = assert_in_ball(result.x, seeds.repeat_interleave(4, dim=0), eps)
@@ -107,17 +108,17 @@ def test_interpolate_descends_and_matches_the_convex_target(models, val_images, 
     model, (x, _) = models[method], val_images
     x1, x2 = x[0:4:2], x[1:4:2]
     lambdas = [0.0, 0.25, 0.5, 0.75, 1.0]
-    result = features.interpolate(model, x1, x2, lambdas, step=0.05, iterations=30)
+    result = representation.interpolate(model, x1, x2, lambdas, step=0.05, iterations=30)
     interior = result.trace.view(31, 2, 5)[:, :, 1:4].flatten(1)  # endpoints start at their optimum (distance 0)
     assert_climbs(interior)
     assert result.x.min() >= 0 and result.x.max() <= 1
     # the convex target: at lambda = 1 the best iterate has x1's representation
     with torch.no_grad():
-        rel = features.relative_distance(model.features(result.x.view(2, 5, 1, 28, 28)[:, 4]), model.features(x1))
+        rel = representation.relative_distance(model.features(result.x.view(2, 5, 1, 28, 28)[:, 4]), model.features(x1))
     assert (rel < 1e-3).all()
     # ... and from a far start (noise), the optimiser pulls the representation towards f(x1)
     noise = torch.rand(x1.shape, generator=torch.Generator().manual_seed(2))
-    inverted = features.interpolate(model, x1, x2, [1.0], step=0.2, iterations=100, start=noise)
+    inverted = representation.interpolate(model, x1, x2, [1.0], step=0.2, iterations=100, start=noise)
     assert_climbs(inverted.trace, tol=0.05)
     start_dist, best_dist = -inverted.trace[0], -inverted.best
     assert (best_dist < 0.25 * start_dist).all(), f"{start_dist} -> {best_dist}"
@@ -133,12 +134,12 @@ def test_interpolation_target_is_convex_not_eq14(models, val_images) -> None:
         seen["target"] = target
         return original(feats, target)
 
-    original = features.relative_distance
-    features.relative_distance = spy  # type: ignore[assignment]
+    original = representation.relative_distance
+    representation.relative_distance = spy  # type: ignore[assignment]
     try:
-        features.interpolate(model, x1, x2, [0.5], step=0.05, iterations=1)
+        representation.interpolate(model, x1, x2, [0.5], step=0.05, iterations=1)
     finally:
-        features.relative_distance = original  # type: ignore[assignment]
+        representation.relative_distance = original  # type: ignore[assignment]
     with torch.no_grad():
         midpoint = 0.5 * model.features(x1) + 0.5 * model.features(x2)
     torch.testing.assert_close(seen["target"], midpoint)
@@ -149,7 +150,7 @@ def test_large_targeted_climbs_within_eps(models, val_images, method: str) -> No
     model, (x, y) = models[method], val_images
     targets = (y + 3) % 10
     eps = 3.0
-    result = features.large_targeted(model, x, targets, eps=eps, steps=30)
+    result = representation.large_targeted(model, x, targets, eps=eps, steps=30)
     assert result.trace.shape == (31, len(x))
     assert_climbs(result.trace, tol=0.05)
     assert_in_ball(result.x, x, eps)
@@ -167,8 +168,8 @@ def test_robust_model_visualisations_have_less_high_frequency_energy(models, val
     share = {}
     units = torch.randperm(128, generator=torch.Generator().manual_seed(1))[:8].tolist()
     for method, model in models.items():
-        result = features.visualize_units(model, seeds, units, eps=1000.0, step=0.25, iterations=40)
-        share[method] = float(features.high_freq_share(result.x - seeds.repeat_interleave(8, dim=0)).nanmean())
+        result = representation.visualize_units(model, seeds, units, eps=1000.0, step=0.25, iterations=40)
+        share[method] = float(representation.high_freq_share(result.x - seeds.repeat_interleave(8, dim=0)).nanmean())
     print(f"high-frequency share: {share}")
     assert share["fast"] < 0.8 * share["standard"], share
 
@@ -177,13 +178,15 @@ def test_robust_model_visualisations_have_less_high_frequency_energy(models, val
 # The workload end to end: files, CSV columns, figure layout.
 
 
-def vis_spec(**visualize: object) -> RunSpec:
+def vis_spec(results_root: Path, **overrides: object) -> RunSpec:
+    """A visualize cell of the two source runs, their source_dirs resolved as the orchestrator does at submit time."""
+    dirs = [str(layout.run_dir(results_root, SOURCE_EXPERIMENT, m)) for m in METHODS]
     settings = dict(
-        source_experiment=SOURCE_EXPERIMENT, source_runs=list(METHODS), checkpoint="last", units=3,
+        source_experiment=SOURCE_EXPERIMENT, source_runs=list(METHODS), source_dirs=dirs, checkpoint="last", units=3,
         vis_eps=1000.0, vis_step=0.2, vis_iterations=8, interp_lambdas=[0.0, 0.5, 1.0], interp_step=0.05,
         interp_iterations=8, large_eps=20.0, large_steps=20, images=2, large_targets=2, rank_examples=32,
     )  # fmt: skip
-    settings.update(visualize)
+    settings.update(overrides)
     return RunSpec(
         experiment="vis", run_id="vis0", kind="visualize", threads=2, eval=Eval(steps=3),
         visualize=Visualize(**settings),  # type: ignore[arg-type]
@@ -191,7 +194,7 @@ def vis_spec(**visualize: object) -> RunSpec:
 
 
 def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
-    spec = vis_spec()
+    spec = vis_spec(results_root)
     run_dir = results_root / "vis" / "runs" / "vis0"
     spec_path = run_dir / layout.SPEC
     layout.write_json_atomic(spec_path, spec.to_dict())
@@ -205,19 +208,19 @@ def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
             assert (run_dir / f"{name}.{ext}").stat().st_size > 0
     assert not list(run_dir.glob(".*.tmp")), "temp files left behind"
 
-    rows = layout.read_csv(run_dir / features.FEATURES_CSV)
-    assert tuple(rows[0]) == features.FEATURE_COLUMNS
+    rows = layout.read_csv(run_dir / visualize.FEATURES_CSV)
+    assert tuple(rows[0]) == visualize.FEATURE_COLUMNS
     assert [r["run_id"] for r in rows] == list(METHODS)
     assert [r["method"] for r in rows] == list(METHODS)
     for r in rows:
         assert 0 <= float(r["vis_hf_share"]) <= 1
         assert 0 <= float(r["target_self"]) <= 1
         assert r["most_robust_other"] == next(m for m in METHODS if m != r["run_id"])
-    transfer = layout.read_csv(run_dir / features.TRANSFER_CSV)
-    assert tuple(transfer[0]) == features.TRANSFER_COLUMNS
+    transfer = layout.read_csv(run_dir / visualize.TRANSFER_CSV)
+    assert tuple(transfer[0]) == visualize.TRANSFER_COLUMNS
     assert len(transfer) == 4 and sum(int(t["is_self"]) for t in transfer) == 2
 
-    raw = torch.load(run_dir / features.FEATURES_PT, weights_only=True)
+    raw = torch.load(run_dir / visualize.FEATURES_PT, weights_only=True)
     assert raw["models"]["fast"]["vis"].shape == (2, 3, 1, 28, 28)
     assert raw["models"]["fast"]["interp"].shape == (1, 3, 1, 28, 28)
     assert raw["models"]["standard"]["large"].shape == (2, 2, 1, 28, 28)
@@ -228,16 +231,16 @@ def test_main_writes_tensors_csv_and_figures(results_root: Path) -> None:
 
 def test_main_on_other_ranks_does_nothing(results_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "vis" / "runs" / "vis1"
-    assert features.main(vis_spec(), run_dir, Dist(rank=1, world_size=2)) == {}
+    assert visualize.main(vis_spec(results_root), run_dir, Dist(rank=1, world_size=2)) == {}
     assert not run_dir.exists()
 
 
 def test_render_grid_shape() -> None:
-    grid = feature_plots.Grid(
+    grid = visualize_plots.Grid(
         images=[[torch.rand(3, 8, 8) for _ in range(4)] for _ in range(3)],
         titles=[[f"{r}{c}" for c in range(4)] for r in range(3)],
         row_labels=["a", "b", "c"],
     )
-    fig = feature_plots.render(grid)
+    fig = visualize_plots.render(grid)
     assert len(fig.axes) == 12
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (3, 4)

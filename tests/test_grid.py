@@ -168,9 +168,13 @@ def test_missing_and_empty_files(tmp_path: Path):
     ],
 )
 def test_paper_grids_have_the_papers_settings(file, dataset, model, eps, weight_decay):
+    """Section IV: ResNet-50, 150 epochs, batch 256, lr 0.1 / 10 every 50, eval every 5, eps 1 / 3, 2 vs 8 GPUs."""
     grid = load_grid(ROOT / "experiments" / file)
     assert grid.kind == "train" and grid.executor == "slurm" and grid.profile.name == "generic"
     assert len(grid.cells) == 6
+    assert {(c.method, c.shape.nodes, c.shape.gpus_per_node) for c in grid.cells} == {
+        (m, n, 2) for m in ("standard", "fast", "pgd7") for n in (1, 4)
+    }
     for cell in grid.cells:
         assert (cell.dataset, cell.model, cell.epochs, cell.global_batch_size) == (dataset, model, 150, 256)
         opt = cell.optimizer

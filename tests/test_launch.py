@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, launch, manifest
-from orchestrator import state as cell_state
+from orchestrator import cli, launch, manifest, plan, submitit_compat
+from orchestrator import status as cell_state
 from orchestrator.grid import load_grids
+from tests.fixtures import normalise
 from tests.slurm_stub import StubCell
 from workloads import layout
 
@@ -57,11 +58,6 @@ grid:
   shape:
     - {nodes: 1, gpus_per_node: 2}
 """
-
-
-def normalise(script: str, results: Path) -> str:
-    """Machine-specific paths -> placeholders (the results root and the interpreter jobs run)."""
-    return script.replace(str(results), "<RESULTS>").replace(sys.executable, "<PYTHON>")
 
 
 def test_golden_sbatch_script(tmp_path: Path, results: Path) -> None:
@@ -129,6 +125,77 @@ def test_clean_submission_env_hides_and_restores(monkeypatch: pytest.MonkeyPatch
     assert all(os.environ[k] == v for k, v in leaked.items())
 
 
+def test_submitit_private_names_still_exist() -> None:
+    """orchestrator.submitit_compat relies on names submitit does not document (pyproject bounds the version);
+    a submitit release that drops one must fail here, by name, not in a dry run on a cluster."""
+    missing = submitit_compat.missing_private_names()
+    assert not missing, f"the installed submitit lacks {', '.join(missing)}: update orchestrator/submitit_compat.py"
+
+
+def test_dry_run_leaves_submitit_as_it_was() -> None:
+    from submitit.slurm.slurm import SlurmExecutor
+
+    before = SlurmExecutor.__dict__["affinity"]
+    with submitit_compat.slurm_without_srun():
+        assert SlurmExecutor.affinity() == 2
+    assert SlurmExecutor.__dict__["affinity"] is before
+
+
+def test_production_code_has_no_mock_and_no_torch() -> None:
+    """unittest.mock only under tests/; the orchestrator never imports torch (a job imports it, not a submission)."""
+    sources = sorted((REPO / "orchestrator").rglob("*.py"))
+    assert sources
+    for path in sources:
+        text = path.read_text()
+        assert "unittest" not in text and "mock" not in text.replace("mocks", ""), path
+    code = "import sys, orchestrator.cli, orchestrator.launch, orchestrator.report, orchestrator.estimate.model; "
+    code += "import orchestrator.report.plots, orchestrator.job; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "the orchestrator imported torch"
+
+
+def test_finished_cell_names_the_settings_its_spec_differs_in(tmp_path: Path, results: Path) -> None:
+    """Only what the cell's kind reads is compared (a bench setting is no news to a train run)."""
+    grid = tmp_path / "differs.yaml"
+    grid.write_text(LOCAL_GRID.replace("tinylocal", "differs"))
+    (cell,) = load_grids(grid)[0].cells
+    run_dir = manifest.run_dir(results / "differs", cell.run_id)
+    recorded = cell.to_dict()
+    recorded["bench"] = {**recorded["bench"], "repeats": 99}  # not read by a train cell
+    layout.write_json_atomic(run_dir / layout.SPEC, recorded)
+    layout.write_json_atomic(run_dir / layout.RESULT, {})
+    (decided,) = plan.decide(load_grids(grid), results, only_missing=False)
+    assert decided.skipped == {cell.run_id: "finished"}
+    recorded["epochs"], recorded["optimizer"] = 99, {**recorded["optimizer"], "lr": 9.0}
+    del recorded["precision"]  # written before the setting existed: it differs too
+    layout.write_json_atomic(run_dir / layout.SPEC, recorded)
+    (decided,) = plan.decide(load_grids(grid), results, only_missing=False)
+    assert decided.skipped[cell.run_id] == (
+        "finished (its spec.json differs from the grid in epochs, precision, optimizer.lr: "
+        "delete the run directory to rerun it)"
+    )
+
+
+def test_source_runs_are_resolved_at_submit_time(tmp_path: Path, results: Path) -> None:
+    """An evaluate/visualize cell's spec names its source run directories (absolute); the grid's cells do not."""
+    grid = tmp_path / "sources.yaml"
+    grid.write_text(
+        "name: sources\nkind: evaluate\nexecutor: local\ngrid:\n  evaluate:\n"
+        "    - {source_run: fast-n1g1-b64-s0}\n    - {source_run: x, source_experiment: other}\n"
+        "---\nname: sources\nkind: visualize\nexecutor: local\n"
+        "defaults:\n  visualize: {source_runs: [a, b]}\n"
+    )
+    grids = load_grids(grid)
+    assert all(c.evaluate.source_dir is None and not c.visualize.source_dirs for g in grids for c in g.cells)
+    evaluate, visualize = plan.decide(grids, results, only_missing=False)
+    assert [c.evaluate.source_dir for c in evaluate.submit] == [
+        str(results / "sources" / "runs" / "fast-n1g1-b64-s0"),
+        str(results / "other" / "runs" / "x"),
+    ]
+    (vis,) = visualize.submit
+    assert vis.visualize.source_dirs == [str(results / "sources" / "runs" / r) for r in ("a", "b")]
+    assert [c.run_id for _, cells in evaluate.arrays() for c in cells] == [c.run_id for c in evaluate.submit]
+
+
 def _fake_submission(exp_dir: Path, run_id: str, job_id: str, executor: str = "local") -> None:
     entries = manifest.load(exp_dir)
     manifest.record(entries, run_id, job_id, job_id, executor, "train", 1)
@@ -155,14 +222,14 @@ def test_resubmission_rules(tmp_path: Path, results: Path) -> None:
         _fake_submission(exp_dir, running, str(proc.pid))
         states = {c.run_id: c.state for c in cell_state.poll(exp_dir)}
         assert states == {finished: "finished", failed: "failed", running: "running"}
-        with pytest.raises(launch.LaunchError) as info:
-            launch.plan(grids, results, only_missing=False)
+        with pytest.raises(plan.LaunchError) as info:
+            plan.decide(grids, results, only_missing=False)
         text = str(info.value)
         assert "already running or pending" in text and running in text
         assert "--only-missing" in text and failed in text
-        (plan,) = launch.plan(grids, results, only_missing=True)
-        assert [c.run_id for c in plan.submit] == [failed]
-        assert plan.skipped[finished].startswith("finished") and plan.skipped[running] == "running"
+        (decided,) = plan.decide(grids, results, only_missing=True)
+        assert [c.run_id for c in decided.submit] == [failed]
+        assert decided.skipped[finished].startswith("finished") and decided.skipped[running] == "running"
     finally:
         proc.kill()
         proc.wait()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from workloads import spec
+from workloads import catalog
 from workloads.models import MODEL_NAMES, Normalize, RobustModel, build_model
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -21,7 +21,7 @@ CASES = {
 
 
 def test_model_names_match_spec() -> None:
-    assert set(MODEL_NAMES) == set(spec.MODELS) == set(CASES)
+    assert set(MODEL_NAMES) == set(catalog.MODELS) == set(CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -13,6 +13,10 @@ import pytest
 matplotlib.use("Agg")
 
 from orchestrator import report
+from orchestrator.report import labels as report_labels
+from orchestrator.report import table1
+from orchestrator.report import tables as report_tables
+from tests import fixtures
 from workloads.layout import write_csv_atomic
 
 # Paper Table I: (dataset, method) -> {gpus: (last hours, last ratio, best hours, best ratio)}; None = "—".
@@ -82,8 +86,8 @@ def md_cells(md: str) -> dict[tuple[str, str], list[str]]:
 
 def parse_cell(text: str) -> tuple[float | None, float | None, bool]:
     """'9.1 (7.4)' -> (9.1, 7.4, False); '—' -> (None, None, False); a trailing † sets the flag."""
-    marked = text.endswith(report.MARK)
-    m = re.fullmatch(r"([0-9.]+) \(([0-9.]+)\)" + re.escape(report.MARK) + "?", text)
+    marked = text.endswith(report_labels.MARK)
+    m = re.fullmatch(r"([0-9.]+) \(([0-9.]+)\)" + re.escape(report_labels.MARK) + "?", text)
     if m:
         return float(m.group(1)), float(m.group(2)), marked
     return None, None, marked
@@ -97,7 +101,7 @@ def test_paper_table_ratios_and_dashes(paper_dir: Path) -> None:
     cells = md_cells(md)
     labels = {"cifar10": "CIFAR", "restricted_imagenet": "Restricted ImageNet"}
     for (dataset, method), by_gpus in PAPER.items():
-        row = cells[(labels[dataset], report.approach_name(method))]
+        row = cells[(labels[dataset], report_labels.approach_name(method))]
         for i, gpus in enumerate((2, 8)):
             last_h, last_r, best_h, best_r = by_gpus[gpus]
             h, r, marked = parse_cell(row[i])
@@ -106,11 +110,11 @@ def test_paper_table_ratios_and_dashes(paper_dir: Path) -> None:
             assert marked == ((dataset, method, gpus) == UNFINISHED)
             best_text = row[2 + i]
             if best_h is None:
-                assert best_text == report.DASH
+                assert best_text == report_labels.DASH
             else:
                 h, r, _ = parse_cell(best_text)
                 assert h == pytest.approx(best_h, abs=0.051) and r == pytest.approx(best_r, abs=0.3), best_text
-    assert f"{report.MARK} Did not finish" in md and "Restricted ImageNet 7-Step PGD, 2-GPU" in md
+    assert f"{report_labels.MARK} Did not finish" in md and "Restricted ImageNet 7-Step PGD, 2-GPU" in md
     # Order as the paper: 7-step, 1-step, No PGD within each dataset; CIFAR first.
     approaches = [k for k in cells if k[0] == "CIFAR"]
     assert [a for _, a in approaches] == ["7-Step PGD", "1-Step PGD", "No PGD"]
@@ -144,8 +148,8 @@ def test_baseline_override(paper_dir: Path) -> None:
     std2 = next(r for r in rows if r["dataset"] == "cifar10" and r["approach"] == "No PGD" and r["gpus"] == "2")
     assert float(fast8["last_relative"]) == 1.0
     assert float(std2["last_relative"]) == pytest.approx(1.2 / 1.1, rel=1e-4)
-    with pytest.raises(report.ReportError, match="baseline"):
-        report.parse_baseline("fast@x")
+    with pytest.raises(report_tables.ReportError, match="baseline"):
+        table1.parse_baseline("fast@x")
 
 
 def test_unit_switches_for_short_runs(tmp_path: Path) -> None:
@@ -177,13 +181,13 @@ def test_unfinished_run_extrapolates_from_epochs_csv(tmp_path: Path) -> None:
     write_csv_atomic(exp / "epochs.csv", ["run_id", "epoch", "elapsed_s"], epochs)
     md = (report.build_report(exp).parent / "table1.md").read_text()
     # 200 s after 4 of 10 epochs -> 500 s = 5 x the 100 s baseline
-    assert md_cells(md)[("CIFAR", "7-Step PGD")][:2] == [f"8.3 (5.0){report.MARK}", report.DASH]
+    assert md_cells(md)[("CIFAR", "7-Step PGD")][:2] == [f"8.3 (5.0){report_labels.MARK}", report_labels.DASH]
     assert "extrapolated linearly" in md
 
 
 def test_nothing_to_report(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(report.ReportError, match="nothing to report"):
+    with pytest.raises(report_tables.ReportError, match="nothing to report"):
         report.build_report(tmp_path / "empty")
 
 
@@ -193,20 +197,13 @@ def test_nothing_to_report(tmp_path: Path) -> None:
 
 def small_bench_rows() -> list[dict[str, object]]:
     """Plausible bench.csv: t(B) = a + b B per pass, K passes for K-step PGD."""
-    rows = []
-    for b in (8, 16, 32, 64):
-        pass_s = 0.002 + 0.0005 * b
-        entries = [
-            ("pgd", "fast", 1, 1.1 * pass_s), ("pgd", "pgd7", 7, 7.2 * pass_s),
-            ("forward", "standard", 0, 0.4 * pass_s), ("eval", "eval", 5, 5.6 * pass_s),
-            ("train_step", "standard", 0, 1.3 * pass_s), ("train_step", "fast", 1, 2.4 * pass_s),
-            ("train_step", "pgd7", 7, 8.5 * pass_s),
-        ]  # fmt: skip
-        for what, method, steps, t in entries:
-            rows.append({"device": "x86_64", "model": "small_cnn", "dataset": "fashion_mnist", "method": method,
-                         "attack_steps": steps, "batch_size": b, "repeats": 3, "median_s": t, "p10_s": 0.9 * t,
-                         "p90_s": 1.1 * t, "what": what, "attack_restarts": 1})  # fmt: skip
-    return rows
+    passes = {
+        ("pgd", "fast", 1): 1.1, ("pgd", "pgd7", 7): 7.2, ("forward", "standard", 0): 0.4, ("eval", "eval", 5): 5.6,
+        ("train_step", "standard", 0): 1.3, ("train_step", "fast", 1): 2.4, ("train_step", "pgd7", 7): 8.5,
+    }  # fmt: skip
+    return fixtures.bench_rows(
+        passes, lambda b: 0.002 + 0.0005 * b, (8, 16, 32, 64), dataset="fashion_mnist", repeats=3, spread=0.1
+    )
 
 
 def small_experiment(tmp_path: Path) -> Path:
@@ -236,7 +233,7 @@ def labelled_lines(ax: matplotlib.axes.Axes) -> list[str]:
 
 
 def test_figures_from_small_csvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import plots
+    from orchestrator.report import plots
 
     figures: dict[str, matplotlib.figure.Figure] = {}
     real_save = plots.save
@@ -278,13 +275,14 @@ def test_figures_from_small_csvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_fig1_lower_bound_matches_estimate(tmp_path: Path) -> None:
     """The middle panel's points are the cost model's numbers (same code path as `orchestrate estimate`)."""
-    from orchestrator import bench_costs, plots
+    from orchestrator.estimate import bench_costs
+    from orchestrator.report import plots
 
     exp = small_experiment(tmp_path)
-    tables = report.load_tables(exp)
+    tables = report_tables.load_tables(exp)
     assert tables.bench is not None
     costs = bench_costs.BenchCosts(tables.bench, "x86_64")
-    settings = plots.settings_for(report.train_runs(tables.runs), "small_cnn", "fashion_mnist")
+    settings = plots.settings_for(report_tables.train_runs(tables.runs), "small_cnn", "fashion_mnist")
     assert (settings.epochs, settings.global_batch, settings.train_subset, settings.val_subset) == (2, 64, 2000, 500)
     curves = plots._curves(costs, settings, ["pgd7"], [8, 64], per_x="batch")
     t8 = 0.002 + 0.0005 * 8

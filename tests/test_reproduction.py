@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +20,7 @@ import pytest
 
 from orchestrator import cli
 from orchestrator.grid import load_grids
+from tests.fixtures import normalise
 from workloads import layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_committed_run_shows_the_papers_findings() -> None:
 def test_committed_run_is_predicted_by_its_bench_within_15_percent() -> None:
     """Issue 4's target on the reference run: `estimate` from the run's own bench.csv (rows at each cell's world
     size) against each training run's measured wall-clock. The committed numbers, not a new timing."""
-    from orchestrator.estimate import compare_runs
+    from orchestrator.estimate.model import compare_runs
 
     runs, bench = pd.read_csv(DEMO_RESULTS / "runs.csv"), pd.read_csv(DEMO_RESULTS / "bench.csv")
     df = compare_runs(runs, bench)
@@ -107,11 +107,6 @@ def test_committed_run_directories_are_small_and_complete() -> None:
 # (b) the paper's grids: dry runs pinned by golden files
 
 
-def normalise(text: str, results: Path) -> str:
-    """Machine-specific paths -> placeholders (the results root, the interpreter jobs run, the checkout)."""
-    return text.replace(str(results), "<RESULTS>").replace(sys.executable, "<PYTHON>").replace(str(REPO), "<REPO>")
-
-
 @pytest.mark.parametrize("name", PAPER_GRIDS)
 def test_paper_grid_dry_run_golden(
     name: str, results: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -120,7 +115,7 @@ def test_paper_grid_dry_run_golden(
     code = cli.main(["submit", f"experiments/{name}.yaml", "--dry-run", "--results", str(results)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    out = normalise(captured.out, results)
+    out = normalise(captured.out, results, REPO)
     golden = REPO / "tests" / "golden" / f"dry-run-{name}.txt"
     if os.environ.get("FASTROBUST_UPDATE_GOLDEN") == "1":
         golden.write_text(out)
@@ -128,21 +123,7 @@ def test_paper_grid_dry_run_golden(
     assert not any(results.iterdir()), "a dry run writes nothing"
 
 
-def test_paper_grids_have_the_papers_settings() -> None:
-    """Section IV: ResNet-50, 150 epochs, batch 256, lr 0.1 / 10 every 50, eval every 5, eps 1 / 3, 2 vs 8 GPUs."""
-    for name, eps, wd, model in (
-        ("paper_cifar10", 1.0, 5.0e-4, "resnet50_cifar"),
-        ("paper_restricted_imagenet", 3.0, 1.0e-4, "resnet50"),
-    ):
-        (grid,) = load_grids(REPO / "experiments" / f"{name}.yaml", executor="slurm")
-        assert {(c.method, c.shape.nodes, c.shape.gpus_per_node) for c in grid.cells} == {
-            (m, n, 2) for m in METHODS for n in (1, 4)
-        }
-        for c in grid.cells:
-            assert (c.model, c.epochs, c.global_batch_size, c.attack.norm, c.attack.eps) == (model, 150, 256, "l2", eps)
-            o = c.optimizer
-            assert (o.lr, o.momentum, o.weight_decay, o.step_epochs, o.gamma) == (0.1, 0.9, wd, 50, 0.1)
-            assert (c.eval.every, c.attack.random_start) == (5, True)
+# The paper grids' settings (Section IV): tests/test_grid.py::test_paper_grids_have_the_papers_settings.
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, collect, launch, manifest
-from orchestrator import state as cell_state
+from orchestrator import cli, collect, launch, manifest, scheduler
+from orchestrator import status as cell_state
 from tests.slurm_stub import StubCell
 from workloads import layout
 
@@ -220,7 +220,7 @@ def test_bench_across_two_nodes_feeds_the_estimate(tmp_path: Path, results: Path
     train.write_text(TRAIN_GRID.format(name="bench2", profile="local-cluster", epochs=1, train_subset=512,
                                        eval_every=1, timeout_min=5, max_requeues=0,
                                        shapes="    - {nodes: 2, gpus_per_node: 1}"))  # fmt: skip
-    from orchestrator.estimate import estimate_grid
+    from orchestrator.estimate.model import estimate_grid
 
     (row,) = estimate_grid(train, exp_dir).itertuples()
     assert (row.gpus, row.batch_per_gpu, row.bench_world_size, row.basis) == (2, 32, 2, "train_step")
@@ -312,7 +312,7 @@ def test_64_cells_as_arrays(tmp_path: Path, results: Path, monkeypatch: pytest.M
         calls.append(list(cmd))
         return real_run(cmd, *args, **kwargs)
 
-    monkeypatch.setattr(cell_state.subprocess, "run", counting_run)
+    monkeypatch.setattr(scheduler.subprocess, "run", counting_run)
     cells = cell_state.poll(exp_dir)
     print(f"one status poll of 64 cells: {len(calls)} scheduler call(s): {[c[0] for c in calls]}")
     assert len(cells) == 64

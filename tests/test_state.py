@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import manifest
-from orchestrator import state as cell_state
-from orchestrator.state import JobRecord, classify, parse_sacct
+from orchestrator import manifest, scheduler
+from orchestrator import status as cell_state
+from orchestrator.scheduler import JobRecord, parse_sacct
+from orchestrator.status import classify
 from workloads import layout
 
 
@@ -105,9 +106,9 @@ def test_sacct_command_is_one_batched_call(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append(cmd)
         return Done()
 
-    monkeypatch.setattr(cell_state.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(cell_state.subprocess, "run", fake_run)
-    records = cell_state.query_slurm(["7_0", "7_1", "9", "7_2"])
+    monkeypatch.setattr(scheduler.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(scheduler.subprocess, "run", fake_run)
+    records = scheduler.query_slurm(["7_0", "7_1", "9", "7_2"])
     assert len(calls) == 1
     assert calls[0][:6] == ["sacct", "-X", "-n", "-P", "-j", "7,9"]  # array ids once each
     assert records["7_1"].state == "RUNNING"

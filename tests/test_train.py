@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from workloads import checkpoint, distributed, entry, layout, runinfo
+from workloads.engine import train_step
+from workloads.kinds.train import cli, train
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
-from workloads.train import cli, train, train_step
 
 TIMING = ("train_s", "eval_s", "elapsed_s")
 
@@ -230,7 +231,7 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
 
 
 def fresh_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
-    from workloads.data import dataset_info
+    from workloads.catalog import dataset_info
     from workloads.models import build_model
 
     info = dataset_info(spec.dataset)

@@ -189,6 +189,7 @@ def attack_from(
     attack: ResolvedAttack,
     restarts: int = 1,
     generator: torch.Generator | None = None,
+    loss_fn: LossFn | None = None,
 ) -> Tensor:
     """`pgd` with the settings of a resolved attack (steps == 0, i.e. standard training: zeros)."""
     return pgd(
@@ -202,6 +203,7 @@ def attack_from(
         random_start=attack.random_start,
         restarts=restarts,
         generator=generator,
+        loss_fn=loss_fn,
     )
 
 

@@ -33,7 +33,9 @@ def derive_seed(*keys: int) -> int:
 
 def capture_rng(attack_generator: torch.Generator | None) -> dict[str, Any]:
     """This process's RNG states, as tensors/plain types (numpy's key array becomes a tensor)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)  # the default; spelled out because numpy's stubs assume a dict
+    assert isinstance(legacy, tuple), "numpy's global generator is an MT19937 (its state is a 5-tuple)"
+    kind, keys, pos, has_gauss, gauss = legacy
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
@@ -70,7 +72,7 @@ def arch_of(model: RobustModel, name: str) -> dict[str, Any]:
 def save(
     path: str | Path,
     *,
-    model: nn.Module,
+    model: RobustModel,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     epoch: int,
@@ -84,7 +86,7 @@ def save(
     state = {
         "format": FORMAT,
         "model": model.state_dict(),
-        "arch": arch_of(model, spec.model),  # type: ignore[arg-type]
+        "arch": arch_of(model, spec.model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": epoch,

@@ -41,60 +41,12 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from workloads.catalog import RESTRICTED_IMAGENET_RANGES, DatasetInfo, dataset_info
 from workloads.spec import RunSpec
 
 
 class DataError(ValueError):
     """A missing or malformed data root; the message is one line naming the path and the expected layout."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int  # model input side length after the eval transform
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...]
-
-
-# Inclusive ImageNet class-index ranges of the 9 super-classes (robustness library, RestrictedImageNet);
-# the label of a super-class is its position in this dict.
-RESTRICTED_IMAGENET_RANGES: dict[str, tuple[int, int]] = {
-    "dog": (151, 268),
-    "cat": (281, 285),
-    "frog": (30, 32),
-    "turtle": (33, 37),
-    "bird": (80, 100),
-    "primate": (365, 382),
-    "fish": (389, 397),
-    "crab": (118, 121),
-    "insect": (300, 319),
-}
-
-_INFO: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,),
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    ),
-    # mean/std as in the robustness library, so its checkpoints and ours normalise alike.
-    "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010),
-        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    ),
-    "restricted_imagenet": DatasetInfo(
-        "restricted_imagenet", len(RESTRICTED_IMAGENET_RANGES), 3, 224,
-        (0.4717, 0.4499, 0.3837), (0.2600, 0.2516, 0.2575), tuple(RESTRICTED_IMAGENET_RANGES),
-    ),
-}  # fmt: skip
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Static facts about a dataset (no file access)."""
-    if name not in _INFO:
-        raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(_INFO)}")
-    return _INFO[name]
 
 
 # ---------------------------------------------------------------------------------------------

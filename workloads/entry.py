@@ -18,15 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from workloads import allocator, distributed, layout, runinfo
-from workloads.spec import RunSpec, from_dict
+from workloads.spec import KINDS, RunSpec, from_dict
 
-# kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps)
-KIND_MODULES = {
-    "train": "workloads.train",
-    "bench": "workloads.bench",
-    "evaluate": "workloads.evaluate",
-    "visualize": "workloads.features",
-}
+# kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps;
+# the kinds import entry, never the other way round)
+KIND_MODULES = {kind: f"workloads.kinds.{kind}" for kind in KINDS}
 
 Main = Callable[[RunSpec, Path, distributed.Dist], dict[str, Any]]
 

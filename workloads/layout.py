@@ -47,6 +47,14 @@ def run_dir(results_root: str | os.PathLike[str], experiment: str, run_id: str) 
     return runs_dir(results_root, experiment) / run_id
 
 
+def results_root_of(run_directory: str | os.PathLike[str]) -> Path:
+    """The results root holding a run directory (the inverse of run_dir); ValueError for any other folder."""
+    path = Path(run_directory).resolve()
+    if path.parent.name != RUNS:
+        raise ValueError(f"{path}: expected a run directory <results>/<experiment>/{RUNS}/<run_id>/")
+    return path.parents[2]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -106,5 +114,5 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
 
 def append_csv_row_atomic(path: str | os.PathLike[str], columns: Sequence[str], row: Mapping[str, Any]) -> None:
     """Append one row by rewriting the file atomically (files here are small: one row per epoch)."""
-    rows: list[Mapping[str, Any]] = read_csv(path) if Path(path).exists() else []
+    rows: Sequence[Mapping[str, Any]] = read_csv(path) if Path(path).exists() else []
     write_csv_atomic(path, columns, [*rows, row])

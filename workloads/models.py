@@ -142,7 +142,7 @@ def _imagenet_resnet50_body(in_channels: int) -> nn.Module:
     net = tv_resnet50(weights=None)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    net.fc = nn.Identity()  # type: ignore[assignment]
+    net.fc = nn.Identity()
     return net
 
 
@@ -158,7 +158,7 @@ _BODIES: dict[str, tuple[Callable[[int], nn.Module], int]] = {
 def build_model(
     name: str, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]
 ) -> RobustModel:
-    """A freshly initialised model by name (one of workloads.spec.MODELS); inputs in [0, 1]."""
+    """A freshly initialised model by name (one of workloads.catalog.MODELS); inputs in [0, 1]."""
     if name not in _BODIES:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(_BODIES)}")
     if len(mean) != in_channels or len(std) != in_channels:

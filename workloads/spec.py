@@ -3,34 +3,25 @@
 This module is the one source of truth for parameter names, defaults and choices: the grid
 validator (orchestrator.grid) and the workloads (reading spec.json) both parse through
 `from_dict`, so a key means the same thing everywhere and unknown keys are always errors.
+The parser itself is workloads.schema; dataset, model and method names and the methods' attack rules come
+from workloads.catalog. KIND_SECTIONS says which settings each kind reads. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from workloads import catalog
+from workloads.schema import SpecError, at_least, choices, join_path, parse
 
 KINDS = ("train", "evaluate", "bench", "visualize")
-DATASETS = ("fashion_mnist", "cifar10", "restricted_imagenet")
-MODELS = ("small_cnn", "resnet18_cifar", "resnet50_cifar", "resnet50")
 NORMS = ("l2", "linf")
 PRECISIONS = ("fp32", "bf16")
 ATTACK_MODES = ("eval", "train")
 CHECKPOINTS = ("best", "last")
-METHOD_RE = re.compile(r"^(standard|fast|fgsm_rs|pgd[1-9][0-9]*)$")
-METHOD_HELP = "standard, fast, fgsm_rs or pgdK (K a positive integer, e.g. pgd7)"
-
-
-def choices(*values: str) -> dict[str, Any]:
-    return {"choices": values}
-
-
-def at_least(low: float, strict: bool = False) -> dict[str, Any]:
-    return {"gt" if strict else "ge": low}
+_METHOD = {"pattern": catalog.METHOD_RE, "expected": catalog.METHOD_HELP}
 
 
 @dataclass
@@ -94,9 +85,7 @@ class Bench:
     """kind: bench (Fig. 1 left): time K-step PGD, a forward pass and one training step per method."""
 
     batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256], metadata=at_least(1))
-    methods: list[str] = field(
-        default_factory=lambda: ["standard", "fast", "pgd7"], metadata={"pattern": METHOD_RE, "expected": METHOD_HELP}
-    )
+    methods: list[str] = field(default_factory=lambda: ["standard", "fast", "pgd7"], metadata=_METHOD)
     repeats: int = field(default=10, metadata=at_least(1))
     warmup: int = field(default=2, metadata=at_least(0))
     # standard SGD steps on real training batches before timing (0: time the freshly initialised model)
@@ -109,6 +98,7 @@ class Evaluate:
 
     source_experiment: str | None = None  # experiment holding the run (None: this grid's experiment)
     source_run: str | None = None  # run_id inside it
+    source_dir: str | None = None  # that run's directory (absolute): set by the orchestrator at submit time
     checkpoint: str = "best"  # best | last | a path to a .pt file
     norm: str = field(default="l2", metadata=choices(*NORMS))
     eps_list: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0], metadata=at_least(0))
@@ -129,6 +119,7 @@ class Visualize:
 
     source_experiment: str | None = None
     source_runs: list[str] = field(default_factory=list)
+    source_dirs: list[str] = field(default_factory=list)  # their run directories (absolute), set at submit time
     checkpoint: str = field(default="best", metadata=choices(*CHECKPOINTS))
     units: int = field(default=5, metadata=at_least(1))
     vis_eps: float = field(default=1000.0, metadata=at_least(0, strict=True))
@@ -153,13 +144,13 @@ class RunSpec:
     experiment: str = "default"
     run_id: str = ""
     kind: str = field(default="train", metadata=choices(*KINDS))
-    dataset: str = field(default="fashion_mnist", metadata=choices(*DATASETS))
+    dataset: str = field(default="fashion_mnist", metadata=choices(*catalog.DATASETS))
     data_root: str | None = None  # None: torchvision layout under ~/data, Debian files for Fashion-MNIST
     train_subset: int | None = field(default=None, metadata=at_least(1))  # first-N stratified subset
     val_subset: int | None = field(default=None, metadata=at_least(1))
     augment: bool = True
-    model: str = field(default="small_cnn", metadata=choices(*MODELS))
-    method: str = field(default="standard", metadata={"pattern": METHOD_RE, "expected": METHOD_HELP})
+    model: str = field(default="small_cnn", metadata=choices(*catalog.MODELS))
+    method: str = field(default="standard", metadata=_METHOD)
     epochs: int = field(default=1, metadata=at_least(1))
     global_batch_size: int = field(default=128, metadata=at_least(1))
     seed: int = field(default=0, metadata=at_least(0))
@@ -198,35 +189,17 @@ class ResolvedAttack:
     random_start: bool
 
 
-def method_steps(method: str) -> tuple[str | None, int]:
-    """(norm forced by the method or None, number of steps) for a method name."""
-    if not METHOD_RE.match(method):
-        raise SpecError("method", f"expected {METHOD_HELP}, got {method!r}")
-    if method == "standard":
-        return None, 0
-    if method == "fast":
-        return "l2", 1
-    if method == "fgsm_rs":
-        return "linf", 1
-    return None, int(method[3:])
-
-
 def resolve_attack(method: str, attack: Attack) -> ResolvedAttack:
-    """Method name + overrides -> attack settings (paper: fast alpha=1.5 eps, pgdK alpha=2.5 eps/K,
-    Wong et al.: fgsm_rs alpha=1.25 eps). Explicit attack.steps/alpha always win."""
-    forced_norm, steps = method_steps(method)
-    norm = forced_norm or attack.norm
-    if steps == 0:
+    """Method name + overrides -> attack settings: the method's norm, steps and alpha rule (workloads.catalog);
+    explicit attack.steps/alpha always win."""
+    if not catalog.METHOD_RE.match(method):
+        raise SpecError("method", f"expected {catalog.METHOD_HELP}, got {method!r}")
+    info = catalog.method_info(method)
+    norm = info.norm or attack.norm
+    if info.steps == 0:
         return ResolvedAttack(norm, attack.eps, 0, 0.0, attack.random_start)
-    steps = attack.steps or steps
-    if attack.alpha is not None:
-        alpha = attack.alpha
-    elif method == "fast":
-        alpha = 1.5 * attack.eps
-    elif method == "fgsm_rs":
-        alpha = 1.25 * attack.eps
-    else:
-        alpha = 2.5 * attack.eps / steps
+    steps = attack.steps or info.steps
+    alpha = attack.alpha if attack.alpha is not None else info.alpha(attack.eps, steps)
     return ResolvedAttack(norm, attack.eps, steps, alpha, attack.random_start)
 
 
@@ -235,110 +208,11 @@ def resolve_eval_attack(spec: RunSpec) -> ResolvedAttack:
     ev = spec.eval
     norm = ev.norm or resolve_attack(spec.method, spec.attack).norm
     eps = spec.attack.eps if ev.eps is None else ev.eps
-    alpha = ev.alpha if ev.alpha is not None else (2.5 * eps / ev.steps if ev.steps else 0.0)
+    if ev.alpha is not None:
+        alpha = ev.alpha
+    else:  # eval.steps-step PGD with the catalog's pgdK rule (2.5 eps / K); no steps: no attack
+        alpha = catalog.method_info(f"pgd{ev.steps}").alpha(eps, ev.steps) if ev.steps else 0.0
     return ResolvedAttack(norm, eps, ev.steps, alpha, True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Strict parsing: dict -> dataclass, collecting every problem with its key path.
-
-
-class SpecError(ValueError):
-    """A user error in a spec or grid: `path` is the key path, the message says what was expected."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.message = message
-
-
-T = TypeVar("T")
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> None:
-    if "pattern" in meta and not meta["pattern"].match(value):
-        errors.append(SpecError(path, f"expected {meta['expected']}; got {value!r}"))
-    if "choices" in meta and value not in meta["choices"]:
-        errors.append(SpecError(path, f"expected one of {', '.join(meta['choices'])}; got {value!r}"))
-    if "ge" in meta and value < meta["ge"]:
-        errors.append(SpecError(path, f"expected a value >= {meta['ge']}; got {value!r}"))
-    if "gt" in meta and value <= meta["gt"]:
-        errors.append(SpecError(path, f"expected a value > {meta['gt']}; got {value!r}"))
-
-
-def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, meta, path, errors)
-    if origin is list:
-        if not isinstance(value, list):
-            errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
-            return value
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, v, meta, _join(path, i), errors) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path, errors)
-    ok = (
-        (tp is bool and isinstance(value, bool))
-        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
-        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (tp is str and isinstance(value, str))
-    )
-    if not ok:
-        errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
-        return value
-    value = float(value) if tp is float else value
-    _check_range(value, meta, path, errors)
-    return value
-
-
-def _from_dict(cls: type[T], data: Any, path: str, errors: list[SpecError]) -> T:
-    if not isinstance(data, dict):
-        errors.append(SpecError(path, f"expected a mapping; got {data!r}"))
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            valid = ", ".join(fields)
-            errors.append(SpecError(_join(path, str(key)), f"unknown key; valid keys: {valid}"))
-            continue
-        kwargs[key] = _convert(hints[key], value, fields[key].metadata, _join(path, key), errors)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # only reachable when an earlier error left a wrong type behind
-        errors.append(SpecError(path, str(exc)))
-        return cls()
-
-
-def parse(cls: type[T], data: Any, path: str = "") -> tuple[T, list[SpecError]]:
-    """Parse `data` into `cls`; returns the object and every problem found (empty when valid)."""
-    errors: list[SpecError] = []
-    obj = _from_dict(cls, data, path, errors)
-    return obj, errors
 
 
 def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
@@ -347,7 +221,7 @@ def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
     if spec.global_batch_size % spec.world_size:
         errors.append(
             SpecError(
-                _join(path, "global_batch_size"),
+                join_path(path, "global_batch_size"),
                 f"expected a multiple of the world size {spec.world_size} "
                 f"(nodes {spec.shape.nodes} x gpus_per_node {spec.shape.gpus_per_node}); "
                 f"got {spec.global_batch_size}",
@@ -363,3 +237,29 @@ def from_dict(data: Any, path: str = "") -> RunSpec:
     if errors:
         raise errors[0]
     return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# What each kind reads: the top-level RunSpec keys whose values can change its outcome. The orchestrator
+# compares only these between a run's spec.json and the grid (a new bench default is no news to a train run).
+
+_COMMON = ("experiment", "run_id", "kind", "seed", "threads", "shape", "resources")
+_DATA = ("dataset", "data_root", "train_subset", "val_subset", "augment")
+KIND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": (*_COMMON, *_DATA, "model", "method", "epochs", "global_batch_size", "precision", "channels_last",
+              "optimizer", "attack", "eval"),
+    # resolve_eval_attack reads method/attack/eval; prime_model the optimizer
+    "bench": (*_COMMON, *_DATA, "model", "method", "precision", "channels_last", "optimizer", "attack", "eval",
+              "bench"),
+    # this cell's dataset, val_subset, method and attack describe an external (robustness-library) checkpoint
+    "evaluate": (*_COMMON, "dataset", "data_root", "val_subset", "method", "attack", "evaluate"),
+    # the dataset is the source runs'; the ranking attack is resolve_eval_attack(this cell)
+    "visualize": (*_COMMON, "data_root", "method", "attack", "eval", "visualize"),
+}  # fmt: skip
+
+
+def kind_settings(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The part of a spec dict (spec.json, RunSpec.to_dict()) that a job of `kind` reads, in KIND_SECTIONS order."""
+    if kind not in KIND_SECTIONS:
+        raise ValueError(f"kind: expected one of {', '.join(KINDS)}; got {kind!r}")
+    return {key: spec[key] for key in KIND_SECTIONS[kind] if key in spec}

@@ -1,0 +1,404 @@
+"""The paper's cost model (Section IV-A, Fig. 1): training time from per-batch costs measured by `kind: bench`.
+
+    total ≈ epochs × ⌈N_train/B⌉ × (t_step(B) + d_train(B)) + n_eval × ⌈N_val/B_eval⌉ × (t_eval(B_eval) + d_val(B_eval))
+
+with n_eval the number of evaluated epochs (every `eval.every` epochs and at the last one, paper: 150/5 = 30).
+
+Multi-GPU at a fixed global batch: each of G GPUs holds ⌈N/G⌉ examples (DistributedSampler) in batches of
+global/G and all GPUs work in parallel. What G ranks add to each step (DDP's gradient all-reduce, contention
+for the node's cores, memory bandwidth or network) comes from the bench rows measured at world size G (a bench
+cell of the same shape: every rank measures at once, training steps through DDP; `workloads.kinds.bench`):
+- train_step rows at G: used as they are (basis "train_step", bench_world_size G);
+- else the rows of the smallest benched world size plus the bench's `allreduce` time at G (a gradient-sized
+  all-reduce; at the nearest benched world size, flagged extrapolated, when G itself was not benched);
+- else plus `allreduce_s` when given (basis "+allreduce_s"), else nothing: perfect scaling, the paper's bound
+  (basis "+perfect_scaling", and `format_estimate` says so).
+Validation and data rows follow the same rule (rows at G, else the smallest world size). The lower_bound basis
+is the paper's: single-device costs at the per-GPU batch, no communication.
+
+Data loading (d_train, d_val), from the bench's `what == data` rows (method data_train / data_val: one batch
+fetched through the real dataset and transforms with the trainer's DataLoader settings), when the bench has them:
+- CPU devices load in the training process (num_workers 0), serially with compute: d = t_data(B);
+- CUDA devices load in worker processes while the GPU computes: only what the loader cannot hide adds,
+  d = max(0, t_data(B) − t_step(B)) (resp. t_eval), t_data being the loaders' steady throughput per batch.
+A device counts as CUDA when its name looks like a GPU's (`is_gpu_device`: NVIDIA, Tesla, GeForce, ...), as
+torch.cuda.get_device_name names it; CPU model names never do. Without data rows d = 0 (the paper's bound).
+
+t(B) comes from orchestrator.estimate.bench_costs (log-log interpolation between measured batch sizes, extrapolation
+flagged).
+
+Cost bases for t_step:
+- "train_step": the bench's measured full training step of the method (best predictor of wall-clock);
+  without one, the standard step plus the method's K-step PGD ("pgd+standard").
+- "lower_bound": the paper's Fig. 1 bound: K-step PGD alone, a forward pass for standard training.
+
+Not modelled: DataLoader worker start-up (CUDA), checkpoint writes, process start-up and dataset reading
+(before the clock of epochs.csv starts), nor contention with other jobs on the node: measure the bench where
+the runs will run.
+This module reads CSVs only (pandas); it never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from orchestrator.estimate.bench_costs import (
+    BenchCosts,
+    EstimateError,
+    is_gpu_device,
+    read_bench,
+    select_costs,
+    with_world_size,
+)
+from workloads.catalog import DATASETS
+from workloads.spec import RunSpec
+
+BASES = ("train_step", "lower_bound")
+PERFECT_SCALING = "+perfect_scaling"  # basis suffix: a multi-GPU step without any communication cost
+ESTIMATE_COLUMNS = (
+    "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
+    "basis", "device", "bench_world_size",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms
+
+
+def data_cost(t_data: float, t_compute: float, *, overlapped: bool) -> float:
+    """Seconds one batch's loading adds to its step: all of it when serial (CPU, in-process loading), what
+    the compute does not hide when loader workers overlap with it (CUDA)."""
+    return max(0.0, t_data - t_compute) if overlapped else t_data
+
+
+def eval_epochs(epochs: int, every: int) -> int:
+    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30)."""
+    return epochs // every + (1 if epochs % every else 0)
+
+
+def split_sizes(dataset: str, train_subset: int | None = None, val_subset: int | None = None) -> tuple[int, int]:
+    """(N_train, N_val) of a dataset (workloads.catalog's standard split sizes), reduced to the subsets when given."""
+    if dataset not in DATASETS:
+        raise EstimateError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    n_train, n_val = DATASETS[dataset].train_size, DATASETS[dataset].val_size
+    return min(n_train, train_subset or n_train), min(n_val, val_subset or n_val)
+
+
+def batches_per_gpu(n: int, gpus: int, batch_per_gpu: int) -> int:
+    """Batches one rank runs per pass over n examples (DistributedSampler pads to ⌈n/G⌉ per rank)."""
+    return math.ceil(math.ceil(n / gpus) / batch_per_gpu)
+
+
+def total_time(
+    *,
+    epochs: int,
+    n_train: int,
+    n_val: int,
+    batch_per_gpu: int,
+    t_step: float,
+    t_eval: float,
+    eval_every: int,
+    gpus: int = 1,
+    eval_batch_per_gpu: int | None = None,
+    allreduce_s: float = 0.0,
+    d_train: float = 0.0,
+    d_val: float = 0.0,
+) -> float:
+    """Seconds for a whole run given per-batch costs (the bound of Fig. 1 middle/right); d_train / d_val:
+    what data loading adds per train / validation batch (`data_cost`)."""
+    eval_batch = eval_batch_per_gpu or batch_per_gpu
+    per_step = t_step + d_train + (allreduce_s if gpus > 1 else 0.0)
+    train = epochs * batches_per_gpu(n_train, gpus, batch_per_gpu) * per_step
+    evaluation = eval_epochs(epochs, eval_every) * batches_per_gpu(n_val, gpus, eval_batch) * (t_eval + d_val)
+    return train + evaluation
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell prediction
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the cost model needs about a training run besides its method and GPU count: from a RunSpec
+    (`of_spec`), a runs.csv row (`compare_runs`) or a group of rows (the report's Fig. 1)."""
+
+    dataset: str
+    epochs: int
+    global_batch: int
+    eval_every: int = 5
+    eval_steps: int = 20
+    eval_restarts: int = 1
+    eval_batch: int | None = None  # per GPU; None: the training batch per GPU
+    train_subset: int | None = None
+    val_subset: int | None = None
+
+    @classmethod
+    def of_spec(cls, spec: RunSpec) -> RunSettings:
+        return cls(
+            dataset=spec.dataset,
+            epochs=spec.epochs,
+            global_batch=spec.global_batch_size,
+            eval_every=spec.eval.every,
+            eval_steps=spec.eval.steps,
+            eval_restarts=spec.eval.restarts,
+            eval_batch=spec.eval.batch_size,
+            train_subset=spec.train_subset,
+            val_subset=spec.val_subset,
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    extrapolated: bool
+    basis: str
+    bench_world_size: int = 1  # world size of the bench rows the step cost came from
+
+
+def predict(
+    costs: BenchCosts,
+    *,
+    method: str,
+    dataset: str,
+    epochs: int,
+    global_batch: int,
+    gpus: int = 1,
+    eval_every: int = 5,
+    eval_steps: int = 20,
+    eval_restarts: int = 1,
+    eval_batch_per_gpu: int | None = None,
+    train_subset: int | None = None,
+    val_subset: int | None = None,
+    basis: str = "train_step",
+    allreduce_s: float | None = None,
+) -> Prediction:
+    """Wall-clock of one run on `gpus` GPUs at a fixed global batch (per-GPU batch = global / gpus).
+    allreduce_s: per-step communication seconds when the bench has no rows at `gpus` (None: its allreduce
+    rows, else 0)."""
+    if basis not in BASES:
+        raise EstimateError(f"basis: expected one of {', '.join(BASES)}; got {basis!r}")
+    b = global_batch / gpus
+    world, comm = 1, 0.0
+    if basis == "train_step":
+        t_step, e1, used, world = costs.train_step(method, b, gpus)
+        if gpus > 1 and world != gpus:  # the step was benched on fewer ranks: add the communication
+            measured = costs.allreduce(gpus, b) if allreduce_s is None else None
+            if measured is not None:
+                comm, e1, used = measured[0], e1 or measured[1], used + "+allreduce"
+            elif allreduce_s is not None:
+                comm, used = allreduce_s, used + "+allreduce_s"
+            else:
+                used += PERFECT_SCALING  # nothing measured at or across several ranks: no communication counted
+    else:
+        (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
+    b_eval = eval_batch_per_gpu or b
+    data_world = gpus if basis == "train_step" else None  # the paper's bound: one device's costs
+    t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis, data_world)
+    overlapped = is_gpu_device(costs.device)
+    d_train = d_val = 0.0
+    if (loading := costs.data("train", b, data_world)) is not None:
+        d_train, e3 = data_cost(loading[0], t_step, overlapped=overlapped), loading[1]
+        e1 = e1 or e3
+    if (loading := costs.data("val", b_eval, data_world)) is not None:
+        d_val, e3 = data_cost(loading[0], t_eval, overlapped=overlapped), loading[1]
+        e2 = e2 or e3
+    n_train, n_val = split_sizes(dataset, train_subset, val_subset)
+    seconds = total_time(
+        epochs=epochs,
+        n_train=n_train,
+        n_val=n_val,
+        batch_per_gpu=max(1, global_batch // gpus),
+        t_step=t_step,
+        t_eval=t_eval,
+        eval_every=eval_every,
+        gpus=gpus,
+        eval_batch_per_gpu=max(1, int(b_eval)),
+        allreduce_s=comm,
+        d_train=d_train,
+        d_val=d_val,
+    )
+    return Prediction(seconds, e1 or e2, used, world)
+
+
+def predict_run(
+    costs: BenchCosts,
+    settings: RunSettings,
+    *,
+    method: str,
+    gpus: int,
+    global_batch: int | None = None,
+    basis: str = "train_step",
+    allreduce_s: float | None = None,
+) -> Prediction:
+    """`predict` for a run described by `settings` (global_batch overrides the run's, e.g. for a batch sweep)."""
+    return predict(
+        costs,
+        method=method,
+        dataset=settings.dataset,
+        epochs=settings.epochs,
+        global_batch=settings.global_batch if global_batch is None else global_batch,
+        gpus=gpus,
+        eval_every=settings.eval_every,
+        eval_steps=settings.eval_steps,
+        eval_restarts=settings.eval_restarts,
+        eval_batch_per_gpu=settings.eval_batch,
+        train_subset=settings.train_subset,
+        val_subset=settings.val_subset,
+        basis=basis,
+        allreduce_s=allreduce_s,
+    )
+
+
+def estimate_cells(
+    cells: Iterable[RunSpec],
+    bench: pd.DataFrame,
+    *,
+    device: str | None = None,
+    basis: str = "train_step",
+    allreduce_s: float | None = None,
+) -> pd.DataFrame:
+    rows = []
+    for spec in cells:
+        if spec.kind != "train":
+            continue
+        costs = select_costs(
+            bench,
+            model=spec.model,
+            dataset=spec.dataset,
+            device=device,
+            precision=spec.precision,
+            channels_last=spec.channels_last,
+        )
+        pred = predict_run(costs, RunSettings.of_spec(spec), method=spec.method, gpus=spec.world_size, basis=basis,
+                           allreduce_s=allreduce_s)  # fmt: skip
+        rows.append(
+            {
+                "run_id": spec.run_id,
+                "method": spec.method,
+                "gpus": spec.world_size,
+                "batch_per_gpu": spec.batch_per_rank,
+                "predicted_s": pred.seconds,
+                "predicted_hours": pred.seconds / 3600,
+                "gpu_hours": pred.seconds * spec.world_size / 3600,
+                "extrapolated": pred.extrapolated,
+                "basis": pred.basis,
+                "device": costs.device,
+                "bench_world_size": pred.bench_world_size,
+            }
+        )
+    if not rows:
+        raise EstimateError("the grid has no train cells to estimate (estimate predicts kind: train grids)")
+    return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
+
+
+COMPARE_COLUMNS = (
+    "run_id", "method", "gpus", "predicted_s", "measured_s", "error_pct", "extrapolated", "basis", "bench_world_size",
+)  # fmt: skip
+
+
+def _setting(row: Mapping[Hashable, Any], column: str) -> int | None:
+    """An integer setting of a runs.csv row (pandas scalars: NaN where the column is empty)."""
+    value = row.get(column)
+    return None if value is None or pd.isna(value) else int(float(value))
+
+
+def compare_runs(runs: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
+    """Predicted (from bench rows of the run's device, model and dataset) vs measured last-epoch wall-clock of
+    every finished train run in runs.csv rows; runs without matching bench data are left out."""
+    bench = with_world_size(bench)
+    needed = {"run_id", "kind", "state", "method", "model", "dataset", "device", "elapsed_s_last", "epochs"}
+    if runs.empty or not needed <= set(runs.columns) or bench.empty:
+        return pd.DataFrame(columns=list(COMPARE_COLUMNS))
+    done = runs[(runs["kind"] == "train") & (runs["state"] == "finished") & runs["elapsed_s_last"].notna()]
+    groups = {key: BenchCosts(rows.reset_index(drop=True), str(key[0]))
+              for key, rows in bench.groupby(["device", "model", "dataset"])}  # fmt: skip
+    out = []
+    for row in done.to_dict("records"):
+        costs = groups.get((str(row["device"]), str(row["model"]), str(row["dataset"])))
+        if costs is None:
+            continue
+        settings = RunSettings(
+            dataset=str(row["dataset"]),
+            epochs=int(row["epochs"]),
+            global_batch=_setting(row, "global_batch_size") or 256,
+            eval_every=_setting(row, "eval_every") or 5,
+            eval_steps=_setting(row, "eval_steps") or 0,
+            eval_restarts=_setting(row, "eval_restarts") or 1,
+            eval_batch=_setting(row, "eval_batch_size"),
+            train_subset=_setting(row, "train_subset"),
+            val_subset=_setting(row, "val_subset"),
+        )
+        try:
+            pred = predict_run(costs, settings, method=str(row["method"]), gpus=_setting(row, "world_size") or 1)
+        except EstimateError:
+            continue  # e.g. a method the bench did not time
+        measured = float(row["elapsed_s_last"])
+        out.append({
+            "run_id": row["run_id"], "method": row["method"], "gpus": _setting(row, "world_size") or 1,
+            "predicted_s": pred.seconds, "measured_s": measured,
+            "error_pct": 100.0 * (pred.seconds - measured) / measured if measured > 0 else math.nan,
+            "extrapolated": pred.extrapolated, "basis": pred.basis, "bench_world_size": pred.bench_world_size,
+        })  # fmt: skip
+    return pd.DataFrame(out, columns=list(COMPARE_COLUMNS))
+
+
+def estimate_grid(
+    grid_path: Path,
+    bench_source: Path,
+    *,
+    device: str | None = None,
+    basis: str = "train_step",
+    allreduce_s: float | None = None,
+) -> pd.DataFrame:
+    """One row per train cell of a grid file (all its documents): predicted wall-clock from bench data
+    (a bench.csv or an experiment folder holding one); EstimateError when a cell has no matching bench data."""
+    from orchestrator.grid import load_grids  # lazy: the grid module pulls YAML parsing and profiles
+
+    cells = [cell for grid in load_grids(Path(grid_path)) for cell in grid.cells]  # every document's cells
+    bench = read_bench(Path(bench_source))
+    return estimate_cells(cells, bench, device=device, basis=basis, allreduce_s=allreduce_s)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
+def format_estimate(df: pd.DataFrame) -> str:
+    """A fixed-width table of the per-cell predictions and the total GPU-hours."""
+    header = ("run_id", "method", "gpus", "batch/gpu", "predicted", "GPU-hours", "basis")
+    body: list[Sequence[str]] = [
+        (
+            str(r.run_id) + (" *" if r.extrapolated else ""),
+            str(r.method),
+            str(r.gpus),
+            str(r.batch_per_gpu),
+            _duration(float(r.predicted_s)),
+            f"{float(r.gpu_hours):.3g}",
+            str(r.basis),
+        )
+        for r in df.itertuples()
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    devices = ", ".join(sorted(df["device"].astype(str).unique())) if len(df) else "-"
+    total = float(df["gpu_hours"].sum()) if len(df) else 0.0
+    lines.append(f"total: {total:.3g} GPU-hours over {len(df)} cells (bench device: {devices})")
+    if len(df) and df["extrapolated"].any():
+        lines.append("* extrapolated beyond the measured batch sizes or GPU counts (bench a wider range to confirm)")
+    if len(df) and df["basis"].astype(str).str.endswith(PERFECT_SCALING).any():
+        lines.append(
+            f"{PERFECT_SCALING}: the bench has no rows at that GPU count nor an all-reduce time, so communication "
+            "is not counted (bench a cell of that shape, or give --allreduce-s)"
+        )
+    return "\n".join(lines)

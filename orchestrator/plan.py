@@ -1,0 +1,128 @@
+"""What a submission would do, per cell, before anything is submitted (`orchestrate submit`, also --dry-run).
+
+Rules, checked for every cell of every document of a grid file:
+- finished cells are skipped; when the recorded spec.json differs from the grid in a setting the cell's kind
+  reads (workloads.spec.kind_settings), the skip note names those settings;
+- running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
+- failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
+- missing cells (never submitted, or unknown to the scheduler) are submitted.
+The cells to submit leave here resolved: an evaluate cell's source run and a visualize cell's source runs become
+absolute run directories under the results root (evaluate.source_dir, visualize.source_dirs), so a job reads
+only its own spec.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator import manifest, status
+from orchestrator.errors import UserError
+from orchestrator.grid import Grid
+from workloads import layout
+from workloads.spec import RunSpec, kind_settings
+
+# Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
+# root): the spec.json comparison leaves them out, since the settings they follow from are compared.
+RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs")
+_ABSENT = object()  # a setting the recorded spec.json does not have (written before the setting existed)
+
+
+class LaunchError(UserError):
+    """A submission refused as a whole; `problems` holds one line each."""
+
+
+@dataclass
+class Plan:
+    """What one document's submission will do."""
+
+    grid: Grid
+    exp_dir: Path
+    submit: list[RunSpec] = field(default_factory=list)  # resolved (resolve_sources)
+    skipped: dict[str, str] = field(default_factory=dict)  # run_id -> why
+
+    def arrays(self) -> list[tuple[str, list[RunSpec]]]:
+        """Grid.arrays restricted to the cells to submit (names kept: they come from all cells); empty ones left out."""
+        wanted = {c.run_id: c for c in self.submit}
+        chosen = [(name, [wanted[c.run_id] for c in cells if c.run_id in wanted]) for name, cells in self.grid.arrays()]
+        return [(name, cells) for name, cells in chosen if cells]
+
+
+def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
+    """The cell with its source runs as absolute run directories (a value the grid sets itself is kept)."""
+    if cell.kind == "evaluate" and cell.evaluate.source_run and not cell.evaluate.source_dir:
+        source = layout.run_dir(root, cell.evaluate.source_experiment or cell.experiment, cell.evaluate.source_run)
+        return dataclasses.replace(cell, evaluate=dataclasses.replace(cell.evaluate, source_dir=str(source)))
+    if cell.kind == "visualize" and cell.visualize.source_runs and not cell.visualize.source_dirs:
+        experiment = cell.visualize.source_experiment or cell.experiment
+        dirs = [str(layout.run_dir(root, experiment, r)) for r in cell.visualize.source_runs]
+        return dataclasses.replace(cell, visualize=dataclasses.replace(cell.visualize, source_dirs=dirs))
+    return cell
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
+def spec_differences(cell: RunSpec, spec_path: Path) -> list[str]:
+    """Dotted settings the cell's kind reads whose value in the recorded spec.json differs from the grid's
+    (a setting the file lacks differs: the run was made before it existed); empty when there is no file."""
+    if not spec_path.exists():
+        return []
+    recorded = _flat(kind_settings(cell.kind, layout.read_json(spec_path)))
+    wanted = _flat(kind_settings(cell.kind, cell.to_dict()))
+    keys = list(wanted) + [k for k in recorded if k not in wanted]  # RunSpec order, then settings gone since
+    return [k for k in keys if k not in RESOLVED_AT_SUBMIT and wanted.get(k, _ABSENT) != recorded.get(k, _ABSENT)]
+
+
+def _finished_note(cell: RunSpec, exp_dir: Path) -> str:
+    differ = spec_differences(cell, manifest.run_dir(exp_dir, cell.run_id) / layout.SPEC)
+    if not differ:
+        return "finished"
+    return (
+        f"finished (its spec.json differs from the grid in {', '.join(differ)}: delete the run directory to rerun it)"
+    )
+
+
+def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
+    """Decide every cell; raises LaunchError (nothing submitted) when the submission must be refused."""
+    plans = [Plan(g, layout.experiment_dir(root, g.name)) for g in grids]
+    statuses: dict[Path, dict[str, status.CellStatus]] = {}
+    for p in plans:  # one scheduler query per experiment
+        if p.exp_dir not in statuses:
+            ids = {c.run_id for q in plans if q.exp_dir == p.exp_dir for c in q.grid.cells}
+            statuses[p.exp_dir] = {s.run_id: s for s in status.poll(p.exp_dir, ids)}
+    active, retry = [], []
+    for p in plans:
+        for cell in p.grid.cells:
+            st = statuses[p.exp_dir][cell.run_id].state
+            where = f"{p.grid.name}/{cell.run_id}"
+            if st == "finished":
+                p.skipped[cell.run_id] = _finished_note(cell, p.exp_dir)
+            elif st in ("running", "pending", "unknown"):
+                p.skipped[cell.run_id] = st
+                active.append(f"{where} ({st})")
+            elif st in ("failed", "cancelled") and not only_missing:
+                retry.append(f"{where} ({st})")
+            else:
+                p.submit.append(resolve_sources(cell, root))
+    problems = []
+    if active and not only_missing:
+        problems.append(
+            f"{len(active)} cell(s) already running or pending, not submitted twice: {', '.join(active)}; "
+            "wait for them (orchestrate status), cancel them (orchestrate cancel), or pass --only-missing"
+        )
+    if retry:
+        problems.append(
+            f"{len(retry)} cell(s) failed or were cancelled earlier: {', '.join(retry)}; "
+            "resubmit them with --only-missing"
+        )
+    if problems:
+        raise LaunchError(problems)
+    return plans

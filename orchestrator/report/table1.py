@@ -1,0 +1,279 @@
+"""Table I (paper Table I, Timing semantics in design.md): cells from runs.csv, then table1.csv/.md/.tex.
+
+Rows dataset × approach, columns last/best epoch × GPU count (world size). Every column is divided by the
+baseline's LAST-epoch time, as in the paper; the default baseline is standard training at the smallest GPU count
+among that dataset's standard runs. A cell whose runs did not all finish shows its last-epoch time marked †
+(linearly extrapolated to all epochs when the number of completed epochs is known, else the elapsed time so far)
+and "—" for the best epoch, as the paper's footnote 4; table1.csv leaves those cells empty and keeps the number
+in last_hours_partial. Deterministic: the same CSVs give byte-identical table1.csv/.md/.tex.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from orchestrator.report.labels import (
+    DASH,
+    MARK,
+    approach_name,
+    approach_order,
+    dataset_label,
+    dataset_order,
+    fmt_time,
+    pick_unit,
+)
+from orchestrator.report.tables import ReportError, Tables, number, train_runs
+from workloads.catalog import METHOD_HELP, METHOD_RE
+
+TABLE1_COLUMNS = (
+    "dataset", "approach", "gpus", "last_hours", "last_relative", "best_hours", "best_relative",
+    "method", "runs", "state", "baseline", "last_hours_partial", "last_relative_partial",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Baseline:
+    method: str = "standard"
+    gpus: int | None = None  # None: the smallest GPU count among the dataset's runs of `method`
+
+    @property
+    def label(self) -> str:
+        return self.method + (f"@{self.gpus}" if self.gpus else "")
+
+
+def parse_baseline(text: str | None) -> Baseline:
+    """`METHOD[@GPUS]`, e.g. `standard`, `standard@2`, `fast@8`."""
+    if not text:
+        return Baseline()
+    m = re.fullmatch(r"([a-z_0-9]+)(?:@([1-9][0-9]*))?", text.strip())
+    if not m:
+        raise ReportError(f"--baseline: expected METHOD[@GPUS] (e.g. standard@2); got {text!r}")
+    if not METHOD_RE.match(m.group(1)):
+        raise ReportError(f"--baseline: method: expected {METHOD_HELP}, got {m.group(1)!r}")
+    return Baseline(m.group(1), int(m.group(2)) if m.group(2) else None)
+
+
+@dataclass
+class Cell:
+    """One (dataset, method, gpus) group of runs."""
+
+    dataset: str
+    method: str
+    gpus: int
+    runs: int
+    finished: bool
+    states: str
+    last_s: float | None = None  # finished runs only
+    best_s: float | None = None
+    partial_last_s: float | None = None  # unfinished: extrapolated (or so-far) last-epoch time
+    extrapolated: bool = False
+    baseline_s: float | None = None
+    baseline: str = ""
+
+    def ratio(self, seconds: float | None) -> float | None:
+        return None if seconds is None or not self.baseline_s else seconds / self.baseline_s
+
+    @property
+    def shown_last_s(self) -> float | None:
+        return self.last_s if self.finished else self.partial_last_s
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    finite = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(finite) / len(finite) if finite else None
+
+
+def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]:
+    """Cells in table order: dataset (paper order), approach (most steps first), GPU count."""
+    baseline = baseline or Baseline()
+    runs = train_runs(tables.runs)
+    cells: list[Cell] = []
+    if runs.empty:
+        return cells
+    gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1).astype(int)
+    runs = runs.assign(world_size=gpus, state=runs["state"].fillna("missing").astype(str))
+    done_col = next((c for c in ("epochs_done", "last_epoch") if c in runs.columns), None)
+    for (dataset, method, gpus), group in runs.groupby(["dataset", "method", "world_size"], sort=False):
+        finished = bool((group["state"] == "finished").all())
+        cell = Cell(str(dataset), str(method), int(gpus), len(group), finished, ",".join(sorted(set(group["state"]))))
+        if finished:
+            cell.last_s = _mean(group["elapsed_s_last"].map(number))
+            cell.best_s = _mean(group["elapsed_s_best"].map(number)) if "elapsed_s_best" in group else None
+        else:
+            partial = []
+            for row in group.itertuples():
+                elapsed = number(getattr(row, "elapsed_s_last", None))
+                if elapsed is None:
+                    continue
+                done = number(getattr(row, done_col)) if done_col else None
+                if done is None:
+                    done = tables.epochs_done().get(str(row.run_id))
+                epochs = number(getattr(row, "epochs", None))
+                if done and epochs and done < epochs:
+                    elapsed *= epochs / done
+                    cell.extrapolated = True
+                partial.append(elapsed)
+            cell.partial_last_s = _mean(partial)
+        cells.append(cell)
+    cells.sort(key=lambda c: (dataset_order(c.dataset), approach_order(c.method), c.gpus))
+    for dataset in sorted({c.dataset for c in cells}):
+        of_dataset = [c for c in cells if c.dataset == dataset]
+        candidates = [c for c in of_dataset if c.method == baseline.method]
+        if baseline.gpus is not None:
+            candidates = [c for c in candidates if c.gpus == baseline.gpus]
+        base = min(candidates, key=lambda c: c.gpus, default=None)
+        for c in of_dataset:
+            if base is not None and base.finished and base.last_s:
+                c.baseline_s, c.baseline = base.last_s, f"{base.method}@{base.gpus}"
+    return cells
+
+
+def _g(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def table1_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
+    hours = lambda s: None if s is None else s / 3600  # noqa: E731
+    return [
+        {
+            "dataset": c.dataset,
+            "approach": approach_name(c.method),
+            "gpus": str(c.gpus),
+            "last_hours": _g(hours(c.last_s)),
+            "last_relative": _g(c.ratio(c.last_s)),
+            "best_hours": _g(hours(c.best_s)),
+            "best_relative": _g(c.ratio(c.best_s)),
+            "method": c.method,
+            "runs": str(c.runs),
+            "state": "finished" if c.finished else c.states,
+            "baseline": c.baseline,
+            "last_hours_partial": "" if c.finished else _g(hours(c.partial_last_s)),
+            "last_relative_partial": "" if c.finished else _g(c.ratio(c.partial_last_s)),
+        }
+        for c in cells
+    ]
+
+
+@dataclass
+class Table:
+    """Table I laid out for printing: header labels, rows of cell texts, caption and footnotes."""
+
+    gpus: list[int]
+    rows: list[tuple[str, str, list[str]]]  # dataset label (first row of a dataset only), approach, cell texts
+    caption: str
+    notes: list[str]
+
+
+def table1_layout(cells: Sequence[Cell]) -> Table:
+    """Cell texts in the report's unit, with ratios, † for unfinished cells, caption and footnotes."""
+    unit = pick_unit([s for c in cells for s in (c.shown_last_s, c.best_s)])
+    gpus = sorted({c.gpus for c in cells})
+    by_key = {(c.dataset, c.method, c.gpus): c for c in cells}
+    rows: list[tuple[str, str, list[str]]] = []
+    unfinished: list[str] = []
+    for dataset in sorted({c.dataset for c in cells}, key=dataset_order):
+        methods = sorted({c.method for c in cells if c.dataset == dataset}, key=approach_order)
+        for i, method in enumerate(methods):
+            last, best = [], []
+            for g in gpus:
+                c = by_key.get((dataset, method, g))
+                if c is None:
+                    last.append("")
+                    best.append("")
+                    continue
+                shown = c.shown_last_s
+                text = DASH if shown is None else fmt_time(shown, unit)
+                if shown is not None and c.ratio(shown) is not None:
+                    text += f" ({c.ratio(shown):.1f})"
+                if not c.finished:
+                    text += MARK
+                    how = (
+                        "is extrapolated linearly from its completed epochs"
+                        if c.extrapolated
+                        else "is the elapsed time at its last completed epoch"
+                        if shown is not None
+                        else "is unavailable"
+                    )
+                    unfinished.append(
+                        f"{dataset_label(dataset)} {approach_name(method)}, {g}-GPU (state {c.states}): "
+                        f"the last-epoch time shown {how}"
+                    )
+                last.append(text)
+                best_text = DASH if c.best_s is None or not c.finished else fmt_time(c.best_s, unit)
+                if best_text != DASH and c.ratio(c.best_s) is not None:
+                    best_text += f" ({c.ratio(c.best_s):.1f})"
+                best.append(best_text)
+            rows.append((dataset_label(dataset) if i == 0 else "", approach_name(method), last + best))
+    baselines = sorted({c.baseline for c in cells if c.baseline})
+    if len(baselines) == 1:
+        method, _, g = baselines[0].partition("@")
+        rel = f"relative to {g}-GPU, {approach_name(method)}"
+    elif baselines:
+        rel = "relative to " + "; ".join(
+            f"{dataset_label(d)}: {next(c.baseline for c in cells if c.dataset == d and c.baseline)}"
+            for d in sorted({c.dataset for c in cells if c.baseline}, key=dataset_order)
+        )
+    else:
+        rel = "no baseline run finished, so no ratios"
+    caption = f"Training times in {unit.name} ({rel}; every column is divided by the baseline's last-epoch time)"
+    notes = [
+        "Best epoch: the epoch with the highest adversarial validation accuracy "
+        "(clean accuracy for No PGD); times include evaluation."
+    ]
+    if any(c.runs > 1 for c in cells):
+        notes.append("Cells with several runs (e.g. seeds) show their mean.")
+    if unfinished:
+        notes.append(f"{MARK} Did not finish (best epoch unavailable): " + "; ".join(unfinished) + ".")
+    return Table(gpus, rows, caption, notes)
+
+
+def table1_markdown(table: Table) -> str:
+    heads = [f"Last Epoch {g}-GPU" for g in table.gpus] + [f"Best Epoch {g}-GPU" for g in table.gpus]
+    lines = [
+        f"**Table I.** {table.caption}.",
+        "",
+        "| Dataset | Approach | " + " | ".join(heads) + " |",
+        "|---|---|" + "---:|" * len(heads),
+    ]
+    lines += [f"| {d} | {a} | " + " | ".join(cells) + " |" for d, a, cells in table.rows]
+    lines += ["", *[f"{n}  " if i < len(table.notes) - 1 else n for i, n in enumerate(table.notes)]]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}  # fmt: skip
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+    return out.replace(DASH, "---").replace(MARK, r"\textsuperscript{\dag}")
+
+
+def table1_latex(table: Table) -> str:
+    n = len(table.gpus)
+    lines = [
+        r"% Generated by orchestrate report; needs \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{tex_escape(table.caption)}}}",
+        r"\label{tab:training-times}",
+        rf"\begin{{tabular}}{{ll{'r' * (2 * n)}}}",
+        r"\toprule",
+        rf"Dataset & Approach & \multicolumn{{{n}}}{{c}}{{Last Epoch}} & \multicolumn{{{n}}}{{c}}{{Best Epoch}} \\",
+        rf"\cmidrule(lr){{3-{2 + n}}}\cmidrule(lr){{{3 + n}-{2 + 2 * n}}}",
+        " & & " + " & ".join(f"{g}-GPU" for g in table.gpus * 2) + r" \\",
+        r"\midrule",
+    ]
+    for i, (d, a, cells) in enumerate(table.rows):
+        if d and i:
+            lines.append(r"\midrule")
+        lines.append(" & ".join(tex_escape(t) for t in (d, a, *cells)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize"]
+    lines += [tex_escape(note) + (r"\\" if i < len(table.notes) - 1 else "") for i, note in enumerate(table.notes)]
+    lines += [r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,75 @@
+"""Readable run_ids: derived from a grid document's cells, never a scheduler id.
+
+Format, per kind:
+
+    train      {method}-n{nodes}g{gpus_per_node}-b{global_batch_size}-s{seed}   e.g. fast-n1g2-b256-s0
+    bench      bench-{model}-n{nodes}g{gpus_per_node}                          e.g. bench-resnet50_cifar-n1g1
+    evaluate   eval-{evaluate.source_run}                                      e.g. eval-fast-n1g2-b256-s0
+    visualize  vis-{visualize.source_runs joined by _}
+
+followed by `-{key}{value}` for every other setting that differs between the document's cells, in RunSpec
+order (key = the setting's last name, e.g. -eps0.5; its dotted path with _ where two such names clash;
+numbers in %g form, booleans as true/false), then characters outside [A-Za-z0-9_.-] replaced by _.
+
+The rules live here so that a new kind or a new id field is one entry in ID_FIELDS (and one prefix below).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from workloads.spec import RunSpec
+
+# Settings spelled out in the run_id prefix of each kind; other settings that vary become -{key}{value}.
+ID_FIELDS = {
+    "train": ("method", "shape.nodes", "shape.gpus_per_node", "global_batch_size", "seed"),
+    "bench": ("model", "shape.nodes", "shape.gpus_per_node"),
+    "evaluate": ("evaluate.source_run",),
+    "visualize": ("visualize.source_runs",),
+}
+# The same for every cell of a document (experiment, kind; run_id is not assigned yet): never in the suffix.
+SAME_IN_A_DOCUMENT = ("experiment", "run_id", "kind")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def format_value(value: Any) -> str:
+    """A setting's value in a run_id or an array name: %g numbers, true/false, lists joined by _."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return "_".join(format_value(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def derive_run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
+    """The readable run_ids of one document's cells, in order (format in the module docstring)."""
+    flats = [_flatten(s.to_dict()) for s in specs]
+    skip = set(ID_FIELDS[kind]) | set(SAME_IN_A_DOCUMENT)
+    varying = [k for k in flats[0] if k not in skip and len({f[k] for f in flats}) > 1] if flats else []
+    leaves = [k.rsplit(".", 1)[-1] for k in varying]
+    labels = [k.replace(".", "_") if leaves.count(leaf) > 1 else leaf for k, leaf in zip(varying, leaves, strict=True)]
+    ids = []
+    for spec, flat in zip(specs, flats, strict=True):
+        shape = f"n{spec.shape.nodes}g{spec.shape.gpus_per_node}"
+        prefix = {
+            "train": f"{spec.method}-{shape}-b{spec.global_batch_size}-s{spec.seed}",
+            "bench": f"bench-{spec.model}-{shape}",
+            "evaluate": f"eval-{spec.evaluate.source_run}",
+            "visualize": "vis-" + "_".join(spec.visualize.source_runs),
+        }[kind]
+        suffix = "".join(f"-{label}{format_value(flat[k])}" for k, label in zip(varying, labels, strict=True))
+        ids.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix + suffix))
+    return ids

@@ -1,0 +1,107 @@
+"""What the scheduler says about job ids: ONE batched `sacct` call per poll (`squeue` when accounting is off),
+or, for the local executor, whether the controller's pid is alive. orchestrator.status turns these records and
+the run directories into cell states.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"})
+RUNNING_STATES = frozenset(
+    {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESIZING", "ALIVE"}
+)
+SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the scheduler says about one job (array task)."""
+
+    state: str  # Slurm state word (CANCELLED, not "CANCELLED by 0"); ALIVE/ENDED for the local executor
+    elapsed: str = ""
+    nodes: str = ""
+    tres: str = ""
+
+
+def _expand_job_ids(text: str) -> list[str]:
+    """'12', '12_3' or a pending array range '12_[4-9%2]' / '12_[1,3-5]' -> individual ids."""
+    m = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", text)
+    if m is None:
+        return [text]
+    base, ids = m.group(1), []
+    for part in m.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return ids
+
+
+def _base(job_id: str) -> str:
+    return job_id.split("_", 1)[0]
+
+
+def parse_sacct(text: str) -> dict[str, JobRecord]:
+    """`sacct -X -n -P -o JobID,State,Elapsed,NodeList,AllocTRES` output -> records by job id."""
+    records: dict[str, JobRecord] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < len(SACCT_FIELDS) or not parts[0]:
+            continue
+        state = parts[1].split()[0] if parts[1].strip() else "UNKNOWN"
+        record = JobRecord(state=state, elapsed=parts[2], nodes=parts[3], tres=parts[4])
+        for job_id in _expand_job_ids(parts[0]):
+            records[job_id] = record
+    return records
+
+
+def parse_squeue(text: str) -> dict[str, JobRecord]:
+    """`squeue -h -r -o %i|%T|%M|%N` output -> records by job id."""
+    records: dict[str, JobRecord] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 4 and parts[0]:
+            for job_id in _expand_job_ids(parts[0]):
+                records[job_id] = JobRecord(state=parts[1], elapsed=parts[2], nodes=parts[3])
+    return records
+
+
+class SchedulerUnavailable(Exception):
+    """Neither sacct nor squeue answered (no Slurm client here, or the controller is down)."""
+
+
+def query_slurm(job_ids: Iterable[str]) -> dict[str, JobRecord]:
+    """States of `job_ids` in ONE sacct call (array ids are asked for once each); squeue when accounting is off.
+    Jobs that squeue no longer lists are reported as ENDED."""
+    bases = sorted({_base(j) for j in job_ids}, key=int)
+    if not bases:
+        return {}
+    if shutil.which("sacct"):
+        cmd = ["sacct", "-X", "-n", "-P", "-j", ",".join(bases), "-o", ",".join(SACCT_FIELDS)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            return parse_sacct(out.stdout)
+    if shutil.which("squeue"):  # accounting off: only queued/running jobs are known
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N"], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            known = parse_squeue(out.stdout)
+            return {j: known.get(j, JobRecord("ENDED")) for j in job_ids}
+    raise SchedulerUnavailable("neither sacct nor squeue answered")
+
+
+def _local_alive(pid: str) -> bool:
+    """The local executor's controller process still runs (and is not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return b"submitit" in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def query_local(job_ids: Iterable[str]) -> dict[str, JobRecord]:
+    return {j: JobRecord("ALIVE" if _local_alive(j) else "ENDED") for j in job_ids}

@@ -1,0 +1,1 @@
+"""Formats and tools from outside fastrobust: robustness-library checkpoints (madry), AutoAttack (autoattack)."""

@@ -1,0 +1,417 @@
+"""kind: evaluate (Fig. 2): clean and PGD accuracy over a list of eps for a trained run's checkpoint.
+
+Per eps: `steps`-step PGD with alpha = alpha_factor * eps / steps, `restarts` random starts and (zero_start)
+one more run from delta = 0. An example counts as robust only if it is classified correctly clean and at every
+point the attack evaluated (each iterate of each run, each returned delta): the worst case over restarts
+(`workloads.accuracy.batch_accuracy(worst_case=True)`).
+eps = 0 (or steps = 0) gives the clean accuracy.
+
+Determinism and sharding: the data are cut into global batches of `batch_size` consecutive examples, and
+rank r attacks batches r, r + W, ... Every batch draws its random starts from its own generator, seeded from
+(seed, index of the batch's first example, eps), so a batch's result does not depend on the world size, the
+rank that ran it, or the other eps in the list: 1 and 2 ranks give identical counts, a restart-r attack is a
+prefix of a restart-(r+k) one, and a resumed evaluation equals an uninterrupted one. Counts are all-reduced.
+
+Long evaluations survive requeues: after each batch every rank records its per-batch counts in
+evaluate-progress-rank<r>.json (with a fingerprint of the settings); a restarted job skips recorded batches.
+(Some 400 lines as one concept: the count engine and the job share Settings and the progress format.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from workloads import checkpoint, distributed, layout
+from workloads.accuracy import batch_accuracy
+from workloads.attacks import attack_mode
+from workloads.catalog import dataset_info
+from workloads.checkpoint import derive_seed
+from workloads.data import build_split
+from workloads.distributed import Dist
+from workloads.engine import loader_kwargs
+from workloads.external import autoattack as strong  # `autoattack` is a setting's name here
+from workloads.external import madry
+from workloads.models import RobustModel
+from workloads.spec import ResolvedAttack, RunSpec
+
+CSV_COLUMNS = (
+    "run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc",  # design.md contract
+    "norm", "alpha", "zero_start", "checkpoint", "checkpoint_epoch", "source_experiment", "dataset", "model",
+    "attack_eps",  # the training eps: Fig. 2's dotted line (empty for standard training)
+    "apgd_ce_acc", "apgd_t_acc", "aa_acc", "worst_acc",  # evaluate.autoattack only; empty otherwise
+)  # fmt: skip
+STRONG_COLUMNS = ("apgd_ce_acc", "apgd_t_acc", "aa_acc", "worst_acc")
+PROGRESS = "evaluate-progress-rank{rank}.json"
+
+
+def eps_key(eps: float) -> int:
+    return round(eps * 1_000_000)  # eps in micro-units: a stable integer seed key
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (no BN statistic updates, no dropout) and parameters without requires_grad (PGD needs input
+    gradients only; this also saves the memory of weight-gradient bookkeeping); both restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    with attack_mode(model, "eval"):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    norm: str
+    eps_list: tuple[float, ...]
+    steps: int
+    restarts: int
+    alpha_factor: float
+    generator_seed: int
+    batch_size: int
+    zero_start: bool = True
+    autoattack: bool = False
+    autoattack_steps: int = 100
+
+    def alpha(self, eps: float) -> float:
+        return self.alpha_factor * eps / self.steps if self.steps else 0.0
+
+    def width(self) -> int:
+        """Length of a batch's count vector: n, clean, adv per eps, then 4 strong counts per eps."""
+        return 2 + len(self.eps_list) * (1 + (len(STRONG_COLUMNS) if self.autoattack else 0))
+
+
+def batch_counts(model: nn.Module, x: Tensor, y: Tensor, start: int, s: Settings) -> list[int]:
+    """Counts for one global batch whose first example has index `start` (model frozen by the caller)."""
+    clean, _ = batch_accuracy(model, x, y, ResolvedAttack(s.norm, 0.0, 0, 0.0, False))  # no attack: clean only
+    adv_counts: list[int] = []
+    strong_counts: list[int] = []
+    for eps in s.eps_list:
+        seed = derive_seed(s.generator_seed, start, eps_key(eps))
+        attack = ResolvedAttack(s.norm, eps, s.steps, s.alpha(eps), True)
+        gen = torch.Generator(x.device).manual_seed(seed)
+        _, robust = batch_accuracy(model, x, y, attack, restarts=s.restarts, generator=gen, worst_case=True,
+                                   zero_start=s.zero_start, clean=clean)  # fmt: skip
+        adv_counts.append(int(robust.sum()))
+        if s.autoattack:
+            if eps == 0:
+                masks = {name: clean for name in strong.ATTACKS}
+            else:
+                masks = strong.robust_masks(model, x, y, norm=s.norm, eps=eps, steps=s.autoattack_steps, seed=seed)
+            both = masks["apgd_ce"] & masks["apgd_t"]
+            strong_counts += [
+                int(masks["apgd_ce"].sum()),
+                int(masks["apgd_t"].sum()),
+                int(both.sum()),
+                int((both & robust).sum()),
+            ]
+    return [len(y), int(clean.sum()), *adv_counts, *strong_counts]
+
+
+def _as_dataset(data: Dataset[Any] | tuple[Tensor, Tensor]) -> Dataset[Any]:
+    if isinstance(data, tuple):
+        return TensorDataset(*data)
+    return data
+
+
+def run_batches(
+    model: nn.Module,
+    data: Dataset[Any] | tuple[Tensor, Tensor],
+    s: Settings,
+    dist: Dist | None = None,
+    *,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    done: Mapping[int, list[int]] | None = None,
+    on_batch: Callable[[int, list[int]], None] | None = None,
+) -> dict[int, list[int]]:
+    """Per-batch counts of this rank's batches (batch b = examples [b*B, (b+1)*B), rank b % W); batches in
+    `done` are taken as given, `on_batch(b, counts)` is called after each computed batch. No collectives."""
+    dist = dist or Dist()
+    device = device or dist.device
+    dataset = _as_dataset(data)
+    n_total = len(dataset)  # type: ignore[arg-type]
+    n_batches = -(-n_total // s.batch_size)
+    mine = range(dist.rank, n_batches, dist.world_size)
+    results = {b: list(done[b]) for b in mine if done and b in done}
+    todo = [b for b in mine if b not in results]
+    sampler = [list(range(b * s.batch_size, min((b + 1) * s.batch_size, n_total))) for b in todo]
+    # Own generator: the loader's base seed would otherwise be drawn from (and advance) the global RNG.
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())  # fmt: skip
+    with frozen(model):
+        for b, (x, y) in zip(todo, loader, strict=True):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            results[b] = batch_counts(model, x, y, b * s.batch_size, s)
+            if on_batch is not None:
+                on_batch(b, results[b])
+    return results
+
+
+def summarize(results: Mapping[int, list[int]], s: Settings, dist: Dist | None = None) -> list[dict[str, Any]]:
+    """Sum per-batch counts (then over ranks: collective when distributed) -> one row per eps."""
+    totals = [0] * s.width()
+    for counts in results.values():
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+    if dist is not None:
+        totals = [round(v) for v in distributed.all_reduce_sum(dist, [float(v) for v in totals])]
+    n, clean = totals[0], totals[1]
+    k = len(s.eps_list)
+    rows = []
+    for i, eps in enumerate(s.eps_list):
+        row: dict[str, Any] = {
+            "eps": eps,
+            "steps": s.steps,
+            "restarts": s.restarts,
+            "norm": s.norm,
+            "alpha": s.alpha(eps),
+            "zero_start": s.zero_start,
+            "n": n,
+            "clean_acc": clean / n if n else None,
+            "adv_acc": totals[2 + i] / n if n else None,
+        }
+        if s.autoattack:
+            base = 2 + k + len(STRONG_COLUMNS) * i
+            for j, col in enumerate(STRONG_COLUMNS):
+                row[col] = totals[base + j] / n if n else None
+        rows.append(row)
+    return rows
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Dataset[Any] | tuple[Tensor, Tensor],
+    *,
+    norm: str,
+    eps_list: Sequence[float],
+    steps: int,
+    restarts: int,
+    alpha_factor: float = 2.5,
+    generator_seed: int = 0,
+    dist: Dist | None = None,
+    batch_size: int = 256,
+    zero_start: bool = True,
+    autoattack: bool = False,
+    autoattack_steps: int = 100,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+) -> list[dict[str, Any]]:
+    """Clean and robust accuracy of `model` (inputs in [0, 1]) on a Dataset of (x, y) or an (x, y) tensor pair,
+    one row per eps: eps, steps, restarts, norm, alpha, n, clean_acc, adv_acc (+ STRONG_COLUMNS with
+    autoattack). With `dist` every rank calls it and gets the all-reduced rows. The model is left unchanged
+    (mode, parameters, buffers, requires_grad; no .grad is created)."""
+    if autoattack:
+        strong.require()
+    s = Settings(
+        norm=norm,
+        eps_list=tuple(float(e) for e in eps_list),
+        steps=steps,
+        restarts=restarts,
+        alpha_factor=alpha_factor,
+        generator_seed=generator_seed,
+        batch_size=batch_size,
+        zero_start=zero_start,
+        autoattack=autoattack,
+        autoattack_steps=autoattack_steps,
+    )
+    results = run_batches(model, data, s, dist, device=device, num_workers=num_workers)
+    return summarize(results, s, dist if dist is not None and dist.distributed else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The workload: resolve the source run, load its checkpoint, evaluate, write robustness.csv.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    path: Path  # the checkpoint file
+    run_id: str
+    experiment: str | None
+    method: str
+    spec: RunSpec  # dataset settings to evaluate on (the source run's, or this run's for external files)
+    model: str  # architecture name
+    attack_eps: float | None  # the training eps (Fig. 2's dotted line); None for standard training
+    epoch: int | None  # the checkpoint's epoch
+
+
+def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
+    """(checkpoint file, source experiment or None for a direct path) for spec.evaluate. best/last are read from
+    evaluate.source_dir, the source run's directory the orchestrator resolved at submit time; a relative
+    checkpoint path is relative to the folder holding results/ (the project root)."""
+    ev = spec.evaluate
+    if ev.checkpoint in ("best", "last"):
+        if not ev.source_dir:
+            raise ValueError(
+                f"evaluate.source_dir: not set; evaluate.checkpoint {ev.checkpoint} reads the source run's directory, "
+                "which the orchestrator fills from evaluate.source_run at submit time (or give a checkpoint path)"
+            )
+        path = Path(ev.source_dir) / (layout.CKPT_BEST if ev.checkpoint == "best" else layout.CKPT_LAST)
+        if not path.is_file():
+            run = ev.source_run or Path(ev.source_dir).name
+            raise FileNotFoundError(f"evaluate.checkpoint: {path} does not exist (has {run} finished?)")
+        return path, ev.source_experiment or spec.experiment
+    path = Path(ev.checkpoint).expanduser()
+    if not path.is_absolute():
+        path = layout.results_root_of(run_dir).parent / path
+    if path.is_dir():
+        path = path / layout.CKPT_BEST
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate.checkpoint: {path} does not exist")
+    return path, ev.source_experiment
+
+
+def load_source(spec: RunSpec, run_dir: Path, map_location: Any = "cpu") -> tuple[RobustModel, Source]:
+    """The model to evaluate (eval mode) and where it came from: a fastrobust checkpoint (its own spec gives
+    dataset, subset, method) or a robustness-library checkpoint (this run's spec gives them)."""
+    path, experiment = checkpoint_file(spec, run_dir)
+    state = madry.read_checkpoint(path, map_location, allow_pickle=spec.evaluate.allow_pickle)
+    if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
+        epoch = state.get("epoch")
+        del state  # load_model re-reads it (keeps checkpoint.py the one reader of our format)
+        model, src = checkpoint.load_model(path, map_location=map_location)
+        if spec.data_root is not None:  # this cell's data_root wins (e.g. the data live elsewhere on this cluster)
+            src = dataclasses.replace(src, data_root=spec.data_root)
+        source = Source(
+            path=path, run_id=spec.evaluate.source_run or src.run_id, experiment=experiment, method=src.method,
+            spec=src, model=src.model, attack_eps=src.attack.eps if src.method != "standard" else None, epoch=epoch,
+        )  # fmt: skip
+        return model, source
+    if madry.is_madry_checkpoint(state):
+        model, info = madry.model_from_checkpoint(state)
+        # External models carry no spec: this cell's dataset settings, method and attack.eps describe them.
+        source = Source(
+            path=path, run_id=spec.evaluate.source_run or path.stem, experiment=experiment, method=spec.method,
+            spec=spec, model=info.arch, attack_eps=spec.attack.eps if spec.method != "standard" else None,
+            epoch=info.epoch,
+        )  # fmt: skip
+        return model.to(map_location), source
+    raise ValueError(f"{path}: neither a {checkpoint.FORMAT} nor a robustness-library checkpoint")
+
+
+def val_dataset(source: Source, max_examples: int | None) -> Dataset[Any]:
+    data = build_split(source.spec, train=False)  # the source run's dataset, data_root and val_subset
+    if max_examples is not None and max_examples < len(data):
+        return Subset(data, range(max_examples))
+    return data
+
+
+def settings_of(spec: RunSpec) -> Settings:
+    ev = spec.evaluate
+    return Settings(
+        norm=ev.norm,
+        eps_list=tuple(ev.eps_list),
+        steps=ev.steps,
+        restarts=ev.restarts,
+        alpha_factor=ev.alpha_factor,
+        generator_seed=spec.seed,
+        batch_size=ev.batch_size,
+        zero_start=ev.zero_start,
+        autoattack=ev.autoattack,
+        autoattack_steps=ev.autoattack_steps,
+    )
+
+
+def _fingerprint(s: Settings, source: Source, n: int) -> dict[str, Any]:
+    stat = source.path.stat()
+    return {
+        "settings": repr(s),
+        "checkpoint": str(source.path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "n": n,
+    }
+
+
+def _load_progress(run_dir: Path, fingerprint: dict[str, Any]) -> dict[int, list[int]]:
+    """Per-batch counts recorded by any rank of an earlier attempt with the same settings."""
+    done: dict[int, list[int]] = {}
+    for path in sorted(run_dir.glob(PROGRESS.format(rank="*"))):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # unreadable (should not happen: atomic writes): recompute those batches
+        if record.get("fingerprint") == fingerprint:
+            done.update({int(b): counts for b, counts in record["batches"].items()})
+    return done
+
+
+def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    elapsed = lambda: round(time.perf_counter() - t0, 3)  # noqa: E731
+    if spec.evaluate.autoattack:
+        strong.require()
+    model, source = load_source(spec, run_dir, map_location=dist.device)
+    data = val_dataset(source, spec.evaluate.max_examples)
+    s = settings_of(spec)
+    n = len(data)  # type: ignore[arg-type]
+    ds = dataset_info(source.spec.dataset)
+    shape = (model.head.out_features, model.normalize.mean.numel())
+    if shape != (ds.num_classes, ds.in_channels):
+        raise ValueError(
+            f"{source.path}: the model has {shape[0]} classes and {shape[1]} input channels; "
+            f"{ds.name} has {ds.num_classes} and {ds.in_channels}"
+        )
+
+    fingerprint = _fingerprint(s, source, n)
+    done = _load_progress(run_dir, fingerprint)
+    distributed.barrier(dist)  # everyone has read the old files before anyone rewrites its own
+    progress_path = run_dir / PROGRESS.format(rank=dist.rank)
+    n_batches = -(-n // s.batch_size)
+    mine: dict[int, list[int]] = {b: c for b, c in done.items() if b % dist.world_size == dist.rank}
+    show = dist.is_main
+
+    def record(b: int, counts: list[int]) -> None:
+        mine[b] = counts
+        layout.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
+        if show:
+            event = {"event": "evaluate_batch", "batch": b, "batches": n_batches, "elapsed_s": elapsed()}
+            print(json.dumps(event), file=sys.stderr, flush=True)
+
+    layout.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
+    results = run_batches(
+        model, data, s, dist, num_workers=loader_kwargs(dist)["num_workers"], done=done, on_batch=record
+    )
+    rows = summarize(results, s, dist if dist.distributed else None)
+
+    label = {
+        "run_id": source.run_id,
+        "method": source.method,
+        "checkpoint": spec.evaluate.checkpoint,
+        "checkpoint_epoch": source.epoch,
+        "source_experiment": source.experiment,
+        "dataset": source.spec.dataset,
+        "model": source.model,
+        "attack_eps": source.attack_eps,
+    }
+    rows = [{**label, **row} for row in rows]
+    distributed.barrier(dist)  # every rank has finished its progress writes
+    if dist.is_main:
+        layout.write_csv_atomic(run_dir / layout.ROBUSTNESS, CSV_COLUMNS, rows)
+        for path in run_dir.glob(PROGRESS.format(rank="*")):
+            path.unlink(missing_ok=True)
+    return {
+        "source_run": source.run_id,
+        "source_experiment": source.experiment,
+        "checkpoint": str(source.path),
+        "n": rows[0]["n"] if rows else 0,
+        "clean_acc": rows[0]["clean_acc"] if rows else None,
+        "adv_acc": {str(r["eps"]): r["adv_acc"] for r in rows},
+        "checkpoint_epoch": source.epoch,
+        "eval_s": elapsed(),
+        "world_size": dist.world_size,
+    }

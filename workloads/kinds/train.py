@@ -1,0 +1,210 @@
+"""Standard, fast-L2 (Algorithm 1 of Goodwin et al. 2020) and K-step PGD adversarial training, DDP-ready.
+
+Per step: the attack runs on the unwrapped model (no DDP gradient all-reduce for attack passes) in
+`spec.attack.mode`, then one SGD step on x + delta in train mode through DDP. Per epoch (rank 0 writes):
+an epochs.csv row, then checkpoint-best.pt when the validation metric improved, then checkpoint-last.pt.
+A restart resumes from checkpoint-last.pt and drops csv rows past its epoch, so an interrupted run ends
+bit-identical to an uninterrupted one.
+
+    python -m workloads.kinds.train --spec spec.json --out RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from workloads import catalog, checkpoint, distributed, entry, layout
+from workloads.accuracy import dataset_accuracy
+from workloads.checkpoint import derive_seed
+from workloads.data import DataBundle, build_datasets
+from workloads.distributed import Dist
+from workloads.engine import amp_dtype, clock, loader_kwargs, to_device, train_step, wrap_ddp
+from workloads.models import RobustModel, build_model
+from workloads.spec import RunSpec, resolve_attack, resolve_eval_attack
+
+# Independent random streams per (seed, rank): each is reproducible and none depends on another's use.
+STREAM_GLOBAL, STREAM_ATTACK, STREAM_EVAL, STREAM_LOADER = range(4)
+
+
+# Settings a resumed run must share with its checkpoint (others, e.g. epochs or eval, may change to extend a run).
+RESUME_KEYS = (
+    "dataset",
+    "train_subset",
+    "augment",
+    "model",
+    "method",
+    "global_batch_size",
+    "seed",
+    "optimizer",
+    "attack",
+)
+
+
+def check_resumable(spec: RunSpec, saved: dict[str, Any], path: Path) -> None:
+    now = spec.to_dict()
+    changed = [k for k in RESUME_KEYS if saved.get(k) != now[k]]
+    if changed:
+        diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ValueError(f"{path}: the checkpoint was trained with other settings ({diff}); use a new run directory")
+
+
+def truncate_epochs_csv(run_dir: Path, completed: int) -> None:
+    """Drop rows past the checkpoint (written before a crash that preceded their checkpoint)."""
+    path = run_dir / layout.EPOCHS
+    if path.exists():
+        rows = layout.read_csv(path)
+        kept = [r for r in rows if int(r["epoch"]) <= completed]
+        if len(kept) != len(rows):
+            layout.write_csv_atomic(path, layout.EPOCH_COLUMNS, kept)
+
+
+def summary(run_dir: Path, spec: RunSpec, metric_name: str) -> dict[str, Any]:
+    """result.json contents from epochs.csv (rank 0)."""
+    path = run_dir / layout.EPOCHS
+    rows = layout.read_csv(path) if path.exists() else []
+    evaluated = [r for r in rows if r[metric_name] != ""]
+    best = max(evaluated, key=lambda r: float(r[metric_name]), default=None)  # first of equals: earliest
+    last = rows[-1] if rows else {}
+    number = lambda r, k: float(r[k]) if r and r.get(k) not in (None, "") else None  # noqa: E731
+    return {
+        "epochs": len(rows),
+        "elapsed_s_last": number(last, "elapsed_s"),
+        "best_metric": metric_name,
+        "best_epoch": int(best["epoch"]) if best else None,
+        "elapsed_s_best": number(best, "elapsed_s"),
+        "best_adv_acc": number(best, "adv_acc"),
+        "best_clean_acc": number(best, "clean_acc"),
+        "last_clean_acc": number(last, "clean_acc"),
+        "last_adv_acc": number(last, "adv_acc"),
+        "last_train_loss": number(last, "train_loss"),
+        "batch_per_rank": spec.batch_per_rank,
+    }
+
+
+def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in run_dir; every rank calls it. `data` overrides build_datasets(spec)."""
+    run_dir = Path(run_dir)
+    assert spec.global_batch_size % dist.world_size == 0, "check_spec rejects a global batch not divisible by world"
+    batch = spec.global_batch_size // dist.world_size
+    attack, eval_attack = resolve_attack(spec.method, spec.attack), resolve_eval_attack(spec)
+    metric_name = catalog.method_info(spec.method).best_metric
+    amp = amp_dtype(spec)
+    memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = data or build_datasets(spec)
+
+    torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    model: RobustModel = build_model(spec.model, data.info.num_classes, data.info.in_channels, data.info.mean,
+                                     data.info.std).to(dist.device, memory_format=memory_format)  # fmt: skip
+    o = spec.optimizer
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)  # independent of epochs
+    ddp_model = wrap_ddp(model, dist)
+    torch.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_GLOBAL))  # augmentation stream of this rank
+    gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
+
+    start, elapsed, best = 0, 0.0, None
+    if (run_dir / layout.CKPT_LAST).exists():
+        state = checkpoint.load(run_dir / layout.CKPT_LAST)
+        check_resumable(spec, state["spec"], run_dir / layout.CKPT_LAST)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, elapsed, best = state["epoch"], state["elapsed_s"], state["best"]
+        if len(state["rng"]) == dist.world_size:
+            checkpoint.restore_rng(state["rng"][dist.rank], gen)
+        elif dist.is_main:
+            print(f"warning: checkpoint from {len(state['rng'])} ranks, now {dist.world_size}: fresh RNG streams",
+                  file=sys.stderr)  # fmt: skip
+    if dist.is_main:
+        truncate_epochs_csv(run_dir, start)
+
+    sampler = DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True, seed=spec.seed)
+    loader_gen = torch.Generator()
+    loader = DataLoader(data.train, batch, sampler=sampler, generator=loader_gen, **loader_kwargs(dist))
+    show_progress = dist.is_main and sys.stderr.isatty()
+    attempt_start = clock(dist)
+    for epoch in range(start + 1, spec.epochs + 1):  # 1-based: epoch e is the e-th completed epoch
+        sampler.set_epoch(epoch - 1)
+        loader_gen.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_LOADER, epoch))
+        lr = opt.param_groups[0]["lr"]
+        t0 = clock(dist)
+        ddp_model.train()
+        stats = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, correct, n
+        batches: Iterator[Any] = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
+        for x, y in batches:
+            x, y = to_device(x, y, dist.device, spec.channels_last)
+            loss, correct = train_step(model, ddp_model, opt, x, y, attack, gen, mode=spec.attack.mode, amp=amp)
+            stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
+        sched.step()
+        loss_sum, correct_sum, n = distributed.all_reduce_sum(dist, stats.tolist())
+        train_s = clock(dist) - t0
+
+        clean_acc = adv_acc = None
+        eval_s = 0.0
+        if epoch % spec.eval.every == 0 or epoch == spec.epochs:
+            t1 = clock(dist)
+            eval_gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_EVAL, epoch))
+            clean_acc, adv_acc, _ = dataset_accuracy(
+                model, data.val, dist, eval_attack, batch_size=spec.eval.batch_size or batch,
+                restarts=spec.eval.restarts, generator=eval_gen, amp=amp, channels_last=spec.channels_last,
+            )  # fmt: skip
+            eval_s = clock(dist) - t1
+        row = {
+            "run_id": spec.run_id, "epoch": epoch, "train_s": round(train_s, 4), "eval_s": round(eval_s, 4),
+            "elapsed_s": round(elapsed + clock(dist) - attempt_start, 4), "lr": lr,
+            "train_loss": loss_sum / n, "train_acc": correct_sum / n, "clean_acc": clean_acc, "adv_acc": adv_acc,
+            "batch_per_rank": batch, "world_size": dist.world_size,
+        }  # fmt: skip
+        metric = clean_acc if metric_name == "clean_acc" else adv_acc
+        improved = metric is not None and (best is None or metric > best["metric"])
+        if improved:
+            best = {"epoch": epoch, "metric": metric}
+        rng = distributed.all_gather_object(dist, checkpoint.capture_rng(gen))  # collective
+        if dist.is_main:
+            # Row first: a crash before the checkpoint below leaves a row that the resume truncates.
+            layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
+            print(json.dumps({"event": "epoch", **row}), flush=True)
+            ckpt = dict(model=model, optimizer=opt, scheduler=sched, epoch=epoch, elapsed_s=row["elapsed_s"],
+                        best=best, rng=rng, spec=spec)  # fmt: skip
+            if improved:
+                checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
+            checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
+        distributed.barrier(dist)
+    return summary(run_dir, spec, metric_name) if dist.is_main else {"rank": dist.rank}
+
+
+def train(spec: RunSpec, run_dir: str | Path) -> dict[str, Any]:
+    """Single-process convenience: write spec.json into run_dir (creating it) and run the job there
+    (env.json, epochs.csv, checkpoints, result.json), resuming if it has a checkpoint."""
+    path = Path(run_dir) / layout.SPEC
+    layout.write_json_atomic(path, spec.to_dict())
+    return entry.run(path, dist=distributed.single(spec))
+
+
+def cli(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workloads.kinds.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--spec", type=Path, required=True, help="a spec.json (RunSpec)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory (resumed if it has a checkpoint)")
+    args = parser.parse_args(argv)
+    target = args.out / layout.SPEC
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (target.exists() and target.samefile(args.spec)):
+        shutil.copyfile(args.spec, target)
+    entry.run(target)
+
+
+if __name__ == "__main__":
+    cli()

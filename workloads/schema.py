@@ -1,0 +1,123 @@
+"""The strict dict -> dataclass parser: unknown keys, wrong types and out-of-range values are errors.
+
+Used by the spec (workloads.spec), the grid files and the site profiles (orchestrator), so a key means the same
+thing and fails the same way everywhere. A field's valid range is its dataclass `metadata`: `choices(...)`,
+`at_least(...)`, or {"pattern": compiled regex, "expected": what to say}. Every problem is collected with its key
+path (`optimizer.lr`, `bench.methods[1]`), so a user sees them all at once. Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+
+
+class SpecError(ValueError):
+    """A user error in a spec or grid: `path` is the key path, the message says what was expected."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+def choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+def at_least(low: float, strict: bool = False) -> dict[str, Any]:
+    return {"gt" if strict else "ge": low}
+
+
+def join_path(path: str, key: str | int) -> str:
+    """The key path of `key` inside `path`: a.b, a[0]."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> None:
+    if "pattern" in meta and not meta["pattern"].match(value):
+        errors.append(SpecError(path, f"expected {meta['expected']}; got {value!r}"))
+    if "choices" in meta and value not in meta["choices"]:
+        errors.append(SpecError(path, f"expected one of {', '.join(meta['choices'])}; got {value!r}"))
+    if "ge" in meta and value < meta["ge"]:
+        errors.append(SpecError(path, f"expected a value >= {meta['ge']}; got {value!r}"))
+    if "gt" in meta and value <= meta["gt"]:
+        errors.append(SpecError(path, f"expected a value > {meta['gt']}; got {value!r}"))
+
+
+def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, meta, path, errors)
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
+            return value
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, meta, join_path(path, i), errors) for i, v in enumerate(value)]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path, errors)
+    ok = (
+        (tp is bool and isinstance(value, bool))
+        or (tp is int and isinstance(value, int) and not isinstance(value, bool))
+        or (tp is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (tp is str and isinstance(value, str))
+    )
+    if not ok:
+        errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
+        return value
+    value = float(value) if tp is float else value
+    _check_range(value, meta, path, errors)
+    return value
+
+
+def _from_dict(cls: type[T], data: Any, path: str, errors: list[SpecError]) -> T:
+    if not isinstance(data, dict):
+        errors.append(SpecError(path, f"expected a mapping; got {data!r}"))
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            valid = ", ".join(fields)
+            errors.append(SpecError(join_path(path, str(key)), f"unknown key; valid keys: {valid}"))
+            continue
+        kwargs[key] = _convert(hints[key], value, fields[key].metadata, join_path(path, key), errors)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # only reachable when an earlier error left a wrong type behind
+        errors.append(SpecError(path, str(exc)))
+        return cls()
+
+
+def parse(cls: type[T], data: Any, path: str = "") -> tuple[T, list[SpecError]]:
+    """Parse `data` into `cls`; returns the object and every problem found (empty when valid)."""
+    errors: list[SpecError] = []
+    obj = _from_dict(cls, data, path, errors)
+    return obj, errors
