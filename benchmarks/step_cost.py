@@ -6,11 +6,23 @@ table shows medians after warm-up. Targets on the 2-core CPU (ResNet-18-CIFAR, b
 fast/std <= 1.8, pgd7/std <= 6.0, trainer std throughput >= 0.97x the bare step's.
 
     python benchmarks/step_cost.py [--model resnet18_cifar] [--batch 64] [--repeats 7] [--threads 2]
-        [--device cpu|cuda] [--precision fp32|bf16] [--channels-last] [--attack-passes] [--out RECORD.json]
+        [--device cpu|cuda] [--precision fp32|bf16|fp16] [--channels-last] [--attack-passes] [--out RECORD.json]
+        [--precisions bf16,fp16] [--attack-precision bf16] [--compile]
 
 --device cuda times each call with CUDA events (queued work counted; cuDNN autotuning on, as the trainer);
 --attack-passes also times the attacks alone (model in --mode, as train_step runs them), which gives the floor of
 each ratio, 1 + attack pass / standard step; --out writes the JSON record printed last (benchmarks/gpu_check.py).
+The levers of a fast recipe, side by side with the --precision steps in the same run (every ratio is to the
+--precision standard step): --precisions adds standard and fast steps in each listed precision (fp16: autocast +
+GradScaler, CUDA only), --attack-precision a fast and a PGD-K step whose attack passes run in that precision (weight
+step in --precision), --compile torch.compile'd standard and fast steps (weights frozen during the attack), with
+each one's compile time (its first call) and speed-up over the eager step. Quick CPU look (about a minute):
+
+    python benchmarks/step_cost.py --model small_cnn --batch 32 --repeats 5 --precisions bf16 \
+        --attack-precision bf16 --compile
+
+--single-step adds the issue-12 methods: nfgsm (one attack pass, like fast: nfgsm/fast ~ 1) and free with
+--replays m (default 4), whose cost is shown per replay (one forward + one backward: free per replay/std ~ 1).
 """
 
 from __future__ import annotations
@@ -28,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from workloads.attacks import attack_from, attack_mode
-from workloads.engine import train_step
+from workloads.engine import AMP_DTYPES, autocast, train_step
+from workloads.free_step import FreeStep
 from workloads.models import build_model
 from workloads.spec import Attack, resolve_attack
 
@@ -44,7 +57,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--eps", type=float, default=1.0)
     parser.add_argument("--mode", default="eval", choices=("eval", "train"), help="model mode during the attack")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast, as a run's")
+    parser.add_argument("--precision", default="fp32", choices=tuple(AMP_DTYPES), help="autocast, as a run's")
+    parser.add_argument("--precisions", default="", help="comma-separated: also standard and fast steps in these")
+    parser.add_argument("--attack-precision", choices=tuple(AMP_DTYPES), help="also fast/PGD with attacks in this")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile'd standard and fast steps")
+    parser.add_argument("--single-step", action="store_true", help="also nfgsm and free steps (issue 12 methods)")
+    parser.add_argument("--replays", type=int, default=4, help="free: replays per mini-batch (cost shown per replay)")
     parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
     parser.add_argument("--attack-passes", action="store_true", help="also time each attack alone (ratio floors)")
     parser.add_argument("--out", type=Path, help="write the JSON record here")
@@ -54,7 +72,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer; the warm-up repeats absorb the autotuning
-    amp = torch.bfloat16 if args.precision == "bf16" else None
+    extra = [p for p in args.precisions.split(",") if p]
+    if bad := [p for p in extra if p not in AMP_DTYPES]:
+        parser.error(f"--precisions: expected some of {', '.join(AMP_DTYPES)}; got {', '.join(bad)}")
+    if "fp16" in (args.precision, args.attack_precision, *extra) and device.type != "cuda":
+        parser.error("fp16 needs --device cuda (autocast + GradScaler; on CPU the reduced precision is bf16)")
+    amp = AMP_DTYPES[args.precision]
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
 
     x, y = torch.rand(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
@@ -67,11 +90,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def sgd(model: torch.nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    def trainer(method: str) -> Callable[[], object]:
+    def trainer(
+        method: str, precision: str = args.precision, attack_precision: str | None = None, compiled: bool = False
+    ) -> Callable[[], object]:
         model = copy.deepcopy(base)
         opt, gen = sgd(model), torch.Generator(device).manual_seed(0)  # on the device, as the trainer's
         attack = resolve_attack(method, Attack(eps=args.eps))
-        return lambda: train_step(model, model, opt, x, y, attack, gen, mode=args.mode, amp=amp)
+        step_amp = AMP_DTYPES[precision]
+        attack_amp = "same" if attack_precision is None else AMP_DTYPES[attack_precision]
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+        run = torch.compile(model) if compiled else model
+        return lambda: train_step(run, run, opt, x, y, attack, gen, mode=args.mode, amp=step_amp,
+                                  attack_amp=attack_amp, scaler=scaler, freeze=compiled)  # fmt: skip
+
+    def free_trainer() -> Callable[[], object]:
+        """Free training's replayed step (workloads.free_step), as the trainer runs it: m replays per call."""
+        model, step = copy.deepcopy(base), FreeStep()
+        opt, attack = sgd(model), resolve_attack("free", Attack(eps=args.eps, replays=args.replays))
+        scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
+        return lambda: step(model, model, opt, x, y, attack, None, amp=amp, scaler=scaler)
 
     def attack_pass(method: str) -> Callable[[], object]:
         """The attack of `method` alone, as train_step runs it (same mode and autocast), weights untouched."""
@@ -79,8 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         attack = resolve_attack(method, Attack(eps=args.eps))
 
         def run() -> object:
-            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None)
-            with autocast, attack_mode(model, args.mode):
+            with autocast(device, amp), attack_mode(model, args.mode):
                 return attack_from(model, x, y, attack, generator=gen)
 
         return run
@@ -90,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         opt = sgd(model)
 
         def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None):
+            with autocast(device, amp):
                 loss = F.cross_entropy(model(x).float(), y)
             opt.zero_grad()
             loss.backward()
@@ -102,6 +138,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     variants = {"bare std": bare(), "standard": trainer("standard"), "fast": trainer("fast"), pgd: trainer(pgd)}
     if args.attack_passes:
         variants |= {"fast attack": attack_pass("fast"), f"{pgd} attack": attack_pass(pgd)}
+    for p in (p for p in extra if p != args.precision):
+        variants |= {f"standard {p}": trainer("standard", p), f"fast {p}": trainer("fast", p)}
+    if args.attack_precision:
+        a = args.attack_precision
+        variants |= {f"fast (attack {a})": trainer("fast", attack_precision=a)}
+        variants |= {f"{pgd} (attack {a})": trainer(pgd, attack_precision=a)}
+    free_name = f"free m{args.replays}"
+    if args.single_step:
+        variants |= {"nfgsm": trainer("nfgsm"), free_name: free_trainer()}
+    compile_s: dict[str, float] = {}
+    if args.compile:
+        for method in ("standard", "fast"):
+            variants[f"{method} compiled"] = fn = trainer(method, compiled=True)
+            compile_s[f"{method} compiled"] = timed(fn, device)  # the first call traces and compiles
     times: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for r in range(args.warmup + args.repeats):
@@ -136,17 +186,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{pgd}/std": low[pgd] / low["standard"],
         "trainer_std_throughput/bare": low["bare std"] / low["standard"],
     }
+    if args.single_step:  # floors: nfgsm is fast's cost (one attack pass); a free replay is one standard step
+        ratios |= {"nfgsm/std": med["nfgsm"] / med["standard"], "nfgsm/fast": med["nfgsm"] / med["fast"],
+                   "free per replay/std": med[free_name] / args.replays / med["standard"]}  # fmt: skip
+        ratios_min |= {"nfgsm/std": low["nfgsm"] / low["standard"], "nfgsm/fast": low["nfgsm"] / low["fast"],
+                       "free per replay/std": low[free_name] / args.replays / low["standard"]}  # fmt: skip
+    for name, seconds in compile_s.items():
+        eager = name.removesuffix(" compiled")
+        ratios[f"{eager} compile speed-up"] = med[eager] / med[name]
+        ratios_min[f"{eager} compile speed-up"] = low[eager] / low[name]
+        print(f"# {name}: compile (first call) {seconds:.1f} s")
     if args.attack_passes:  # an attacking step is its attack plus a standard step: its ratio cannot be lower
         for method in ("fast", pgd):
             ratios[f"{method} floor"] = 1 + med[f"{method} attack"] / med["standard"]
             ratios_min[f"{method} floor"] = 1 + low[f"{method} attack"] / low["standard"]
     targets = {"fast/std": "<= 1.8", f"{pgd}/std": "<= 6.0", "trainer_std_throughput/bare": ">= 0.97",
-               "fast floor": "1 + attack/std", f"{pgd} floor": "1 + attack/std"}  # fmt: skip
+               "fast floor": "1 + attack/std", f"{pgd} floor": "1 + attack/std", "nfgsm/fast": "~ 1",
+               "free per replay/std": "~ 1"}  # fmt: skip
     print(f"{'ratio':<28} {'median':>7} {'min':>7}   target")
     for key, value in ratios.items():
-        print(f"{key:<28} {value:7.3f} {ratios_min[key]:7.3f}   {targets[key]}")
+        print(f"{key:<28} {value:7.3f} {ratios_min[key]:7.3f}   {targets.get(key, '')}")
     record = {"event": "step_cost", "model": args.model, "batch": args.batch, "threads": args.threads,
               "median_s": med, "min_s": low, "ratios_median": ratios, "ratios_min": ratios_min}  # fmt: skip
+    if extra or args.attack_precision or compile_s:
+        record["levers"] = {"precisions": extra, "attack_precision": args.attack_precision, "compile_s": compile_s}
     if device.type != "cpu" or args.precision != "fp32" or args.channels_last or args.attack_passes:
         record |= {"device": str(device), "precision": args.precision, "channels_last": args.channels_last,
                    "repeats": args.repeats, "warmup": args.warmup}  # fmt: skip

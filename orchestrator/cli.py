@@ -1,9 +1,11 @@
 """`orchestrate`: submit grid files to Slurm (or this machine), follow them, and turn run directories into tables.
 
     orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--only-missing] [--results DIR]
-    orchestrate status [EXPERIMENT|GRID.yaml]
+                       [--bench BENCH_CSV|EXPERIMENT] [--strict]
+    orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT]
+    orchestrate logs [EXPERIMENT/]RUN_ID [--rank N] [--attempt K] [-f]
     orchestrate collect EXPERIMENT
-    orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]]
+    orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
     orchestrate cancel EXPERIMENT
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import launch, progress
+from orchestrator import launch, manifest, progress
 from orchestrator import status as cell_status
 from orchestrator.errors import UserError
 from orchestrator.plan import Plan
@@ -66,7 +68,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(launch.dry_run(args.grid, root, args.executor, args.only_missing))
         return 0
-    result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll, bar=sys.stderr.isatty())
+    bench = _bench_path(args.bench, root)
+    result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll,
+                           bar=sys.stderr.isatty(), bench=bench, strict=args.strict)  # fmt: skip
     n = len(result.job_ids)
     say = result.local.write if result.local else print
     say(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
@@ -107,6 +111,18 @@ def _plan_cells(plans: Iterable[Plan]) -> dict[Path, list[str]]:
     return {exp_dir: sorted(ids) for exp_dir, ids in cells.items()}
 
 
+def _bench_path(value: str | None, root: Path) -> Path | None:
+    """--bench: a bench.csv file, an experiment folder, or an experiment name under the results root."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists() and (root / value).is_dir():
+        path = root / value
+    if not path.exists():
+        raise UserError(f"--bench: {value!r} is neither a bench.csv file nor an experiment under {root}")
+    return path
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     root = launch.results_root(args.results)
     if args.target is None:
@@ -118,11 +134,46 @@ def cmd_status(args: argparse.Namespace) -> int:
         targets = dict(_grid_experiments(args.target, root))
     else:
         targets = {experiment_dir(args.target, root): None}
+    if args.watch is not None:
+        if args.watch <= 0:
+            raise UserError(f"--watch: expected a positive number of seconds; got {args.watch:g}")
+        progress.watch(targets, args.watch, bench=_bench_path(args.bench, root))
+        return 0
     for exp_dir, ids in targets.items():
         if len(targets) > 1:
             print(f"== {exp_dir.name}")
         print(cell_status.format_table(cell_status.poll(exp_dir, ids)))
     return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from orchestrator import logs
+
+    exp_dir, run_id = logs.find_cell(launch.results_root(args.results), args.cell)
+    _check_rank(exp_dir, run_id, args.rank)
+    found = logs.cell_logs(exp_dir, run_id, rank=args.rank, attempt=args.attempt)
+
+    def ended() -> bool:  # an older attempt has ended: a newer submission replaced it
+        if found.attempt < found.attempts:
+            return True
+        (cell,) = cell_status.poll(exp_dir, [run_id])
+        return cell.state not in ("running", "pending")
+
+    if args.follow and not ended():
+        print(f"# {logs.describe(found)}; following until it ends (Ctrl-C stops)", file=sys.stderr)
+        logs.follow(found, ended)
+    else:
+        logs.show(found)
+    return 0
+
+
+def _check_rank(exp_dir: Path, run_id: str, rank: int) -> None:
+    """--rank within the cell's world size (read from its spec.json when there is one)."""
+    spec = manifest.run_dir(exp_dir, run_id) / layout.SPEC
+    shape = layout.read_json(spec).get("shape", {}) if spec.exists() else {}
+    world = int(shape.get("nodes", 1)) * int(shape.get("gpus_per_node", 1))
+    if rank < 0 or (shape and rank >= world):
+        raise UserError(f"--rank {rank}: {exp_dir.name}/{run_id} has ranks 0-{world - 1}")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -149,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
     _collect_first(exp_dir)
-    print(build_report(exp_dir, baseline=args.baseline))
+    print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
     return 0
 
 
@@ -194,12 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "slurm"), help="override the grid's executor")
     p.add_argument("--wait", action="store_true", help="wait for every cell; exit 1 if any failed")
     p.add_argument("--only-missing", action="store_true", help="(re)submit failed, cancelled and missing cells only")
+    p.add_argument(
+        "--bench",
+        metavar="BENCH_CSV|EXPERIMENT",
+        help="bench data for the time guard (default: the experiment's own bench.csv, if any)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) when a cell's predicted time exceeds timeout_min x (max_requeues + 1)",
+    )
     p.add_argument("--poll", type=float, default=float(os.environ.get("FASTROBUST_POLL_S", 10)), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[common], help="one table of cells: state, job id, attempts, epoch")
     p.add_argument("target", nargs="?", metavar="EXPERIMENT|GRID.yaml")
+    p.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 10) with loss, accuracies and ETA, until no cell is "
+                   "running or pending")  # fmt: skip
+    p.add_argument(
+        "--bench",
+        metavar="BENCH_CSV|EXPERIMENT",
+        help="--watch: bench data for the ETA of cells without a finished epoch",
+    )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", parents=[common], help="a cell's job output: stdout, then stderr")
+    p.add_argument("cell", metavar="[EXPERIMENT/]RUN_ID")
+    p.add_argument("--rank", type=int, default=0, metavar="N", help="the task (rank) whose output to show (default 0)")
+    p.add_argument("--attempt", type=int, metavar="K", help="the K-th submission of the cell (default: the latest)")
+    p.add_argument("-f", "--follow", action="store_true", help="follow the output until the job ends")
+    p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("collect", parents=[common], help="run directories -> runs.csv, epochs.csv, ...")
     p.add_argument("experiment", metavar="EXPERIMENT")
@@ -208,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="collect, then tables and figures under results/<exp>/report/")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
+    p.add_argument("--target-adv-acc", metavar="ACC", help="time-to-target table's target: 0.6 or 60%% (default: "
+                   "95%% of the best validation robust accuracy any run of the dataset reached)")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("estimate", parents=[common], help="predicted wall-clock per cell from bench data")

@@ -36,6 +36,7 @@ RUN_COLUMNS = (
     # extras
     "batch_per_rank", "precision", "seed", "train_subset", "val_subset", "last_epoch", "best_clean_acc",
     "best_metric", "attempts", "eval_every", "eval_steps", "eval_restarts", "eval_batch_size",
+    "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.guard): empty when it was off
 )  # fmt: skip
 
 
@@ -59,6 +60,13 @@ def _best_row(rows: list[dict[str, str]], metric: str) -> dict[str, str] | None:
     return best
 
 
+def _co_flag(rows: list[dict[str, str]]) -> tuple[bool | None, str | None]:
+    """(flagged, first flagged epoch) from epochs.csv's co_flag column; (None, None) when the guard was off."""
+    measured = [r for r in rows if r.get("co_flag") not in (None, "")]
+    flagged = [r["epoch"] for r in measured if r["co_flag"] == "1"]
+    return (bool(flagged), flagged[0] if flagged else None) if measured else (None, None)
+
+
 def run_row(
     spec: RunSpec, status: cell_status.CellStatus, rows: list[dict[str, str]], env: dict[str, Any]
 ) -> dict[str, Any]:
@@ -66,6 +74,7 @@ def run_row(
     metric = method_info(spec.method).best_metric  # Table I's "best epoch", as the trainer chose it
     best = _best_row(rows, metric)
     last = rows[-1] if rows else {}
+    co_flag, co_epoch = _co_flag(rows)
     train = spec.kind == "train"  # the training settings mean nothing for other kinds (module docstring)
     return {
         "run_id": spec.run_id,
@@ -105,6 +114,8 @@ def run_row(
         "eval_steps": spec.eval.steps if train else None,
         "eval_restarts": spec.eval.restarts if train else None,
         "eval_batch_size": (spec.eval.batch_size or spec.batch_per_rank) if train else None,  # per rank, as train
+        "co_flag": co_flag,
+        "co_epoch": co_epoch,
     }
 
 

@@ -10,7 +10,10 @@ distort each other's timings), so everything before a document has ended when it
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -20,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import manifest, status, submitit_compat
+from orchestrator import manifest, status, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
-from orchestrator.plan import Plan, decide
+from orchestrator.plan import LaunchError, Plan, decide, replan
 from orchestrator.profiles import executor_kwargs, slurm_parameters
 from orchestrator.progress import LocalProgress
 from workloads import layout
 from workloads.spec import RunSpec
 
+DRY_RUN_IDS = 10  # run_ids named in a --dry-run array header (a 10^4-cell array is a summary, not a 250 kB line)
 WAITING_KINDS = ("evaluate", "visualize")  # kinds that read what earlier documents produced
 # Variables a job's environment holds that must not reach a job it submits: Slurm's per-job output variables
 # (sbatch/srun would apply the parent's allocation) and the torch.distributed rendezvous of the parent.
@@ -80,6 +85,8 @@ def clean_submission_env() -> Iterator[None]:
 def array_parameters(grid: Grid, array_name: str, cells: list[RunSpec]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(update_parameters kwargs, AutoExecutor constructor kwargs) of one array; its cells share resources."""
     params = {"name": f"{grid.name}.{array_name}", **slurm_parameters(grid.profile, cells[0])}
+    if cells[0].resources.array_parallelism is not None:  # the %N of --array (submitit's default: min(n, 256))
+        params["slurm_array_parallelism"] = cells[0].resources.array_parallelism
     return params, executor_kwargs(cells[0])
 
 
@@ -116,6 +123,30 @@ def _dependency_ids(plans: list[Plan], upto: int, submitted: dict[str, str]) -> 
     return sorted(ids, key=int)
 
 
+class Rejected(Exception):
+    """sbatch refused an array; the message is sbatch's own (its stderr, on one line)."""
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (`scontrol show config`); None when scontrol is missing or does not answer.
+    Array indices run 0..MaxArraySize-1, so an array holds at most MaxArraySize cells."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+    return int(match.group(1)) if out.returncode == 0 and match else None
+
+
+def split(cells: list[RunSpec], limit: int | None) -> list[list[RunSpec]]:
+    """Cells in arrays of at most `limit` (None: one array)."""
+    if not limit or len(cells) <= limit:
+        return [cells]
+    return [cells[i : i + limit] for i in range(0, len(cells), limit)]
+
+
 def _submit_array(
     p: Plan,
     array_name: str,
@@ -129,16 +160,42 @@ def _submit_array(
         params["slurm_dependency"] = "afterany:" + ":".join(dependency)
     for cell in cells:  # the job reads it: written before the job can possibly start
         layout.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / layout.SPEC, cell.to_dict())
-    with clean_submission_env():
-        executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
-        with executor.batch():
-            jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / layout.SPEC)) for c in cells]
+    said = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep it for the one-line error
+    try:
+        with clean_submission_env(), contextlib.redirect_stderr(said):
+            executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
+            with executor.batch():
+                jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / layout.SPEC)) for c in cells]
+    except (FailedJobError, FailedSubmissionError) as exc:
+        raise Rejected("; ".join(str(exc).strip().splitlines()) or " ".join(said.getvalue().split())) from None
     ids = {c.run_id: str(j.job_id) for c, j in zip(cells, jobs, strict=True)}
     array = str(jobs[0].job_id).split("_")[0]
     for run_id, job_id in ids.items():
         manifest.record(entries, run_id, job_id, array, p.grid.executor, p.grid.kind, p.grid.document)
     manifest.save(p.exp_dir, entries)
     return ids
+
+
+def _rejection(p: Plan, label: str, cells: list[RunSpec], message: str, before: int) -> LaunchError:
+    kept = (
+        f"the {before} cell(s) submitted before it are in the manifest: fix the grid or profile, then rerun with "
+        "--only-missing"
+        if before
+        else "nothing was submitted"
+    )
+    return LaunchError(
+        f"sbatch rejected {p.grid.name} [{p.grid.kind}] array {label} ({len(cells)} cell(s), "
+        f"{cells[0].run_id}...): {message}; {kept}"
+    )
+
+
+def _guard(plans: list[Plan], bench: Path | None, strict: bool, log: Callable[[str], None]) -> None:
+    """Cells predicted to outlast timeout_min x (max_requeues + 1): a warning each; --strict refuses them all."""
+    late = time_guard.over_budget(((p.exp_dir, c) for p in plans for c in p.submit), bench)
+    if late and strict:
+        raise LaunchError([f"{o.line()} (--strict: nothing submitted)" for o in late])
+    for o in late:
+        log(f"warning: {o.line()}")
 
 
 def submit(
@@ -150,13 +207,19 @@ def submit(
     poll_s: float = 5.0,
     job: Callable[[str], Any] | None = None,
     bar: bool = False,
+    bench: Path | None = None,
+    strict: bool = False,
 ) -> SubmitResult:
     """Validate, plan and submit every document of a grid file (raises GridError / LaunchError untouched).
 
-    Slurm: one array per resource shape, submitted at once; evaluate/visualize documents depend on the earlier
-    documents' jobs (afterany). Local executor: one cell at a time (cells sharing one machine would distort each
-    other's timings), so this call returns when the last cell has started; result.local shows them as they run
-    (a tqdm bar on stderr when `bar`, else plain lines through `log`) and waits for the last one.
+    Slurm: one array per resource shape, split into arrays of at most the cluster's MaxArraySize cells (asked
+    once per call), submitted at once; evaluate/visualize documents depend on the earlier documents' jobs
+    (afterany). An array sbatch rejects raises LaunchError naming it and quoting sbatch; the arrays submitted
+    before it stay in the manifest. Local executor: one cell at a time (cells sharing one machine would distort
+    each other's timings), so this call returns when the last cell has started; result.local shows them as they
+    run (a tqdm bar on stderr when `bar`, else plain lines through `log`) and waits for the last one.
+    Before anything is submitted, train cells predicted (from `bench`, else the experiment's bench.csv) to
+    outlast timeout_min x (max_requeues + 1) are warned about, or refused when `strict` (orchestrator.time_guard).
     `job` is what each cell runs, called with the path of its spec.json in every task (default: CellJob(), the
     real workload; tests pass a trivial one). It must be importable by the job's Python (pickled by reference).
     """
@@ -164,11 +227,13 @@ def submit(
     t0 = time.perf_counter()
     grids = load_grids(grid_path, executor)
     plans = decide(grids, root, only_missing)
+    _guard(plans, bench, strict, log)
     result = SubmitResult(plans)
     n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
     if n_local:
         result.local = LocalProgress(n_local, log, bar)
         log = result.local.write
+    limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):
             log(f"skip {p.grid.name}/{run_id}: {why}")
@@ -178,20 +243,26 @@ def submit(
         if p.grid.kind in WAITING_KINDS and p.grid.executor == "slurm":
             dependency = _dependency_ids(plans, i, result.job_ids)
         with manifest.locked(p.exp_dir):
+            if not replan(p, only_missing).submit:  # under the lock: a concurrent submission may have taken them
+                continue
             entries = manifest.load(p.exp_dir)
             for array_name, cells in p.arrays():
                 # local: one cell per "array", each started once the previous one has ended
-                groups = [cells] if p.grid.executor == "slurm" else [[c] for c in cells]
-                for group in groups:
+                groups = split(cells, limit) if p.grid.executor == "slurm" else [[c] for c in cells]
+                for k, group in enumerate(groups, start=1):
+                    label = f"{array_name} (part {k} of {len(groups)})" if len(groups) > 1 else array_name
                     if result.local is not None and p.grid.executor == "local":
                         result.local.wait()  # the previous local cell
-                    ids = _submit_array(p, array_name, group, dependency, entries, job)
+                    try:
+                        ids = _submit_array(p, array_name, group, dependency, entries, job)
+                    except Rejected as exc:
+                        raise _rejection(p, label, group, str(exc), len(result.job_ids)) from None
                     result.job_ids.update({f"{p.grid.name}/{r}": j for r, j in ids.items()})
                     first = next(iter(ids.values())).split("_")[0]
                     after = f" after {','.join(dependency)}" if dependency else ""
                     what = ", ".join(ids) if p.grid.executor == "local" else f"{len(group)} cell(s)"
                     result.arrays.append(
-                        f"{p.grid.name} [{p.grid.kind}] {array_name}: {what} as {p.grid.executor} job {first}{after}"
+                        f"{p.grid.name} [{p.grid.kind}] {label}: {what} as {p.grid.executor} job {first}{after}"
                     )
                     log(f"submitted {result.arrays[-1]}")
                     if result.local is not None and p.grid.executor == "local":
@@ -203,13 +274,15 @@ def submit(
 def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only_missing: bool = False) -> str:
     """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
     plans = decide(load_grids(grid_path, executor), root, only_missing)
+    limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     out: list[str] = []
     for i, p in enumerate(plans):
         for array_name, cells in p.arrays():
             params, ctor = array_parameters(p.grid, array_name, cells)
             head = (
                 f"# === {p.grid.name} document {p.grid.document} ({p.grid.kind}), array {array_name}: "
-                f"{len(cells)} cell(s): {', '.join(c.run_id for c in cells)}"
+                f"{len(cells)} cell(s): {', '.join(c.run_id for c in cells[:DRY_RUN_IDS])}"
+                + (f", ... and {len(cells) - DRY_RUN_IDS} more" if len(cells) > DRY_RUN_IDS else "")
             )
             if p.grid.executor == "local":
                 tasks = params["tasks_per_node"]
@@ -221,7 +294,10 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                 continue
             if p.grid.kind in WAITING_KINDS and i > 0:
                 params["slurm_dependency"] = f"afterany:<job ids of documents 1-{i}>"
-            out += [head, sbatch_script(submitit_folder(p.exp_dir), params, ctor, len(cells))]
+            parts = split(cells, limit)  # as submit splits them at the cluster's MaxArraySize
+            if len(parts) > 1:
+                head += f" (submitted as {len(parts)} arrays of at most {limit}: MaxArraySize)"
+            out += [head, *(sbatch_script(submitit_folder(p.exp_dir), params, ctor, len(part)) for part in parts)]
     for p in plans:
         out += [f"# skip {p.grid.name}/{r}: {why}" for r, why in sorted(p.skipped.items())]
     return "\n".join(out).rstrip("\n") + "\n" if out else "# nothing to submit\n"

@@ -52,7 +52,9 @@ def find_cell(root: Path, ref: str) -> tuple[Path, str]:
         exp_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     hits = [d for d in exp_dirs if run_id in manifest.load(d) or layout.run_dir(root, d.name, run_id).is_dir()]
     if not hits:
-        raise LogsError(f"{ref}: no such cell under {root} (see `orchestrate status EXPERIMENT`)")
+        raise LogsError(
+            f"{ref}: no such cell under {root}: never submitted, so there is no log (see `orchestrate status`)"
+        )
     if len(hits) > 1:
         names = ", ".join(f"{d.name}/{run_id}" for d in hits)
         raise LogsError(f"{ref}: run_id is in several experiments; name one of {names}")
@@ -77,8 +79,9 @@ def _existing(logs: CellLogs) -> list[Path]:
     return [p for p in (logs.stdout, logs.stderr) if p.exists()]
 
 
-def show(logs: CellLogs, out: TextIO = sys.stdout) -> None:
+def show(logs: CellLogs, out: TextIO | None = None) -> None:
     """Print stdout then stderr, each under a `==> path <==` header (as `tail` does for several files)."""
+    out = out or sys.stdout  # looked up at call time (a caller may have redirected it)
     paths = _existing(logs)
     if not paths:
         raise LogsError(
@@ -94,13 +97,14 @@ def show(logs: CellLogs, out: TextIO = sys.stdout) -> None:
 def follow(
     logs: CellLogs,
     ended: Callable[[], bool],
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     poll_s: float = 0.5,
     settle_s: float = 2.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Print both files as they grow (pending cells: wait for them) until `ended()` is true and nothing new
     arrived for `settle_s` (the last lines of a finished job are flushed after its result is written)."""
+    out = out or sys.stdout
     offsets: dict[Path, int] = {}
     current: Path | None = None
     quiet_since = clock()

@@ -1,6 +1,8 @@
 """What a submission would do, per cell, before anything is submitted (`orchestrate submit`, also --dry-run).
 
-Rules, checked for every cell of every document of a grid file:
+`decide` plans without a lock (a refusal is quick and takes nothing); `replan` checks a document's cells again
+under the experiment's lock, right before they are submitted, so two submissions of one grid never both submit a
+cell. Rules, checked for every cell of every document of a grid file:
 - finished cells are skipped; when the recorded spec.json differs from the grid in a setting the cell's kind
   reads (workloads.spec.kind_settings), the skip note names those settings;
 - running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
@@ -50,14 +52,25 @@ class Plan:
         return [(name, cells) for name, cells in chosen if cells]
 
 
+def under_root(path: Path, root: Path, what: str) -> Path:
+    """`path` itself when it resolves (symbolic links followed) inside the results root; a job reads and writes
+    nothing outside it (an explicit checkpoint path is the one exception: read-only, see workloads.checkpoint)."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise LaunchError(f"{what} {path} resolves to {path.resolve()}, outside the results root {root.resolve()}")
+    return path
+
+
 def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
-    """The cell with its source runs as absolute run directories (a value the grid sets itself is kept)."""
+    """The cell with its source runs as absolute run directories under the results root (grid files cannot set
+    them: orchestrator.grid_document.SET_AT_SUBMIT)."""
+    where = f"{cell.experiment}/{cell.run_id}: source run"
     if cell.kind == "evaluate" and cell.evaluate.source_run and not cell.evaluate.source_dir:
         source = layout.run_dir(root, cell.evaluate.source_experiment or cell.experiment, cell.evaluate.source_run)
+        under_root(source, root, where)
         return dataclasses.replace(cell, evaluate=dataclasses.replace(cell.evaluate, source_dir=str(source)))
     if cell.kind == "visualize" and cell.visualize.source_runs and not cell.visualize.source_dirs:
         experiment = cell.visualize.source_experiment or cell.experiment
-        dirs = [str(layout.run_dir(root, experiment, r)) for r in cell.visualize.source_runs]
+        dirs = [str(under_root(layout.run_dir(root, experiment, r), root, where)) for r in cell.visualize.source_runs]
         return dataclasses.replace(cell, visualize=dataclasses.replace(cell.visualize, source_dirs=dirs))
     return cell
 
@@ -71,14 +84,20 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def spec_differences(cell: RunSpec, spec_path: Path) -> list[str]:
-    """Dotted settings the cell's kind reads whose value in the recorded spec.json differs from the grid's
-    (a setting the file lacks differs: the run was made before it existed); empty when there is no file."""
+    """Dotted settings the cell's kind reads whose value in the recorded spec.json differs from the grid's;
+    empty when there is no file. A setting the file lacks was added after the run was made, and every new
+    setting's default keeps the old behaviour, so it is compared as its default."""
     if not spec_path.exists():
         return []
+    defaults = _flat(kind_settings(cell.kind, RunSpec().to_dict()))
     recorded = _flat(kind_settings(cell.kind, layout.read_json(spec_path)))
     wanted = _flat(kind_settings(cell.kind, cell.to_dict()))
     keys = list(wanted) + [k for k in recorded if k not in wanted]  # RunSpec order, then settings gone since
-    return [k for k in keys if k not in RESOLVED_AT_SUBMIT and wanted.get(k, _ABSENT) != recorded.get(k, _ABSENT)]
+    return [
+        k
+        for k in keys
+        if k not in RESOLVED_AT_SUBMIT and wanted.get(k, _ABSENT) != recorded.get(k, defaults.get(k, _ABSENT))
+    ]
 
 
 def _finished_note(cell: RunSpec, exp_dir: Path) -> str:
@@ -88,6 +107,32 @@ def _finished_note(cell: RunSpec, exp_dir: Path) -> str:
     return (
         f"finished (its spec.json differs from the grid in {', '.join(differ)}: delete the run directory to rerun it)"
     )
+
+
+def replan(p: Plan, only_missing: bool) -> Plan:
+    """`p` again, under the experiment's lock (manifest.locked), just before its cells are submitted: a cell that
+    another submission submitted since `decide` (two `orchestrate submit` of one grid at once) is not submitted
+    twice. Without --only-missing that refuses the submission, naming what the other one submitted; with it, those
+    cells are skipped. Updates and returns `p`."""
+    entries = manifest.load(p.exp_dir)
+    now = {s.run_id: s for s in status.poll(p.exp_dir, {c.run_id for c in p.submit})}
+    taken = [c for c in p.submit if now[c.run_id].state in ("finished", "running", "pending", "unknown")]
+    if not taken:
+        return p
+    what = [
+        f"{p.grid.name}/{c.run_id} ({now[c.run_id].state}, job {entries[c.run_id].job_id})"
+        for c in taken
+        if c.run_id in entries
+    ] or [f"{p.grid.name}/{c.run_id} ({now[c.run_id].state})" for c in taken]
+    if not only_missing:
+        raise LaunchError(
+            f"another submission submitted {len(taken)} of these cell(s) meanwhile: {', '.join(what)}; "
+            "not submitted twice (see orchestrate status)"
+        )
+    for c in taken:
+        p.skipped[c.run_id] = f"{now[c.run_id].state} (submitted meanwhile by another submission)"
+    p.submit = [c for c in p.submit if c not in taken]
+    return p
 
 
 def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
@@ -111,6 +156,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
             elif st in ("failed", "cancelled") and not only_missing:
                 retry.append(f"{where} ({st})")
             else:
+                under_root(manifest.run_dir(p.exp_dir, cell.run_id), root, f"{where}: run directory")
                 p.submit.append(resolve_sources(cell, root))
     problems = []
     if active and not only_missing:

@@ -8,7 +8,8 @@ Format, per kind:
     visualize  vis-{visualize.source_runs joined by _}
 
 followed by `-{key}{value}` for every other setting that differs between the document's cells, in RunSpec
-order (key = the setting's last name, e.g. -eps0.5; its dotted path with _ where two such names clash;
+order (key = the setting's last name, e.g. -eps0.5; its dotted path with _ where two such names clash
+or where the last name is also a top-level setting, e.g. -attack_precisionbf16 beside -precisionfp16;
 numbers in %g form, booleans as true/false), then characters outside [A-Za-z0-9_.-] replaced by _.
 
 The rules live here so that a new kind or a new id field is one entry in ID_FIELDS (and one prefix below).
@@ -16,6 +17,7 @@ The rules live here so that a new kind or a new id field is one entry in ID_FIEL
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -39,7 +41,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             flat.update(_flatten(value, path))
         else:
-            flat[path] = tuple(value) if isinstance(value, list) else value
+            # a list of mappings (method_schedule) becomes a tuple of their values: hashable, formats as a_b_c
+            flat[path] = (
+                tuple(tuple(v.values()) if isinstance(v, dict) else v for v in value)
+                if isinstance(value, list)
+                else value
+            )
     return flat
 
 
@@ -60,7 +67,11 @@ def derive_run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
     skip = set(ID_FIELDS[kind]) | set(SAME_IN_A_DOCUMENT)
     varying = [k for k in flats[0] if k not in skip and len({f[k] for f in flats}) > 1] if flats else []
     leaves = [k.rsplit(".", 1)[-1] for k in varying]
-    labels = [k.replace(".", "_") if leaves.count(leaf) > 1 else leaf for k, leaf in zip(varying, leaves, strict=True)]
+    top = {f.name for f in dataclasses.fields(RunSpec)}
+    labels = [
+        k.replace(".", "_") if leaves.count(leaf) > 1 or (leaf != k and leaf in top) else leaf
+        for k, leaf in zip(varying, leaves, strict=True)
+    ]
     ids = []
     for spec, flat in zip(specs, flats, strict=True):
         shape = f"n{spec.shape.nodes}g{spec.shape.gpus_per_node}"

@@ -1,6 +1,13 @@
 """What the scheduler says about job ids: ONE batched `sacct` call per poll (`squeue` when accounting is off),
 or, for the local executor, whether the controller's pid is alive. orchestrator.status turns these records and
 the run directories into cell states.
+
+States mean what Slurm means. sacct reports the attempt that ended: NODE_FAIL, PREEMPTED, BOOT_FAIL, a FAILED or
+TIMEOUT whose job submitit requeued, are not the end of a job Slurm requeues (JobRequeue=1, `--requeue`): the
+same job id is then queued again. So a record in one of those states (MAYBE_REQUEUED) is checked against the
+queue: a job squeue still lists is pending/running (its record keeps `ended_attempt`); only a job that has left
+the queue ended for good. That second call happens only when such a record exists (a poll of running or
+finished cells stays one call).
 """
 
 from __future__ import annotations
@@ -8,7 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +23,9 @@ PENDING_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"
 RUNNING_STATES = frozenset(
     {"RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESIZING", "ALIVE"}
 )
+# Final unless the job is still queued (a requeue keeps the job id): COMPLETED and CANCELLED are never requeued
+# by Slurm itself, every other ended state may be.
+FINAL_STATES = frozenset({"COMPLETED", "CANCELLED"})
 SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES")
 
 
@@ -27,6 +37,12 @@ class JobRecord:
     elapsed: str = ""
     nodes: str = ""
     tres: str = ""
+    ended_attempt: str = ""  # sacct's state of an attempt that ended while the job itself is queued again
+
+
+def maybe_requeued(state: str) -> bool:
+    """An ended state that Slurm (or submitit) may have followed with a requeue of the same job id."""
+    return state not in PENDING_STATES and state not in RUNNING_STATES and state not in FINAL_STATES
 
 
 def _expand_job_ids(text: str) -> list[str]:
@@ -84,13 +100,38 @@ def query_slurm(job_ids: Iterable[str]) -> dict[str, JobRecord]:
         cmd = ["sacct", "-X", "-n", "-P", "-j", ",".join(bases), "-o", ",".join(SACCT_FIELDS)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if out.returncode == 0:
-            return parse_sacct(out.stdout)
-    if shutil.which("squeue"):  # accounting off: only queued/running jobs are known
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N"], capture_output=True, text=True, timeout=60)
-        if out.returncode == 0:
-            known = parse_squeue(out.stdout)
-            return {j: known.get(j, JobRecord("ENDED")) for j in job_ids}
-    raise SchedulerUnavailable("neither sacct nor squeue answered")
+            return requeued_view(parse_sacct(out.stdout), _squeue)
+    known = _squeue()  # accounting off: only queued/running jobs are known
+    if known is None:
+        raise SchedulerUnavailable("neither sacct nor squeue answered")
+    return {j: known.get(j, JobRecord("ENDED")) for j in job_ids}
+
+
+def _squeue() -> dict[str, JobRecord] | None:
+    """Every queued or running job (array tasks one by one); None when squeue does not answer."""
+    if not shutil.which("squeue"):
+        return None
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%N"], capture_output=True, text=True, timeout=60)
+    return parse_squeue(out.stdout) if out.returncode == 0 else None
+
+
+def requeued_view(
+    records: dict[str, JobRecord], queue: Callable[[], dict[str, JobRecord] | None]
+) -> dict[str, JobRecord]:
+    """sacct's records, with each MAYBE_REQUEUED one that `queue()` (squeue) still lists replaced by the queue's
+    state: the job will run again. `queue` is called only when such a record exists."""
+    doubtful = [j for j, r in records.items() if maybe_requeued(r.state)]
+    if not doubtful:
+        return records
+    queued = queue()
+    if queued is None:  # no answer: sacct's word stands
+        return records
+    out = dict(records)
+    for job_id in doubtful:
+        q = queued.get(job_id)
+        if q is not None and (q.state in PENDING_STATES or q.state in RUNNING_STATES):
+            out[job_id] = JobRecord(q.state, q.elapsed, q.nodes, records[job_id].tres, records[job_id].state)
+    return out
 
 
 def _local_alive(pid: str) -> bool:

@@ -42,11 +42,11 @@ ARRAY_PARAMETER = "map_count"  # a keyword of submitit.slurm.slurm._make_sbatch_
 def slurm_without_srun() -> Iterator[None]:
     """SlurmExecutor refuses to exist where srun is missing; a dry run must print the script on any machine."""
     saved = SlurmExecutor.__dict__["affinity"]
-    SlurmExecutor.affinity = classmethod(lambda cls: 2)  # type: ignore[assignment,method-assign]
+    SlurmExecutor.affinity = classmethod(lambda cls: 2)  # type: ignore[assignment,method-assign]  # the patch itself
     try:
         yield
     finally:
-        SlurmExecutor.affinity = saved  # type: ignore[method-assign]
+        SlurmExecutor.affinity = saved  # type: ignore[method-assign]  # undoing the patch
 
 
 def slurm_executor(executor: submitit.AutoExecutor) -> SlurmExecutor:
@@ -86,7 +86,7 @@ def _requeue_ignoring_sigterm(self: SlurmJobEnvironment, countdown: int) -> None
 
 def install_requeue_fix() -> None:
     """Replace SlurmJobEnvironment._requeue in this process (idempotent)."""
-    SlurmJobEnvironment._requeue = _requeue_ignoring_sigterm  # type: ignore[method-assign]
+    SlurmJobEnvironment._requeue = _requeue_ignoring_sigterm  # type: ignore[method-assign]  # the patch itself
 
 
 def missing_private_names() -> list[str]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything fastrobust needs on a fresh Debian 12 machine (idempotent; root for apt):
 # Slurm + munge + MariaDB (the local test cluster), the Fashion-MNIST files, and a venv in .venv
-# with the project and its test extras.
+# with the project and its test extras at the versions of constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server dataset-fashion-mnist)
@@ -16,9 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 if ! .venv/bin/python -c "import workloads, orchestrator, torch, torchvision, submitit, pytest" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "[setup] pip install -e .[test] (torch 2.14.1 + torchvision 0.29.1: ~1.5 min on a fresh machine)"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+   || [ pyproject.toml -nt .venv/.installed ] || [ constraints.txt -nt .venv/.installed ]; then
+  # pyproject.toml declares compatible ranges; constraints.txt pins the exact versions this set-up and CI use
+  echo "[setup] pip install -c constraints.txt -e .[test] (torch 2.14.1 + torchvision 0.29.1: ~1.5 min on a fresh machine)"
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import workloads, orchestrator, torch, torchvision, submitit, pytest"
   touch .venv/.installed
 fi

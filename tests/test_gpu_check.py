@@ -36,7 +36,7 @@ def test_without_cuda_one_line_and_exit_0(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_cpu_run_writes_every_result(tmp_path: Path) -> None:
     out = tmp_path / "gpu"
-    done = run_script(str(out), "--quick", "--device", "cpu", timeout=300)
+    done = run_script(str(out), "--quick", "--device", "cpu", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     missing = [name for name in OUTPUTS if not (out / name).exists()]
     assert not missing, missing
@@ -73,3 +73,16 @@ def test_missing_modules_import_from_carried_wheels(tmp_path: Path, monkeypatch:
     assert gpu_check_probe.VALUE == 42
     assert os.environ["PYTHONPATH"] == os.pathsep.join([added, "elsewhere"])
     sys.modules.pop("gpu_check_probe")
+
+
+def test_a_failing_stage_is_recorded_and_the_others_run(tmp_path: Path) -> None:
+    """A CIFAR root that does not exist: train_epoch fails (one line in stages.json), env still runs, exit 1."""
+    out = tmp_path / "gpu"
+    done = run_script(str(out), "--quick", "--device", "cpu", "--only", "train_epoch,env", "--cifar-root",
+                      str(tmp_path / "no-cifar"), timeout=180)  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    stages = {s["stage"]: s for s in json.loads((out / "stages.json").read_text())}
+    assert list(stages) == ["env", "train_epoch"]
+    assert stages["env"]["status"] == "ok" and stages["train_epoch"]["status"] == "failed"
+    assert "no-cifar" in stages["train_epoch"]["error"]
+    assert "train_epoch | failed" in (out / "summary.md").read_text()

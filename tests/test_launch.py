@@ -166,9 +166,16 @@ def test_finished_cell_names_the_settings_its_spec_differs_in(tmp_path: Path, re
     (decided,) = plan.decide(load_grids(grid), results, only_missing=False)
     assert decided.skipped == {cell.run_id: "finished"}
     recorded["epochs"], recorded["optimizer"] = 99, {**recorded["optimizer"], "lr": 9.0}
-    del recorded["precision"]  # written before the setting existed: it differs too
+    del recorded["precision"]  # written before the setting existed: the run had its default (fp32), as the grid
     layout.write_json_atomic(run_dir / layout.SPEC, recorded)
     (decided,) = plan.decide(load_grids(grid), results, only_missing=False)
+    assert decided.skipped[cell.run_id] == (
+        "finished (its spec.json differs from the grid in epochs, optimizer.lr: delete the run directory to rerun it)"
+    )
+    grid.write_text(
+        LOCAL_GRID.replace("tinylocal", "differs").replace("  epochs: 1\n", "  epochs: 1\n  precision: bf16\n")
+    )
+    (decided,) = plan.decide(load_grids(grid), results, only_missing=False)  # the file lacks it; the grid wants bf16
     assert decided.skipped[cell.run_id] == (
         "finished (its spec.json differs from the grid in epochs, precision, optimizer.lr: "
         "delete the run directory to rerun it)"

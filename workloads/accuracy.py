@@ -108,7 +108,7 @@ def dataset_accuracy(
 ) -> tuple[float, float, int]:
     """(clean acc, adversarial acc, n) on the whole dataset (training validation): rank r takes examples r, r+W,
     ... (no padding, so the all-reduced counts are exact). Eval mode; restores train mode. Uses no global RNG."""
-    shard = range(dist.rank, len(dataset), dist.world_size)  # type: ignore[arg-type]
+    shard = range(dist.rank, len(dataset), dist.world_size)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
     loader = DataLoader(dataset, batch_size, sampler=shard, generator=torch.Generator(), **loader_kwargs(dist))
     was_training = model.training
     model.eval()

@@ -72,23 +72,33 @@ def sample_ball(
     return (direction * _per_example(radius, direction)).to(device=device, dtype=dtype)
 
 
-def _clamp_to_box(delta: Tensor, x: Tensor) -> Tensor:
+def clamp_to_box(delta: Tensor, x: Tensor) -> Tensor:
     """Clamp so that x + delta stays in [0, 1] (Algorithm 1, line 8). Only shrinks |delta_i|: norms never grow."""
     return torch.maximum(torch.minimum(delta, 1 - x), -x)
 
 
-def _step(delta: Tensor, grad: Tensor, x: Tensor, norm: str, eps: float, alpha: float) -> Tensor:
-    """One ascent step along `grad`, projection onto the eps-ball, then into the [0, 1] box."""
+def ascend(delta: Tensor, grad: Tensor, norm: str, alpha: float) -> Tensor:
+    """delta + alpha * (L2: grad / ||grad||_2 per example, zero gradient: no move; Linf: sign(grad))."""
     if norm == "l2":
         g_norm = _l2_norms(grad)
-        g_norm = torch.where(g_norm > 0, g_norm, torch.ones_like(g_norm))  # zero gradient: no move
-        delta = delta + (alpha * grad.float() / _per_example(g_norm, grad)).to(delta.dtype)
-        # renorm(p=2, maxnorm=eps): scale down only the examples outside the ball.
+        g_norm = torch.where(g_norm > 0, g_norm, torch.ones_like(g_norm))
+        return delta + (alpha * grad.float() / _per_example(g_norm, grad)).to(delta.dtype)
+    return delta + alpha * grad.sign()
+
+
+def project_ball(delta: Tensor, norm: str, eps: float) -> Tensor:
+    """The eps-ball projection: L2 renorm(p=2, maxnorm=eps) scales down only the examples outside the ball;
+    Linf clamps each coordinate to [-eps, eps]."""
+    if norm == "l2":
         scale = (eps / _l2_norms(delta).clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
-        delta = delta * _per_example(scale, delta).to(delta.dtype)
-    else:
-        delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
-    return _clamp_to_box(delta, x)
+        return delta * _per_example(scale, delta).to(delta.dtype)
+    return delta.clamp(-eps, eps)
+
+
+def _step(delta: Tensor, grad: Tensor, x: Tensor, norm: str, eps: float, alpha: float, project: bool) -> Tensor:
+    """One ascent step along `grad`, projection onto the eps-ball (unless not `project`), then into the box."""
+    delta = ascend(delta, grad, norm, alpha)
+    return clamp_to_box(project_ball(delta, norm, eps) if project else delta, x)
 
 
 def _single_run(
@@ -103,16 +113,18 @@ def _single_run(
     generator: torch.Generator | None,
     targeted: bool,
     loss_fn: LossFn,
+    start_factor: float = 1.0,
+    project: bool = True,
 ) -> Tensor:
     if random_start:
-        delta = _clamp_to_box(sample_ball(x.shape, eps, norm, generator, x.device, x.dtype), x)
+        delta = clamp_to_box(sample_ball(x.shape, start_factor * eps, norm, generator, x.device, x.dtype), x)
     else:
         delta = torch.zeros_like(x)
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = loss_fn(model(x + delta), y).sum()  # summed: each example's gradient is independent of batch size
         (grad,) = torch.autograd.grad(loss, [delta])
-        delta = _step(delta.detach(), -grad if targeted else grad, x, norm, eps, alpha)
+        delta = _step(delta.detach(), -grad if targeted else grad, x, norm, eps, alpha, project)
     return delta.detach()
 
 
@@ -141,6 +153,8 @@ def pgd(
     generator: torch.Generator | None = None,
     targeted: bool = False,
     loss_fn: LossFn | None = None,
+    start_factor: float = 1.0,
+    project: bool = True,
 ) -> Tensor:
     """Projected gradient ascent on the loss; returns delta (same shape/dtype as x) with x + delta in [0, 1].
 
@@ -158,6 +172,9 @@ def pgd(
     - loss_fn(logits, y) must return per-example losses (default: cross-entropy); the gradient is that of their sum.
     - The model's train/eval mode is not changed (use `attack_mode`); parameters' .grad are never touched.
       Works under torch.no_grad() (gradients are enabled locally) and under autocast (norms in fp32).
+    - start_factor k: the random start is drawn from the k * eps ball; project=False skips the eps-ball
+      projection after each step (only the box clamp). N-FGSM (de Jorge et al. 2022) is k = 2, one step of
+      alpha = eps, no projection: ||delta|| <= k * eps + alpha.
     """
     _check_norm(norm)
     if restarts < 1:
@@ -167,13 +184,14 @@ def pgd(
         return torch.zeros_like(x)
     loss_fn = loss_fn or cross_entropy_per_example
     runs = restarts if random_start else 1
+    args = (model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn, start_factor, project)
     with torch.enable_grad():
-        best = _single_run(model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn)
+        best = _single_run(*args)
         if runs == 1:
             return best
         best_hit, best_obj = _score(model, x, y, best, targeted, loss_fn)
         for _ in range(runs - 1):
-            delta = _single_run(model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn)
+            delta = _single_run(*args)
             hit, obj = _score(model, x, y, delta, targeted, loss_fn)
             # Lexicographic (success, objective): success beats any loss; among equals, strictly higher wins.
             better = (hit & ~best_hit) | ((hit == best_hit) & (obj > best_obj))
@@ -204,6 +222,8 @@ def attack_from(
         restarts=restarts,
         generator=generator,
         loss_fn=loss_fn,
+        start_factor=attack.start_factor,
+        project=attack.project,
     )
 
 

@@ -103,6 +103,12 @@ class MethodInfo:
     alpha_per_step: bool
     label: str  # paper name in tables and figures
     order: int  # among methods with the same number of steps: lower first (tables: most steps first)
+    # How a training step uses the attack: "pgd" (attack passes on frozen weights, then one weight step) or
+    # "free" (each mini-batch replayed, one backward per replay gives the weight and the input gradient).
+    step: str = "pgd"
+    start_factor: float = 1.0  # the random start's radius / eps (attack.noise_factor overrides)
+    project: bool = True  # False: no projection back onto the eps-ball after a step (only the [0, 1] box)
+    replays: int = 1  # "free": replays m of each mini-batch (attack.replays overrides)
 
     @property
     def best_metric(self) -> str:
@@ -118,6 +124,10 @@ METHODS: dict[str, MethodInfo] = {
     "standard": MethodInfo("standard", 0, None, 0.0, False, "No PGD", 3),
     "fast": MethodInfo("fast", 1, "l2", 1.5, False, "1-Step PGD", 1),  # paper: alpha = 1.5 eps
     "fgsm_rs": MethodInfo("fgsm_rs", 1, "linf", 1.25, False, "FGSM-RS", 2),  # Wong et al.: alpha = 1.25 eps
+    # de Jorge et al. 2022: noise from the 2-eps ball, alpha = eps, no projection (x + delta only in the box)
+    "nfgsm": MethodInfo("nfgsm", 1, None, 1.0, False, "N-FGSM", 3, start_factor=2.0, project=False),
+    # Shafahi et al. 2019: m = 4 replays, delta += eps * sign(g) (L2: eps * g / ||g||) then projected
+    "free": MethodInfo("free", 1, None, 1.0, False, "Free AT", 4, step="free", replays=4),
 }
 _PGD_RE = re.compile(r"^pgd([1-9][0-9]*)$")
 METHOD_RE = re.compile(r"^(" + "|".join(map(re.escape, METHODS)) + r"|pgd[1-9][0-9]*)$")

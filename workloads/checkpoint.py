@@ -2,9 +2,10 @@
 
 Format "fastrobust-v1", a dict loadable with `torch.load(weights_only=True)` (only tensors and plain types):
   format, model (state_dict of the unwrapped model), arch {name, num_classes, in_channels, mean, std},
-  optimizer, scheduler (state_dicts), epoch (completed epochs), elapsed_s (cumulative training wall-clock),
-  best {epoch, metric} (None before the first evaluation), rng (list indexed by rank of
-  {torch, cuda, numpy, python, attack} states), spec (RunSpec as a dict).
+  optimizer, scheduler (state_dicts; the scheduler's is workloads.schedules' per-iteration state), scaler (the
+  fp16 GradScaler's state_dict, None without one; absent in older checkpoints), epoch (completed epochs),
+  elapsed_s (cumulative training wall-clock), best {epoch, metric} (None before the first evaluation), rng (list
+  indexed by rank of {torch, cuda, numpy, python, attack} states), spec (RunSpec as a dict).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def save(
     best: dict[str, Any] | None,
     rng: list[dict[str, Any]],
     spec: RunSpec,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file + os.replace). `model` must be the unwrapped module."""
     assert not isinstance(model, nn.parallel.DistributedDataParallel), "save the unwrapped model"
@@ -89,6 +91,7 @@ def save(
         "arch": arch_of(model, spec.model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
         "elapsed_s": elapsed_s,
         "best": best,

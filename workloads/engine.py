@@ -7,10 +7,12 @@ step is a trained step. No spec parsing and no files here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +23,48 @@ from workloads.attacks import attack_from, attack_mode
 from workloads.distributed import Dist
 from workloads.spec import ResolvedAttack, RunSpec
 
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 def amp_dtype(spec: RunSpec) -> torch.dtype | None:
     """The autocast dtype of spec.precision (None: fp32, autocast off)."""
-    return torch.bfloat16 if spec.precision == "bf16" else None
+    return AMP_DTYPES[spec.precision]
+
+
+def attack_amp_dtype(spec: RunSpec) -> torch.dtype | None:
+    """The autocast dtype of the attack passes: attack.precision, else spec.precision."""
+    return AMP_DTYPES[spec.attack.precision or spec.precision]
+
+
+def check_device(spec: RunSpec, device: torch.device) -> None:
+    """fp16 needs CUDA (the grid refuses it for CPU cells; this catches a hand-made spec.json at job start)."""
+    if device.type != "cuda" and "fp16" in (spec.precision, spec.attack.precision):
+        key = "precision" if spec.precision == "fp16" else "attack.precision"
+        raise ValueError(f"{key}: fp16 needs a CUDA device; this job runs on {device.type} (use bf16 or fp32)")
+
+
+def grad_scaler(spec: RunSpec, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 weight steps scale the loss (torch.amp.GradScaler); fp32 and bf16 need none."""
+    return torch.amp.GradScaler(device.type) if spec.precision == "fp16" else None
 
 
 def autocast(device: torch.device, amp: torch.dtype | None) -> AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Parameters with requires_grad False inside: a compiled graph's backward computes every gradient that
+    required grad when it was traced, so the attack passes of a compiled model must see frozen weights to stay
+    input-only (eager autograd.grad skips them anyway)."""
+    params = [p for p in model.parameters() if p.requires_grad] if enabled else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def train_step(
@@ -42,18 +78,31 @@ def train_step(
     *,
     mode: str = "eval",
     amp: torch.dtype | None = None,
+    attack_amp: torch.dtype | str | None = "same",
+    scaler: torch.amp.GradScaler | None = None,
+    freeze: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One training step (model in train mode); returns (mean loss, number correct) as device tensors,
-    so that no step waits for the device. `model` is the unwrapped module, `ddp_model` what gets trained."""
+    so that no step waits for the device. `model` is the module the attack runs on (unwrapped: no DDP
+    all-reduce for attack passes), `ddp_model` what gets trained (either may be torch.compile'd).
+    amp: autocast dtype of the weight step; attack_amp: of the attack passes ("same": amp); scaler: fp16 loss
+    scaling of the weight step; freeze: frozen parameters during the attack (compiled models)."""
+    attack_dtype = amp if attack_amp == "same" else attack_amp
+    assert not isinstance(attack_dtype, str), "attack_amp: a dtype, None (fp32) or 'same'"
+    if attack.steps:
+        with autocast(x.device, attack_dtype), attack_mode(model, mode), frozen(model, freeze):
+            x = x + attack_from(model, x, y, attack, generator=gen)
     with autocast(x.device, amp):
-        if attack.steps:
-            with attack_mode(model, mode):
-                x = x + attack_from(model, x, y, attack, generator=gen)
         logits = ddp_model(x)
         loss = F.cross_entropy(logits.float(), y)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     return loss.detach(), (logits.argmax(1) == y).sum()
 
 
@@ -63,6 +112,16 @@ def wrap_ddp(model: nn.Module, dist: Dist) -> nn.Module:
         return model
     device_ids = [dist.device.index] if dist.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def compile_models(model: nn.Module, ddp_model: nn.Module, enabled: bool) -> tuple[nn.Module, nn.Module]:
+    """(attack model, trained model): torch.compile'd when enabled (compiled lazily, at the first step: the compile
+    time lands in the first epoch's train_s), else the modules as they are. One compiled module when there is no
+    DDP wrapper; checkpoints keep saving the plain `model` (same parameters, no `_orig_mod.` prefix)."""
+    if not enabled:
+        return model, ddp_model
+    attack_model = cast(nn.Module, torch.compile(model))
+    return attack_model, attack_model if ddp_model is model else cast(nn.Module, torch.compile(ddp_model))
 
 
 def loader_kwargs(dist: Dist) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 Every task (rank) calls `run(spec_path)`: under Slurm through orchestrator.job.CellJob (which requeues on
 preemption/timeout; the next attempt resumes from checkpoint-last.pt); torchrun/srun can run
 `python -m workloads.entry SPEC_JSON`.
-Rank 0 writes env.json first and result.json last (its presence means the run finished); a failure
-writes error.txt (rank 0) or error-rank{r}.txt (other ranks) with the traceback and re-raises.
+Rank 0 holds the run directory (workloads.runlock) before anything is written there: a second job that finds it
+held by a live job stops on every rank with one line naming the holder, and writes nothing. Rank 0 writes
+env.json first and result.json last (its presence means the run finished); a failure writes error.txt (rank 0)
+or error-rank{r}.txt (other ranks) and re-raises: its FIRST line is the one-line summary `Type: message` that
+`orchestrate status` and `submit --wait` show, the traceback follows.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workloads import allocator, distributed, layout, runinfo
+from workloads import allocator, distributed, layout, runinfo, runlock
 from workloads.spec import KINDS, RunSpec, from_dict
 
 # kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps;
@@ -31,6 +34,29 @@ def error_path(run_dir: Path, rank: int) -> Path:
     return run_dir / (layout.ERROR if rank == 0 else f"error-rank{rank}.txt")
 
 
+def error_text(exc: BaseException) -> str:
+    """error.txt: the one-line summary, a blank line, the traceback."""
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return f"{summary}\n\n{traceback.format_exc()}"
+
+
+def _hold(run_dir: Path, dist: distributed.Dist) -> runlock.RunLock | None:
+    """Rank 0 takes the run directory's lock; every rank learns the outcome (one collective), so a refused job
+    stops on all ranks at once instead of leaving the others waiting in the next collective."""
+    lock, refusal = None, None
+    if dist.is_main:
+        try:
+            lock = runlock.acquire(run_dir)
+        except runlock.RunDirBusy as exc:
+            refusal = str(exc)
+    if dist.distributed:
+        refusal = distributed.all_gather_object(dist, refusal)[0]
+    if refusal is not None:
+        runlock.release(lock)
+        raise runlock.RunDirBusy(refusal)
+    return lock
+
+
 def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str, Any]:
     """Run the job described by RUN_DIR/spec.json in RUN_DIR; returns the workload's result dict.
     `dist` None: detect the process layout (torchrun env, submitit/Slurm job, else a single process)."""
@@ -39,6 +65,11 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
     spec = from_dict(layout.read_json(spec_path))
     run_dir = spec_path.parent
     dist = dist or distributed.setup(spec)
+    try:
+        lock = _hold(run_dir, dist)
+    except runlock.RunDirBusy:
+        distributed.cleanup()
+        raise
     try:
         if dist.is_main:  # stale markers of an earlier attempt (a resubmission extends or retries the run)
             for name in (layout.RESULT, layout.ERROR):
@@ -53,10 +84,11 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
             record = {**stamp, **result, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             layout.write_json_atomic(run_dir / layout.RESULT, record)
         return result
-    except Exception:
-        layout.write_text_atomic(error_path(run_dir, dist.rank), traceback.format_exc())
+    except Exception as exc:
+        layout.write_text_atomic(error_path(run_dir, dist.rank), error_text(exc))
         raise
     finally:
+        runlock.release(lock)
         distributed.cleanup()
 
 

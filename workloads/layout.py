@@ -32,6 +32,8 @@ BENCH = "bench.csv"
 EPOCH_COLUMNS = (
     "run_id", "epoch", "train_s", "eval_s", "elapsed_s", "lr", "train_loss", "train_acc",
     "clean_acc", "adv_acc", "batch_per_rank", "world_size",
+    # appended (older files lack them and still parse): the catastrophic-overfitting guard (workloads.guard)
+    "guard_clean_acc", "guard_adv_acc", "co_flag", "guard_s",
 )  # fmt: skip
 
 

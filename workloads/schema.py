@@ -4,11 +4,17 @@ Used by the spec (workloads.spec), the grid files and the site profiles (orchest
 thing and fails the same way everywhere. A field's valid range is its dataclass `metadata`: `choices(...)`,
 `at_least(...)`, or {"pattern": compiled regex, "expected": what to say}. Every problem is collected with its key
 path (`optimizer.lr`, `bench.methods[1]`), so a user sees them all at once. Torch-free.
+
+Every value a YAML or JSON parser can produce meets its field's rule, whatever the field: a number is finite
+(.nan, .inf and 1.0e400 are refused, also where no range is declared), an integer fits 64 bits (torch, numpy and
+Slurm take int64), a string is at most MAX_STRING characters with no control characters (it may become a path,
+a log line or a table cell). Messages echo at most a short prefix of the value (show).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +23,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 T = TypeVar("T", bound="DataclassInstance")
+MAX_STRING = 4096  # PATH_MAX: no setting needs more
+INT64 = 2**63 - 1
 
 
 class SpecError(ValueError):
@@ -36,10 +44,37 @@ def at_least(low: float, strict: bool = False) -> dict[str, Any]:
     return {"gt" if strict else "ge": low}
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """repr(value), shortened: a message never echoes a megabyte of user input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text)} characters)"
+
+
+def _sane(value: Any) -> str | None:
+    """What makes a well-typed value unusable whatever its field (None when nothing does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "expected a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value <= INT64:
+        return "expected an integer of at most 19 digits"
+    if isinstance(value, str):
+        if len(value) > MAX_STRING:
+            return f"expected at most {MAX_STRING} characters; got {len(value)}"
+        if not value.isprintable():
+            return f"expected printable characters only (no control characters); got {show(value)}"
+    return None
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as it appears in a key path: itself when short and printable, else shortened and escaped."""
+    text = str(key)
+    return text if len(text) <= 40 and text.isprintable() else show(text, 40)
+
+
 def join_path(path: str, key: str | int) -> str:
-    """The key path of `key` inside `path`: a.b, a[0]."""
+    """The key path of `key` inside `path`: a.b, a[0] (a long or unprintable key shortened, see key_text)."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    key = key_text(key)
     return f"{path}.{key}" if path else key
 
 
@@ -57,13 +92,13 @@ def _type_name(tp: Any) -> str:
 
 def _check_range(value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> None:
     if "pattern" in meta and not meta["pattern"].match(value):
-        errors.append(SpecError(path, f"expected {meta['expected']}; got {value!r}"))
+        errors.append(SpecError(path, f"expected {meta['expected']}; got {show(value)}"))
     if "choices" in meta and value not in meta["choices"]:
-        errors.append(SpecError(path, f"expected one of {', '.join(meta['choices'])}; got {value!r}"))
+        errors.append(SpecError(path, f"expected one of {', '.join(meta['choices'])}; got {show(value)}"))
     if "ge" in meta and value < meta["ge"]:
-        errors.append(SpecError(path, f"expected a value >= {meta['ge']}; got {value!r}"))
+        errors.append(SpecError(path, f"expected a value >= {meta['ge']}; got {show(value)}"))
     if "gt" in meta and value <= meta["gt"]:
-        errors.append(SpecError(path, f"expected a value > {meta['gt']}; got {value!r}"))
+        errors.append(SpecError(path, f"expected a value > {meta['gt']}; got {show(value)}"))
 
 
 def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, errors: list[SpecError]) -> Any:
@@ -76,7 +111,7 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
         return _convert(inner[0], value, meta, path, errors)
     if origin is list:
         if not isinstance(value, list):
-            errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
+            errors.append(SpecError(path, f"expected {_type_name(tp)}; got {show(value)}"))
             return value
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, meta, join_path(path, i), errors) for i, v in enumerate(value)]
@@ -89,7 +124,10 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        errors.append(SpecError(path, f"expected {_type_name(tp)}; got {value!r}"))
+        errors.append(SpecError(path, f"expected {_type_name(tp)}; got {show(value)}"))
+        return value
+    if (problem := _sane(value)) is not None:
+        errors.append(SpecError(path, problem))
         return value
     value = float(value) if tp is float else value
     _check_range(value, meta, path, errors)
@@ -98,7 +136,7 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
 
 def _from_dict(cls: type[T], data: Any, path: str, errors: list[SpecError]) -> T:
     if not isinstance(data, dict):
-        errors.append(SpecError(path, f"expected a mapping; got {data!r}"))
+        errors.append(SpecError(path, f"expected a mapping; got {show(data)}"))
         return cls()
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -18,21 +18,29 @@ from workloads.schema import SpecError, at_least, choices, join_path, parse
 
 KINDS = ("train", "evaluate", "bench", "visualize")
 NORMS = ("l2", "linf")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("step", "onecycle", "cyclic", "cosine")  # workloads.schedules
 ATTACK_MODES = ("eval", "train")
 CHECKPOINTS = ("best", "last")
+GUARD_ACTIONS = ("none", "flag", "stop")
 _METHOD = {"pattern": catalog.METHOD_RE, "expected": catalog.METHOD_HELP}
 
 
 @dataclass
 class Optimizer:
-    """SGD with step decay: lr is divided by 1/gamma every step_epochs epochs."""
+    """SGD and its lr schedule, stepped per iteration (workloads.schedules): step (lr x gamma every step_epochs
+    epochs, the default), onecycle, cyclic (peak max_lr at peak_fraction of the run) or cosine; step and cosine
+    take an optional linear warm-up of warmup_epochs."""
 
     lr: float = field(default=0.1, metadata=at_least(0, strict=True))
     momentum: float = field(default=0.9, metadata=at_least(0))
     weight_decay: float = field(default=5.0e-4, metadata=at_least(0))
     step_epochs: int = field(default=50, metadata=at_least(1))
     gamma: float = field(default=0.1, metadata=at_least(0, strict=True))
+    schedule: str = field(default="step", metadata=choices(*SCHEDULES))
+    warmup_epochs: float = field(default=0.0, metadata=at_least(0))  # step, cosine: linear warm-up (fractions ok)
+    max_lr: float | None = field(default=None, metadata=at_least(0, strict=True))  # onecycle, cyclic (None: lr)
+    peak_fraction: float = field(default=0.4, metadata=at_least(0, strict=True))  # onecycle, cyclic: < 1
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Attack:
     alpha: float | None = field(default=None, metadata=at_least(0, strict=True))
     random_start: bool = True
     mode: str = field(default="eval", metadata=choices(*ATTACK_MODES))  # model mode while attacking
+    precision: str | None = field(default=None, metadata=choices(*PRECISIONS))  # attack passes (None: precision)
+    noise_factor: float | None = field(default=None, metadata=at_least(0))  # random start radius / eps (None: method's)
+    replays: int | None = field(default=None, metadata=at_least(1))  # free: replays per mini-batch (None: method's)
+    eps_warmup_epochs: int = field(default=0, metadata=at_least(0))  # eps ramped from 0 over N epochs, per iteration
 
 
 @dataclass
@@ -78,6 +90,8 @@ class Resources:
     cpus_per_task: int = field(default=1, metadata=at_least(1))
     mem_gb: float | None = field(default=None, metadata=at_least(0, strict=True))
     max_requeues: int = field(default=3, metadata=at_least(0))
+    # Slurm's %N: at most N cells of one array run at once (None: submitit's default, min(cells, 256))
+    array_parallelism: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass
@@ -108,8 +122,11 @@ class Evaluate:
     alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))  # alpha = f * eps / steps
     max_examples: int | None = field(default=None, metadata=at_least(1))
     batch_size: int = field(default=256, metadata=at_least(1))  # examples per attacked batch (per rank)
-    autoattack: bool = False  # also APGD-CE + APGD-T (torchattacks, extra [strong]); columns side by side
-    autoattack_steps: int = field(default=100, metadata=at_least(1))  # iterations of each APGD run
+    # AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square; pyautoattack, extra [strong]) beside PGD.
+    # Budgets other than 100 iterations / 5000 queries run (and are recorded as) version "custom".
+    autoattack: bool = False
+    autoattack_steps: int = field(default=100, metadata=at_least(1))  # APGD-CE, APGD-T, FAB-T iterations
+    autoattack_queries: int = field(default=5000, metadata=at_least(1))  # Square's query budget
     allow_pickle: bool = False  # load checkpoints that need torch.load(weights_only=False): trusted files only
 
 
@@ -138,6 +155,26 @@ class Visualize:
 
 
 @dataclass
+class Phase:
+    """One entry of method_schedule: `method` trains the epochs before the fraction `until` of the run (both
+    required); the run's `method` trains the rest."""
+
+    method: str | None = field(default=None, metadata=_METHOD)
+    until: float | None = field(default=None, metadata={"gt": 0})
+
+
+@dataclass
+class Guard:
+    """Catastrophic-overfitting guard (kind train, workloads.guard): each epoch, clean and PGD accuracy on a fixed
+    training subset; flags the run when the PGD accuracy falls more than `drop` below its best so far."""
+
+    action: str = field(default="none", metadata=choices(*GUARD_ACTIONS))  # none: off; stop: end the run
+    examples: int = field(default=512, metadata=at_least(1))  # fixed (seeded) training subset, sharded over ranks
+    drop: float = field(default=0.2, metadata=at_least(0, strict=True))  # absolute accuracy drop that flags
+    steps: int | None = field(default=None, metadata=at_least(1))  # PGD steps (None: eval.steps), 1 restart
+
+
+@dataclass
 class RunSpec:
     """One grid cell, fully resolved. Written as spec.json into the run directory at submit time."""
 
@@ -151,15 +188,19 @@ class RunSpec:
     augment: bool = True
     model: str = field(default="small_cnn", metadata=choices(*catalog.MODELS))
     method: str = field(default="standard", metadata=_METHOD)
+    method_schedule: list[Phase] = field(default_factory=list)  # earlier phases; `method` trains after the last
     epochs: int = field(default=1, metadata=at_least(1))
     global_batch_size: int = field(default=128, metadata=at_least(1))
     seed: int = field(default=0, metadata=at_least(0))
     precision: str = field(default="fp32", metadata=choices(*PRECISIONS))
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model for the training step (opt-in; compile time per attempt)
     threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank
+    tensorboard: bool = False  # kind train: TensorBoard event files in the run directory (extra [tensorboard])
     optimizer: Optimizer = field(default_factory=Optimizer)
     attack: Attack = field(default_factory=Attack)
     eval: Eval = field(default_factory=Eval)
+    guard: Guard = field(default_factory=Guard)
     shape: Shape = field(default_factory=Shape)
     resources: Resources = field(default_factory=Resources)
     bench: Bench = field(default_factory=Bench)
@@ -187,6 +228,10 @@ class ResolvedAttack:
     steps: int
     alpha: float
     random_start: bool
+    start_factor: float = 1.0  # random start radius / eps
+    project: bool = True  # project onto the eps-ball after each step
+    step: str = "pgd"  # the method's training step (catalog.MethodInfo.step)
+    replays: int = 1  # step "free": replays per mini-batch
 
 
 def resolve_attack(method: str, attack: Attack) -> ResolvedAttack:
@@ -200,7 +245,9 @@ def resolve_attack(method: str, attack: Attack) -> ResolvedAttack:
         return ResolvedAttack(norm, attack.eps, 0, 0.0, attack.random_start)
     steps = attack.steps or info.steps
     alpha = attack.alpha if attack.alpha is not None else info.alpha(attack.eps, steps)
-    return ResolvedAttack(norm, attack.eps, steps, alpha, attack.random_start)
+    start = info.start_factor if attack.noise_factor is None else attack.noise_factor
+    replays = attack.replays or info.replays
+    return ResolvedAttack(norm, attack.eps, steps, alpha, attack.random_start, start, info.project, info.step, replays)
 
 
 def resolve_eval_attack(spec: RunSpec) -> ResolvedAttack:
@@ -227,6 +274,85 @@ def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
                 f"got {spec.global_batch_size}",
             )
         )
+    return errors + check_optimizer(spec, path) + _check_recipes(spec, path)
+
+
+def _check_recipes(spec: RunSpec, path: str = "") -> list[SpecError]:
+    """The cross-field rules of method_schedule, attack.replays and the guard (workloads.recipe, workloads.guard)."""
+    errors: list[SpecError] = []
+    last = 0.0
+    norm = resolve_attack(spec.method, spec.attack).norm
+    for i, phase in enumerate(spec.method_schedule):
+        where = join_path(join_path(path, "method_schedule"), i)
+        if phase.method is None or phase.until is None:
+            errors.append(
+                SpecError(where, "expected a mapping with both method and until, e.g. {method: fast, until: 0.6}")
+            )
+            continue
+        if not last < phase.until < 1:
+            low = f"the previous phase's until {last:g}" if i else "0"
+            errors.append(
+                SpecError(
+                    join_path(where, "until"),
+                    f"expected a fraction of the epochs above {low} and below 1; got {phase.until:g}",
+                )
+            )
+        last = max(last, phase.until)
+        phase_norm = resolve_attack(phase.method, spec.attack).norm
+        if phase_norm != norm:
+            errors.append(
+                SpecError(
+                    join_path(where, "method"),
+                    f"{phase.method} attacks in {phase_norm}, the run's method {spec.method} in {norm}; "
+                    "one norm per run (set attack.norm or pick methods of one norm)",
+                )
+            )
+    methods = [*(p.method for p in spec.method_schedule if p.method is not None), spec.method]
+    if spec.attack.replays is not None and not any(catalog.method_info(m).step == "free" for m in methods):
+        errors.append(
+            SpecError(
+                join_path(path, "attack.replays"),
+                f"only the free method replays mini-batches; the run trains with {', '.join(methods)}",
+            )
+        )
+    if spec.kind == "bench":
+        for i, m in enumerate(spec.bench.methods):
+            if catalog.method_info(m).step == "free":
+                errors.append(
+                    SpecError(
+                        join_path(path, f"bench.methods[{i}]"),
+                        "free is not benched (its replayed step is not train_step; benchmarks/step_cost.py times it)",
+                    )
+                )
+    if spec.guard.action != "none" and (spec.guard.steps or spec.eval.steps) == 0:
+        errors.append(
+            SpecError(join_path(path, "guard.steps"), "expected a number of PGD steps >= 1 (eval.steps is 0)")
+        )
+    return errors
+
+
+def check_optimizer(spec: RunSpec, path: str = "") -> list[SpecError]:
+    """The schedule keys that only some schedules read, and their ranges relative to the run."""
+    o, at = spec.optimizer, join_path(path, "optimizer")
+    errors: list[SpecError] = []
+    if o.max_lr is not None and o.schedule not in ("onecycle", "cyclic"):
+        errors.append(SpecError(join_path(at, "max_lr"), f"only read by schedule onecycle or cyclic; got {o.schedule}"))
+    if o.peak_fraction >= 1:
+        errors.append(SpecError(join_path(at, "peak_fraction"), f"expected a value < 1; got {o.peak_fraction!r}"))
+    if o.warmup_epochs and o.schedule not in ("step", "cosine"):
+        errors.append(
+            SpecError(
+                join_path(at, "warmup_epochs"),
+                f"only for schedule step or cosine (onecycle and cyclic rise from a low lr themselves: "
+                f"peak_fraction); got schedule {o.schedule}",
+            )
+        )
+    elif o.warmup_epochs >= spec.epochs:
+        errors.append(
+            SpecError(
+                join_path(at, "warmup_epochs"), f"expected less than epochs ({spec.epochs}); got {o.warmup_epochs!r}"
+            )
+        )
     return errors
 
 
@@ -247,7 +373,7 @@ _COMMON = ("experiment", "run_id", "kind", "seed", "threads", "shape", "resource
 _DATA = ("dataset", "data_root", "train_subset", "val_subset", "augment")
 KIND_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": (*_COMMON, *_DATA, "model", "method", "epochs", "global_batch_size", "precision", "channels_last",
-              "optimizer", "attack", "eval"),
+              "compile", "optimizer", "attack", "eval", "tensorboard", "method_schedule", "guard"),
     # resolve_eval_attack reads method/attack/eval; prime_model the optimizer
     "bench": (*_COMMON, *_DATA, "model", "method", "precision", "channels_last", "optimizer", "attack", "eval",
               "bench"),

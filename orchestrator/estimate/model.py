@@ -378,15 +378,15 @@ def format_estimate(df: pd.DataFrame) -> str:
     header = ("run_id", "method", "gpus", "batch/gpu", "predicted", "GPU-hours", "basis")
     body: list[Sequence[str]] = [
         (
-            str(r.run_id) + (" *" if r.extrapolated else ""),
-            str(r.method),
-            str(r.gpus),
-            str(r.batch_per_gpu),
-            _duration(float(r.predicted_s)),
-            f"{float(r.gpu_hours):.3g}",
-            str(r.basis),
+            str(r["run_id"]) + (" *" if r["extrapolated"] else ""),
+            str(r["method"]),
+            str(r["gpus"]),
+            str(r["batch_per_gpu"]),
+            _duration(float(r["predicted_s"])),
+            f"{float(r['gpu_hours']):.3g}",
+            str(r["basis"]),
         )
-        for r in df.itertuples()
+        for r in df.to_dict("records")
     ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *body]]

@@ -9,6 +9,8 @@ runs' fig3-5.png where their run directories hold them) and never collects: `orc
     table1     Table I cells, table1.csv/.md/.tex
     markdown   report.md
     plots      Fig. 1 and Fig. 2 (matplotlib, imported only when a figure is drawn)
+    time_to_target  per train run: wall-clock and GPU-hours until validation robust accuracy reaches a target,
+               beside its AutoAttack accuracy (time_to_target.csv/.md/.tex); ttt_plot draws its figure
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from pathlib import Path
 
 from orchestrator.report import markdown, table1
 from orchestrator.report import tables as tables_
+from orchestrator.report import time_to_target as ttt
 from workloads.layout import write_csv_atomic, write_text_atomic
 
 REPORT_DIR = "report"  # results/<experiment>/report/
 
 
-def build_report(exp_dir: Path, baseline: str | None = None) -> Path:
-    """Write exp_dir/report/{table1.csv,.md,.tex, fig1.*, fig2.*, report.md}; returns report.md's path."""
+def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str | float | None = None) -> Path:
+    """Write exp_dir/report/{table1.csv,.md,.tex, fig1.*, fig2.*, time_to_target.*, report.md}; returns report.md's
+    path. target_adv_acc: the time-to-target table's target (None: its stated default rule)."""
+    target = ttt.parse_target(target_adv_acc)
     tables = tables_.load_tables(Path(exp_dir))
     out = tables.exp_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -40,11 +45,23 @@ def build_report(exp_dir: Path, baseline: str | None = None) -> Path:
     figures: list[Path] = []
     if tables.bench is not None and not tables.bench.empty:
         figures += plots.fig1(tables.bench, tables_.train_runs(tables.runs), out)
-    if tables.robustness is not None and not tables.robustness.empty:
-        figures += plots.fig2(tables_.robustness_by_dataset(tables), out, tables_.training_eps(tables))
+    robustness = tables_.robustness_by_dataset(tables)  # None exactly when there is no robustness.csv
+    if robustness is not None and not robustness.empty:
+        figures += plots.fig2(robustness, out, tables_.training_eps(tables))
+    reaches = ttt.time_to_target(tables, target)
+    ttt_md = ""
+    if reaches:
+        write_csv_atomic(out / "time_to_target.csv", ttt.TTT_COLUMNS, ttt.ttt_rows(reaches))
+        ttt_md = ttt.ttt_markdown(reaches)
+        write_text_atomic(out / "time_to_target.md", ttt_md)
+        write_text_atomic(out / "time_to_target.tex", ttt.ttt_latex(reaches))
+        from orchestrator.report import ttt_plot
+
+        figures += ttt_plot.figure(ttt.curves(tables, reaches), reaches, out)
     estimates = tables_.estimates_vs_measured(tables)
     if not estimates.empty:
-        write_csv_atomic(out / "estimate_vs_measured.csv", list(estimates.columns), estimates.to_dict("records"))
+        rows = [{str(k): v for k, v in row.items()} for row in estimates.to_dict("records")]  # str column names
+        write_csv_atomic(out / "estimate_vs_measured.csv", list(estimates.columns), rows)
     path = out / "report.md"
-    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates))
+    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md))
     return path

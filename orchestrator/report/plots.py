@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # headless: before pyplot is imported
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, LogFormatter, LogLocator, NullFormatter, NullLocator, ScalarFormatter
@@ -54,7 +55,7 @@ def margins(fig: Figure, *, left: float = 0.75, right: float = 0.15, bottom: flo
 
 
 def method_colors(methods: Sequence[str]) -> dict[str, str]:
-    palette = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
+    palette = matplotlib.color_sequences["tab10"]  # the colours of the tab10 colormap
     ordered = sorted(set(methods), key=approach_order)
     return {m: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, m in enumerate(ordered)}
 
@@ -66,7 +67,7 @@ class PlainLogFormatter(LogFormatter):
         return f"{x:g}"
 
 
-def _log2_x(ax: plt.Axes, ticks: Sequence[float]) -> None:
+def _log2_x(ax: Axes, ticks: Sequence[float]) -> None:
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
     ax.xaxis.set_major_formatter(ScalarFormatter())
@@ -107,8 +108,9 @@ def settings_for(runs: pd.DataFrame, model: str, dataset: str) -> RunSettings:
 def pick_group(bench: pd.DataFrame, runs: pd.DataFrame) -> tuple[str, str, str]:
     """The bench (device, model, dataset) to plot: one the runs used if any, then the most rows, then by name."""
     used = set() if runs.empty else set(zip(runs["model"].astype(str), runs["dataset"].astype(str), strict=True))
-    counts = bench.groupby(["device", "model", "dataset"]).size()
-    keys = [(str(d), str(m), str(s), int(n)) for (d, m, s), n in counts.items()]
+    counts = bench.groupby(["device", "model", "dataset"]).size().reset_index(name="n")
+    columns = (counts["device"], counts["model"], counts["dataset"], counts["n"])
+    keys = [(str(d), str(m), str(s), int(n)) for d, m, s, n in zip(*columns, strict=True)]
     best = min(keys, key=lambda k: ((k[1], k[2]) not in used, -k[3], k[:3]))
     return best[0], best[1], best[2]
 
@@ -134,7 +136,7 @@ def _curves(
 
 
 def _draw_estimates(
-    ax: plt.Axes, curves: dict[tuple[str, str], list[tuple[int, float, bool]]], colors: dict[str, str], unit: Unit
+    ax: Axes, curves: dict[tuple[str, str], list[tuple[int, float, bool]]], colors: dict[str, str], unit: Unit
 ) -> None:
     for (m, basis), pts in sorted(curves.items(), key=lambda kv: (approach_order(kv[0][0]), kv[0][1])):
         xs, ys = [p[0] for p in pts], [p[1] / unit.seconds for p in pts]
@@ -143,7 +145,8 @@ def _draw_estimates(
         ax.plot(xs, ys, "-" if solid else ":", color=colors[m], marker="o" if solid else None, ms=3, label=label)
         hollow = [(p[0], p[1] / unit.seconds) for p in pts if p[2]]
         if hollow and solid:
-            ax.scatter(*zip(*hollow, strict=True), s=40, facecolors="white", edgecolors=colors[m], zorder=3)
+            hx, hy = zip(*hollow, strict=True)
+            ax.scatter(hx, hy, s=40, facecolors="white", edgecolors=colors[m], zorder=3)
 
 
 def fig1(bench: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -200,7 +203,7 @@ def fig1(bench: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     for m, sel in measured.groupby("method", sort=True):
         right.scatter(sel["world_size"], sel["elapsed_s_last"] / right_unit.seconds, marker="*", s=160,
                       color=colors.get(str(m), "black"), edgecolors="black", linewidths=0.5, zorder=4,
-                      label=f"_{m} measured")  # fmt: skip
+                      label=f"_{m!s} measured")  # fmt: skip
     right.set(
         title=f"Estimated training time, global batch {s.global_batch}",
         xlabel="GPUs (processes)",
@@ -259,7 +262,8 @@ def _strongest(rows: pd.DataFrame) -> pd.DataFrame:
 
 def fig2(robustness: pd.DataFrame, out_dir: Path, train_eps: dict[str, float]) -> list[Path]:
     """fig2.png/.pdf: adversarial accuracy vs eps, one line per run (coloured and labelled by method),
-    one panel per dataset, a black dotted line at the training eps."""
+    one panel per dataset, a black dotted line at the training eps. Where robustness.csv has AutoAttack numbers
+    (aa_acc), each such run also gets a dashed line with squares: PGD and AutoAttack side by side."""
     rob = robustness.assign(dataset=robustness.get("dataset", pd.Series("", index=robustness.index)).fillna(""))
     datasets = sorted(rob["dataset"].astype(str).unique(), key=lambda d: (d == "", d))
     colors = method_colors(rob["method"].astype(str).tolist())
@@ -268,18 +272,33 @@ def fig2(robustness: pd.DataFrame, out_dir: Path, train_eps: dict[str, float]) -
     for ax, dataset in zip(axes[0], datasets, strict=True):
         sel = _strongest(rob[rob["dataset"] == dataset])
         labelled: set[str] = set()
+        with_aa = False
         runs = sorted(sel.groupby("run_id"), key=lambda kv: (approach_order(str(kv[1]["method"].iloc[0])), kv[0]))
         for _, g in runs:
             m = str(g["method"].iloc[0])
             label = approach_name(m) if m not in labelled else f"_{m}"
             labelled.add(m)
             ax.plot(g["eps"], g["adv_acc"] * scale, "-o", ms=3, color=colors[m], label=label)
+            aa = g[pd.to_numeric(g["aa_acc"], errors="coerce").notna()] if "aa_acc" in g.columns else g.iloc[:0]
+            if not aa.empty:
+                ax.plot(aa["eps"], aa["aa_acc"].astype(float) * scale, "--s", ms=3, color=colors[m], label=f"_{m} aa")
+                with_aa = True
+        if with_aa:
+            ax.legend(handles=[*ax.get_legend_handles_labels()[0], *_pgd_vs_aa_handles()], fontsize=8)
+        else:
+            ax.legend(fontsize=8)
         if dataset in train_eps:
             ax.axvline(train_eps[dataset], color="black", linestyle=":", linewidth=1.2)
         ax.set(title=dataset_label(dataset) if dataset else "", xlabel="ε", ylabel="adversarial accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
     margins(fig)
     out_dir.mkdir(parents=True, exist_ok=True)
     return save(fig, out_dir, "fig2")
+
+
+def _pgd_vs_aa_handles() -> list[Line2D]:
+    return [
+        Line2D([], [], color="gray", marker="o", ms=3, linestyle="-", label="PGD (steps × restarts of the run)"),
+        Line2D([], [], color="gray", marker="s", ms=3, linestyle="--", label="AutoAttack"),
+    ]

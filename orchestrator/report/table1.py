@@ -98,9 +98,10 @@ def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]
     gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1).astype(int)
     runs = runs.assign(world_size=gpus, state=runs["state"].fillna("missing").astype(str))
     done_col = next((c for c in ("epochs_done", "last_epoch") if c in runs.columns), None)
-    for (dataset, method, gpus), group in runs.groupby(["dataset", "method", "world_size"], sort=False):
+    for (dataset, method, _), group in runs.groupby(["dataset", "method", "world_size"], sort=False):
         finished = bool((group["state"] == "finished").all())
-        cell = Cell(str(dataset), str(method), int(gpus), len(group), finished, ",".join(sorted(set(group["state"]))))
+        world_size = int(group["world_size"].iloc[0])  # the group's key, as an int (pandas types keys Hashable)
+        cell = Cell(str(dataset), str(method), world_size, len(group), finished, ",".join(sorted(set(group["state"]))))
         if finished:
             cell.last_s = _mean(group["elapsed_s_last"].map(number))
             cell.best_s = _mean(group["elapsed_s_best"].map(number)) if "elapsed_s_best" in group else None
@@ -137,22 +138,25 @@ def _g(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds / 3600
+
+
 def table1_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
-    hours = lambda s: None if s is None else s / 3600  # noqa: E731
     return [
         {
             "dataset": c.dataset,
             "approach": approach_name(c.method),
             "gpus": str(c.gpus),
-            "last_hours": _g(hours(c.last_s)),
+            "last_hours": _g(_hours(c.last_s)),
             "last_relative": _g(c.ratio(c.last_s)),
-            "best_hours": _g(hours(c.best_s)),
+            "best_hours": _g(_hours(c.best_s)),
             "best_relative": _g(c.ratio(c.best_s)),
             "method": c.method,
             "runs": str(c.runs),
             "state": "finished" if c.finished else c.states,
             "baseline": c.baseline,
-            "last_hours_partial": "" if c.finished else _g(hours(c.partial_last_s)),
+            "last_hours_partial": "" if c.finished else _g(_hours(c.partial_last_s)),
             "last_relative_partial": "" if c.finished else _g(c.ratio(c.partial_last_s)),
         }
         for c in cells
@@ -211,8 +215,8 @@ def table1_layout(cells: Sequence[Cell]) -> Table:
             rows.append((dataset_label(dataset) if i == 0 else "", approach_name(method), last + best))
     baselines = sorted({c.baseline for c in cells if c.baseline})
     if len(baselines) == 1:
-        method, _, g = baselines[0].partition("@")
-        rel = f"relative to {g}-GPU, {approach_name(method)}"
+        method, _, baseline_gpus = baselines[0].partition("@")
+        rel = f"relative to {baseline_gpus}-GPU, {approach_name(method)}"
     elif baselines:
         rel = "relative to " + "; ".join(
             f"{dataset_label(d)}: {next(c.baseline for c in cells if c.dataset == d and c.baseline)}"

@@ -115,7 +115,7 @@ def estimates_vs_measured(tables: Tables) -> pd.DataFrame:
 def number(value: object) -> float | None:
     """A CSV value as a float; None when empty, NaN or not a number."""
     try:
-        out = float(value)  # type: ignore[arg-type]
+        out = float(value)  # type: ignore[arg-type]  # any object: float() raising TypeError means "not a number"
     except (TypeError, ValueError):
         return None
     return None if math.isnan(out) else out

@@ -53,7 +53,17 @@ from workloads.attacks import attack_from, attack_mode
 from workloads.catalog import dataset_info
 from workloads.data import DataBundle, DataError, build_datasets
 from workloads.distributed import Dist
-from workloads.engine import amp_dtype, autocast, loader_kwargs, to_device, train_step, wrap_ddp
+from workloads.engine import (
+    amp_dtype,
+    attack_amp_dtype,
+    autocast,
+    check_device,
+    grad_scaler,
+    loader_kwargs,
+    to_device,
+    train_step,
+    wrap_ddp,
+)
 from workloads.models import build_model
 from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
 from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
@@ -114,6 +124,11 @@ class _Bench:
     amp: torch.dtype | None
     gen: torch.Generator
     common: dict[str, Any]
+    scaler: torch.amp.GradScaler | None = None  # fp16 training steps (precision fp16)
+
+    @property
+    def attack_amp(self) -> torch.dtype | None:
+        return attack_amp_dtype(self.spec)  # attack.precision, else precision
 
     @property
     def device(self) -> torch.device:
@@ -131,7 +146,7 @@ class _Bench:
 
     def attack(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
         def run() -> Tensor:
-            with autocast(self.device, self.amp), attack_mode(self.model, self.spec.attack.mode):
+            with autocast(self.device, self.attack_amp), attack_mode(self.model, self.spec.attack.mode):
                 return attack_from(self.model, x, y, attack, generator=self.gen)
 
         return self.measure(run, what="pgd", method=method, attack_steps=attack.steps, attack_restarts=1,
@@ -161,7 +176,8 @@ class _Bench:
     def train_step(self, x: Tensor, y: Tensor, method: str, attack: ResolvedAttack) -> dict[str, Any]:
         def run() -> Tensor:
             loss, _ = train_step(self.model, self.ddp_model, self.opt, x, y, attack, self.gen,
-                                 mode=self.spec.attack.mode, amp=self.amp)  # fmt: skip
+                                 mode=self.spec.attack.mode, amp=self.amp, attack_amp=self.attack_amp,
+                                 scaler=self.scaler)  # fmt: skip
             return loss
 
         self.model.train()
@@ -194,7 +210,7 @@ def random_batches(dataset: Dataset[Any], b: int, batches: int, seed: int, **loa
     """A DataLoader of `batches` batches of b examples drawn with replacement (so any b and count work), through
     the dataset's transforms; sampling and worker seeds from `seed` (no global RNG is drawn)."""
     gen = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * b, generator=gen)  # type: ignore[arg-type]
+    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * b, generator=gen)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
     return DataLoader(dataset, b, sampler=sampler, generator=torch.Generator().manual_seed(seed), **loader)
 
 
@@ -255,6 +271,7 @@ def data_rows(spec: RunSpec, data: DataBundle, b: int, dist: Dist, common: dict[
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     run_dir = Path(run_dir)
     device = dist.device
+    check_device(spec, device)  # fp16 needs CUDA
     memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
     tune_malloc()  # as entry.run does for every job (idempotent): this bench may also be called directly
     if device.type == "cuda":
@@ -262,7 +279,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     info = dataset_info(spec.dataset)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std)
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit memory_format
     data = load_data(spec)
     # every rank primes the same way (same seeds); wrap_ddp then broadcasts rank 0's weights regardless
     primed = prime_model(model, spec, data, device) if data is not None else 0
@@ -290,6 +307,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         amp=amp_dtype(spec),
         gen=torch.Generator(device).manual_seed(spec.seed),
         common=common,
+        scaler=grad_scaler(spec, device),
     )
     attacks = {m: resolve_attack(m, spec.attack) for m in spec.bench.methods}
     rows: list[dict[str, Any]] = []

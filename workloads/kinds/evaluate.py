@@ -5,6 +5,11 @@ one more run from delta = 0. An example counts as robust only if it is classifie
 point the attack evaluated (each iterate of each run, each returned delta): the worst case over restarts
 (`workloads.accuracy.batch_accuracy(worst_case=True)`).
 eps = 0 (or steps = 0) gives the clean accuracy.
+With `autoattack`, AutoAttack's standard ensemble (workloads.external.autoattack: APGD-CE, APGD-T, FAB-T, Square,
+the original code via pyautoattack) attacks every clean-correct example of the same batch with the same per-batch
+seed, so the sharding, resume and 1-vs-2-rank guarantees below hold for it too; robustness.csv gets its
+cumulative per-attack accuracies, aa_acc, worst_acc (worst case over AutoAttack and every PGD run) and the
+package, version and budgets.
 
 Determinism and sharding: the data are cut into global batches of `batch_size` consecutive examples, and
 rank r attacks batches r, r + W, ... Every batch draws its random starts from its own generator, seeded from
@@ -14,7 +19,7 @@ prefix of a restart-(r+k) one, and a resumed evaluation equals an uninterrupted 
 
 Long evaluations survive requeues: after each batch every rank records its per-batch counts in
 evaluate-progress-rank<r>.json (with a fingerprint of the settings); a restarted job skips recorded batches.
-(Some 400 lines as one concept: the count engine and the job share Settings and the progress format.)
+(Some 440 lines as one concept: the count engine and the job share Settings and the progress format.)
 """
 
 from __future__ import annotations
@@ -49,9 +54,12 @@ CSV_COLUMNS = (
     "run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc",  # design.md contract
     "norm", "alpha", "zero_start", "checkpoint", "checkpoint_epoch", "source_experiment", "dataset", "model",
     "attack_eps",  # the training eps: Fig. 2's dotted line (empty for standard training)
-    "apgd_ce_acc", "apgd_t_acc", "aa_acc", "worst_acc",  # evaluate.autoattack only; empty otherwise
+    # evaluate.autoattack only (empty otherwise): accuracy after each attack of AutoAttack's ensemble, cumulative
+    # (aa_acc: after all four), worst_acc: per example the worst case over AutoAttack and the PGD runs
+    "aa_apgd_ce_acc", "aa_apgd_t_acc", "aa_fab_t_acc", "aa_acc", "worst_acc",
+    "aa_version", "aa_steps", "aa_queries", "aa_targets", "aa_package", "aa_package_version",
 )  # fmt: skip
-STRONG_COLUMNS = ("apgd_ce_acc", "apgd_t_acc", "aa_acc", "worst_acc")
+STRONG_COLUMNS = ("aa_apgd_ce_acc", "aa_apgd_t_acc", "aa_fab_t_acc", "aa_acc", "worst_acc")
 PROGRESS = "evaluate-progress-rank{rank}.json"
 
 
@@ -85,13 +93,15 @@ class Settings:
     batch_size: int
     zero_start: bool = True
     autoattack: bool = False
-    autoattack_steps: int = 100
+    autoattack_steps: int = strong.STANDARD_STEPS
+    autoattack_queries: int = strong.STANDARD_QUERIES
+    num_classes: int | None = None  # the model's (AutoAttack's target classes follow from it); recorded only
 
     def alpha(self, eps: float) -> float:
         return self.alpha_factor * eps / self.steps if self.steps else 0.0
 
     def width(self) -> int:
-        """Length of a batch's count vector: n, clean, adv per eps, then 4 strong counts per eps."""
+        """Length of a batch's count vector: n, clean, adv per eps, then the STRONG_COLUMNS counts per eps."""
         return 2 + len(self.eps_list) * (1 + (len(STRONG_COLUMNS) if self.autoattack else 0))
 
 
@@ -103,22 +113,15 @@ def batch_counts(model: nn.Module, x: Tensor, y: Tensor, start: int, s: Settings
     for eps in s.eps_list:
         seed = derive_seed(s.generator_seed, start, eps_key(eps))
         attack = ResolvedAttack(s.norm, eps, s.steps, s.alpha(eps), True)
-        gen = torch.Generator(x.device).manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # CPU: the same random starts on any device (sample_ball)
         _, robust = batch_accuracy(model, x, y, attack, restarts=s.restarts, generator=gen, worst_case=True,
                                    zero_start=s.zero_start, clean=clean)  # fmt: skip
         adv_counts.append(int(robust.sum()))
-        if s.autoattack:
-            if eps == 0:
-                masks = {name: clean for name in strong.ATTACKS}
-            else:
-                masks = strong.robust_masks(model, x, y, norm=s.norm, eps=eps, steps=s.autoattack_steps, seed=seed)
-            both = masks["apgd_ce"] & masks["apgd_t"]
-            strong_counts += [
-                int(masks["apgd_ce"].sum()),
-                int(masks["apgd_t"].sum()),
-                int(both.sum()),
-                int((both & robust).sum()),
-            ]
+        if s.autoattack:  # on every clean-correct example (AutoAttack's own number), then the worst case with PGD
+            masks = strong.robust_masks(model, x, y, norm=s.norm, eps=eps, seed=seed, steps=s.autoattack_steps,
+                                        queries=s.autoattack_queries)  # fmt: skip
+            final = masks[strong.ATTACKS[-1]]
+            strong_counts += [int(masks[name].sum()) for name in strong.ATTACKS] + [int((final & robust).sum())]
     return [len(y), int(clean.sum()), *adv_counts, *strong_counts]
 
 
@@ -144,7 +147,7 @@ def run_batches(
     dist = dist or Dist()
     device = device or dist.device
     dataset = _as_dataset(data)
-    n_total = len(dataset)  # type: ignore[arg-type]
+    n_total = len(dataset)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
     n_batches = -(-n_total // s.batch_size)
     mine = range(dist.rank, n_batches, dist.world_size)
     results = {b: list(done[b]) for b in mine if done and b in done}
@@ -188,8 +191,21 @@ def summarize(results: Mapping[int, list[int]], s: Settings, dist: Dist | None =
             base = 2 + k + len(STRONG_COLUMNS) * i
             for j, col in enumerate(STRONG_COLUMNS):
                 row[col] = totals[base + j] / n if n else None
+            row.update(autoattack_labels(s))
         rows.append(row)
     return rows
+
+
+def autoattack_labels(s: Settings) -> dict[str, Any]:
+    """What robustness.csv records of the AutoAttack run: version, budgets, package and its version."""
+    return {
+        "aa_version": strong.version_name(s.autoattack_steps, s.autoattack_queries),
+        "aa_steps": s.autoattack_steps,
+        "aa_queries": s.autoattack_queries,
+        "aa_targets": strong.n_targets(s.num_classes) if s.num_classes else None,
+        "aa_package": strong.PACKAGE,
+        "aa_package_version": strong.package_version(),
+    }
 
 
 def evaluate_model(
@@ -206,7 +222,8 @@ def evaluate_model(
     batch_size: int = 256,
     zero_start: bool = True,
     autoattack: bool = False,
-    autoattack_steps: int = 100,
+    autoattack_steps: int = strong.STANDARD_STEPS,
+    autoattack_queries: int = strong.STANDARD_QUERIES,
     device: torch.device | None = None,
     num_workers: int = 0,
 ) -> list[dict[str, Any]]:
@@ -214,8 +231,12 @@ def evaluate_model(
     one row per eps: eps, steps, restarts, norm, alpha, n, clean_acc, adv_acc (+ STRONG_COLUMNS with
     autoattack). With `dist` every rank calls it and gets the all-reduced rows. The model is left unchanged
     (mode, parameters, buffers, requires_grad; no .grad is created)."""
+    num_classes = None
     if autoattack:
         strong.require()
+        first = _as_dataset(data)[0][0].unsqueeze(0).to(device or (dist or Dist()).device)
+        with frozen(model), torch.no_grad():
+            num_classes = int(model(first).shape[1])
     s = Settings(
         norm=norm,
         eps_list=tuple(float(e) for e in eps_list),
@@ -227,6 +248,8 @@ def evaluate_model(
         zero_start=zero_start,
         autoattack=autoattack,
         autoattack_steps=autoattack_steps,
+        autoattack_queries=autoattack_queries,
+        num_classes=num_classes,
     )
     results = run_batches(model, data, s, dist, device=device, num_workers=num_workers)
     return summarize(results, s, dist if dist is not None and dist.distributed else None)
@@ -322,6 +345,7 @@ def settings_of(spec: RunSpec) -> Settings:
         zero_start=ev.zero_start,
         autoattack=ev.autoattack,
         autoattack_steps=ev.autoattack_steps,
+        autoattack_queries=ev.autoattack_queries,
     )
 
 
@@ -358,7 +382,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     model, source = load_source(spec, run_dir, map_location=dist.device)
     data = val_dataset(source, spec.evaluate.max_examples)
     s = settings_of(spec)
-    n = len(data)  # type: ignore[arg-type]
+    n = len(data)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
     ds = dataset_info(source.spec.dataset)
     shape = (model.head.out_features, model.normalize.mean.numel())
     if shape != (ds.num_classes, ds.in_channels):
@@ -366,6 +390,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
             f"{source.path}: the model has {shape[0]} classes and {shape[1]} input channels; "
             f"{ds.name} has {ds.num_classes} and {ds.in_channels}"
         )
+    s = dataclasses.replace(s, num_classes=ds.num_classes)
 
     fingerprint = _fingerprint(s, source, n)
     done = _load_progress(run_dir, fingerprint)

@@ -15,7 +15,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,26 @@ from tqdm import tqdm
 from workloads import catalog, checkpoint, distributed, entry, layout
 from workloads.accuracy import dataset_accuracy
 from workloads.checkpoint import derive_seed
+from workloads.curves import EpochCurves
 from workloads.data import DataBundle, build_datasets
 from workloads.distributed import Dist
-from workloads.engine import amp_dtype, clock, loader_kwargs, to_device, train_step, wrap_ddp
+from workloads.engine import (
+    amp_dtype,
+    attack_amp_dtype,
+    check_device,
+    clock,
+    compile_models,
+    grad_scaler,
+    loader_kwargs,
+    to_device,
+    wrap_ddp,
+)
+from workloads.free_step import Stepper
+from workloads.guard import Guard, History
 from workloads.models import RobustModel, build_model
-from workloads.spec import RunSpec, resolve_attack, resolve_eval_attack
+from workloads.recipe import Recipe
+from workloads.schedules import Schedule
+from workloads.spec import RunSpec, from_dict, resolve_eval_attack
 
 # Independent random streams per (seed, rank): each is reproducible and none depends on another's use.
 STREAM_GLOBAL, STREAM_ATTACK, STREAM_EVAL, STREAM_LOADER = range(4)
@@ -43,6 +58,7 @@ RESUME_KEYS = (
     "augment",
     "model",
     "method",
+    "method_schedule",
     "global_batch_size",
     "seed",
     "optimizer",
@@ -51,8 +67,12 @@ RESUME_KEYS = (
 
 
 def check_resumable(spec: RunSpec, saved: dict[str, Any], path: Path) -> None:
-    now = spec.to_dict()
-    changed = [k for k in RESUME_KEYS if saved.get(k) != now[k]]
+    """Refuse a checkpoint trained with other RESUME_KEYS (settings added since it was made take their defaults);
+    a schedule other than step, and a method_schedule, span the run, so its epochs cannot change either."""
+    now, saved = spec.to_dict(), from_dict(saved).to_dict()
+    spans_run = spec.optimizer.schedule != "step" or spec.method_schedule  # phases are fractions of the epochs
+    keys = (*RESUME_KEYS, "epochs") if spans_run else RESUME_KEYS
+    changed = [k for k in keys if saved.get(k) != now[k]]
     if changed:
         diff = "; ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise ValueError(f"{path}: the checkpoint was trained with other settings ({diff}); use a new run directory")
@@ -96,21 +116,29 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     run_dir = Path(run_dir)
     assert spec.global_batch_size % dist.world_size == 0, "check_spec rejects a global batch not divisible by world"
     batch = spec.global_batch_size // dist.world_size
-    attack, eval_attack = resolve_attack(spec.method, spec.attack), resolve_eval_attack(spec)
+    eval_attack = resolve_eval_attack(spec)
     metric_name = catalog.method_info(spec.method).best_metric
-    amp = amp_dtype(spec)
+    amp, attack_amp = amp_dtype(spec), attack_amp_dtype(spec)
+    check_device(spec, dist.device)
     memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = data or build_datasets(spec)
 
     torch.manual_seed(spec.seed)  # identical initial weights on every rank
+    # Module.to accepts memory_format at run time; torch's stubs omit it (the ignore below)
     model: RobustModel = build_model(spec.model, data.info.num_classes, data.info.in_channels, data.info.mean,
-                                     data.info.std).to(dist.device, memory_format=memory_format)  # fmt: skip
+                                     data.info.std).to(dist.device, memory_format=memory_format)  # type: ignore[call-overload]  # fmt: skip
+    sampler: DistributedSampler[Any]
+    sampler = DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True, seed=spec.seed)
+    loader_gen = torch.Generator()
+    loader = DataLoader(data.train, batch, sampler=sampler, generator=loader_gen, **loader_kwargs(dist))
     o = spec.optimizer
     opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=o.step_epochs, gamma=o.gamma)  # independent of epochs
+    sched = Schedule(opt, o, spec.epochs, len(loader))  # stepped after every optimizer step
+    scaler = grad_scaler(spec, dist.device)
     ddp_model = wrap_ddp(model, dist)
+    attack_model, train_model = compile_models(model, ddp_model, spec.compile)
     torch.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_GLOBAL))  # augmentation stream of this rank
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
 
@@ -121,6 +149,8 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, elapsed, best = state["epoch"], state["elapsed_s"], state["best"]
         if len(state["rng"]) == dist.world_size:
             checkpoint.restore_rng(state["rng"][dist.rank], gen)
@@ -129,31 +159,39 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
                   file=sys.stderr)  # fmt: skip
     if dist.is_main:
         truncate_epochs_csv(run_dir, start)
+    # rank 0 only; the same run directory, so a resumed run continues the same curves (from its checkpoint)
+    curves = EpochCurves(run_dir, start) if spec.tensorboard and dist.is_main else None
 
-    sampler = DistributedSampler(data.train, dist.world_size, dist.rank, shuffle=True, seed=spec.seed)
-    loader_gen = torch.Generator()
-    loader = DataLoader(data.train, batch, sampler=sampler, generator=loader_gen, **loader_kwargs(dist))
     show_progress = dist.is_main and sys.stderr.isatty()
+    recipe, stepper = Recipe(spec, len(loader)), Stepper()  # the attack of (epoch, iteration); free's replays
+    rows = layout.read_csv(run_dir / layout.EPOCHS) if start and (run_dir / layout.EPOCHS).exists() else []
+    guard = Guard(spec, data.train, dist, spec.eval.batch_size or batch, History.from_rows(rows, start))
     attempt_start = clock(dist)
     for epoch in range(start + 1, spec.epochs + 1):  # 1-based: epoch e is the e-th completed epoch
+        if guard.stopped:
+            break
+        stepper.new_epoch()
         sampler.set_epoch(epoch - 1)
         loader_gen.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_LOADER, epoch))
         lr = opt.param_groups[0]["lr"]
         t0 = clock(dist)
-        ddp_model.train()
+        train_model.train()
         stats = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, correct, n
-        batches: Iterator[Any] = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
-        for x, y in batches:
+        batches: Iterable[Any] = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
+        for i, (x, y) in enumerate(batches):
             x, y = to_device(x, y, dist.device, spec.channels_last)
-            loss, correct = train_step(model, ddp_model, opt, x, y, attack, gen, mode=spec.attack.mode, amp=amp)
+            attack = recipe.attack(epoch, i)
+            loss, correct = stepper(attack_model, train_model, opt, x, y, attack, gen, mode=spec.attack.mode,
+                                    amp=amp, attack_amp=attack_amp, scaler=scaler, freeze=spec.compile)  # fmt: skip
+            sched.step()
             stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
-        sched.step()
         loss_sum, correct_sum, n = distributed.all_reduce_sum(dist, stats.tolist())
         train_s = clock(dist) - t0
 
+        guard_row = guard.measure(model, epoch, amp, clock)  # collective when guard.action is not none
         clean_acc = adv_acc = None
         eval_s = 0.0
-        if epoch % spec.eval.every == 0 or epoch == spec.epochs:
+        if epoch % spec.eval.every == 0 or epoch == spec.epochs or guard.stopped:
             t1 = clock(dist)
             eval_gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_EVAL, epoch))
             clean_acc, adv_acc, _ = dataset_accuracy(
@@ -165,7 +203,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
             "run_id": spec.run_id, "epoch": epoch, "train_s": round(train_s, 4), "eval_s": round(eval_s, 4),
             "elapsed_s": round(elapsed + clock(dist) - attempt_start, 4), "lr": lr,
             "train_loss": loss_sum / n, "train_acc": correct_sum / n, "clean_acc": clean_acc, "adv_acc": adv_acc,
-            "batch_per_rank": batch, "world_size": dist.world_size,
+            "batch_per_rank": batch, "world_size": dist.world_size, **guard_row,
         }  # fmt: skip
         metric = clean_acc if metric_name == "clean_acc" else adv_acc
         improved = metric is not None and (best is None or metric > best["metric"])
@@ -176,13 +214,17 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
             # Row first: a crash before the checkpoint below leaves a row that the resume truncates.
             layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
             print(json.dumps({"event": "epoch", **row}), flush=True)
+            if curves is not None:
+                curves.epoch(row)
             ckpt = dict(model=model, optimizer=opt, scheduler=sched, epoch=epoch, elapsed_s=row["elapsed_s"],
-                        best=best, rng=rng, spec=spec)  # fmt: skip
+                        best=best, rng=rng, spec=spec, scaler=scaler)  # fmt: skip
             if improved:
                 checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
             checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
         distributed.barrier(dist)
-    return summary(run_dir, spec, metric_name) if dist.is_main else {"rank": dist.rank}
+    if curves is not None:
+        curves.close()
+    return {**summary(run_dir, spec, metric_name), **guard.summary()} if dist.is_main else {"rank": dist.rank}
 
 
 def train(spec: RunSpec, run_dir: str | Path) -> dict[str, Any]:

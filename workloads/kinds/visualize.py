@@ -70,7 +70,8 @@ def pick_images(labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """n indices in a seeded random order, distinct classes first (so interpolation pairs and targets differ)."""
     order = torch.randperm(len(labels), generator=generator)
     seen: set[int] = set()
-    first, rest = [], []
+    first: list[int] = []
+    rest: list[int] = []
     for i in order.tolist():
         label = int(labels[i])
         (rest if label in seen else first).append(i)

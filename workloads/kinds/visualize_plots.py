@@ -156,5 +156,7 @@ def draw_all(raw: dict[str, Any], out_dir: str | os.PathLike[str], names: Sequen
         make, title = FIGURES[name]
         grid = make(raw)
         fig = write(grid, Path(out_dir) / name, title)
-        shapes[name] = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+        subplot = fig.axes[0].get_subplotspec()
+        assert subplot is not None, "write() lays the axes out on a grid"
+        shapes[name] = subplot.get_gridspec().get_geometry()
     return shapes

@@ -1,0 +1,330 @@
+"""Time to target: per train run, the wall-clock (and GPU-hours) at which its validation robust accuracy first
+reaches a target, the DAWNBench-style answer to "what is the cheapest way to a model this robust?".
+
+Definitions (report.md states them):
+- robust accuracy: epochs.csv adv_acc, the validation PGD accuracy at the eval eps (the training eps unless the
+  cell set eval.eps), on the epochs that evaluated (eval.every: the table's resolution, so it is printed);
+- reached: the first evaluated epoch whose adv_acc >= target (ties at the target count as reached; of equal
+  values the earliest epoch wins); its elapsed_s (cumulative wall-clock, evaluation included, as Table I);
+- GPU-hours: that wall-clock × the run's world size (runs.csv world_size, else epochs.csv's);
+- target: the given one (`--target-adv-acc`), else per dataset TARGET_SHARE of the best adv_acc any train run of
+  that dataset reached at any evaluation;
+- AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
+  both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points flags the run (gradient masking:
+  PGD's number is not to be trusted).
+A run that never reaches the target has no time (no extrapolation) and says so. Deterministic output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from orchestrator.report.labels import (
+    DASH,
+    Unit,
+    approach_name,
+    approach_order,
+    dataset_label,
+    dataset_order,
+    fmt_time,
+    pick_unit,
+)
+from orchestrator.report.tables import ReportError, Tables, number, train_runs
+
+TARGET_SHARE = 0.95  # default target: 95 % of the best robust accuracy any run of the dataset reached
+MASKING_POINTS = 3.0  # PGD - AutoAttack gap (percentage points) that flags a run
+EPS_TOL = 1e-9
+TTT_COLUMNS = (
+    "dataset", "approach", "gpus", "run_id", "method", "target_adv_acc", "target_rule", "reached", "epoch",
+    "wall_hours", "gpu_hours", "adv_acc_at_target", "best_adv_acc", "best_epoch", "evaluations", "eval_every",
+    "final_aa_acc", "final_pgd_acc", "pgd_minus_aa_points", "masking_flag", "aa_version",
+)  # fmt: skip
+
+
+def parse_target(text: str | float | None) -> float | None:
+    """`--target-adv-acc`: a fraction in (0, 1] (0.6) or a percentage with % (60%)."""
+    if text is None or text == "":
+        return None
+    raw = str(text).strip()
+    try:
+        value = float(raw.removesuffix("%")) / (100.0 if raw.endswith("%") else 1.0)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ReportError(f"--target-adv-acc: expected a fraction in (0, 1] or a percentage like 60%; got {text!r}")
+    return value
+
+
+@dataclass
+class Reach:
+    """One train run's answer."""
+
+    dataset: str
+    run_id: str
+    method: str
+    gpus: int
+    target: float
+    rule: str
+    epoch: int | None = None  # None: never reached
+    elapsed_s: float | None = None
+    acc_at_target: float | None = None
+    best_acc: float | None = None
+    best_epoch: int | None = None
+    evaluations: int = 0
+    eval_every: int | None = None
+    aa_acc: float | None = None
+    aa_pgd_acc: float | None = None
+    aa_version: str = ""
+
+    @property
+    def reached(self) -> bool:
+        return self.epoch is not None
+
+    @property
+    def gpu_s(self) -> float | None:
+        return None if self.elapsed_s is None else self.elapsed_s * self.gpus
+
+    @property
+    def gap_points(self) -> float | None:
+        if self.aa_acc is None or self.aa_pgd_acc is None:
+            return None
+        return round((self.aa_pgd_acc - self.aa_acc) * 100, 6)
+
+    @property
+    def masked(self) -> bool:
+        gap = self.gap_points
+        return gap is not None and gap > MASKING_POINTS
+
+
+def _epochs(tables: Tables) -> pd.DataFrame:
+    from orchestrator import collect
+
+    path = tables.exp_dir / collect.EPOCHS_CSV
+    if not path.exists():
+        return pd.DataFrame(columns=["run_id", "epoch", "elapsed_s", "adv_acc"])
+    return pd.read_csv(path, dtype={"run_id": str})
+
+
+def _evaluated(epochs: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """The run's evaluated epochs in epoch order (a requeued epoch recorded twice: its last row)."""
+    rows = epochs[epochs["run_id"] == run_id]
+    rows = rows.assign(adv=pd.to_numeric(rows["adv_acc"], errors="coerce"),
+                       t=pd.to_numeric(rows["elapsed_s"], errors="coerce"))  # fmt: skip
+    rows = rows.dropna(subset=["adv", "t"]).drop_duplicates("epoch", keep="last")
+    return rows.sort_values("epoch", kind="stable")
+
+
+def _targets(runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None) -> dict[str, tuple[float, str]]:
+    """Per dataset (target, the rule in words)."""
+    out: dict[str, tuple[float, str]] = {}
+    for dataset, group in runs.groupby("dataset", sort=True):
+        if given is not None:
+            out[str(dataset)] = (given, "given (--target-adv-acc)")
+            continue
+        adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(group["run_id"]), "adv_acc"], errors="coerce").dropna()
+        if adv.empty:
+            continue
+        best = float(adv.max())
+        rule = f"{TARGET_SHARE:.0%} of the best validation PGD accuracy of any run ({best * 100:.1f} %)"
+        out[str(dataset)] = (round(TARGET_SHARE * best, 6), rule)
+    return out
+
+
+def _autoattack(rob: pd.DataFrame | None, run_id: str, eps: float | None) -> tuple[float | None, float | None, str]:
+    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version) at the run's training eps."""
+    if rob is None or "aa_acc" not in rob.columns or eps is None:
+        return None, None, ""
+    sel = rob[(rob["run_id"].astype(str) == run_id) & ((rob["eps"].astype(float) - eps).abs() < EPS_TOL)]
+    sel = sel[pd.to_numeric(sel["aa_acc"], errors="coerce").notna()]
+    if sel.empty:
+        return None, None, ""
+    if "checkpoint" in sel.columns and (sel["checkpoint"] == "last").any():
+        sel = sel[sel["checkpoint"] == "last"]
+    row = sel.iloc[-1]
+    version = str(row["aa_version"]) if "aa_version" in sel.columns and pd.notna(row["aa_version"]) else ""
+    return number(row["aa_acc"]), number(row["adv_acc"]), version
+
+
+def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
+    """One Reach per train run with evaluations, in table order (dataset, approach, GPUs, run_id)."""
+    runs = train_runs(tables.runs)
+    if runs.empty:
+        return []
+    epochs = _epochs(tables)
+    if epochs.empty or "adv_acc" not in epochs.columns:
+        return []
+    runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
+    targets = _targets(runs, epochs, target)
+    out: list[Reach] = []
+    for row in runs.to_dict("records"):
+        run_id, dataset = str(row["run_id"]), str(row["dataset"])
+        evaluated = _evaluated(epochs, run_id)
+        if dataset not in targets or evaluated.empty:
+            continue
+        goal, rule = targets[dataset]
+        gpus = number(row.get("world_size")) or number(evaluated.get("world_size", pd.Series([1])).iloc[0])
+        every = number(row.get("eval_every"))
+        best = evaluated.iloc[int(evaluated["adv"].to_numpy().argmax())]  # argmax: the earliest of equal maxima
+        reach = Reach(dataset, run_id, str(row["method"]), int(gpus or 1), goal, rule,
+                      best_acc=float(best["adv"]), best_epoch=int(best["epoch"]), evaluations=len(evaluated),
+                      eval_every=int(every) if every else None)  # fmt: skip
+        hit = evaluated[evaluated["adv"] >= goal - EPS_TOL]
+        if not hit.empty:
+            first = hit.iloc[0]
+            reach.epoch, reach.elapsed_s = int(first["epoch"]), float(first["t"])
+            reach.acc_at_target = float(first["adv"])
+        eps = number(row.get("attack_eps"))
+        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version = _autoattack(tables.robustness, run_id, eps)
+        out.append(reach)
+    out.sort(key=lambda r: (dataset_order(r.dataset), approach_order(r.method), r.gpus, r.run_id))
+    return out
+
+
+def _g(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _hours(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds / 3600
+
+
+def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
+    hours = _hours
+    return [
+        {
+            "dataset": r.dataset,
+            "approach": approach_name(r.method),
+            "gpus": str(r.gpus),
+            "run_id": r.run_id,
+            "method": r.method,
+            "target_adv_acc": _g(r.target),
+            "target_rule": r.rule,
+            "reached": "yes" if r.reached else "no",
+            "epoch": "" if r.epoch is None else str(r.epoch),
+            "wall_hours": _g(hours(r.elapsed_s)),
+            "gpu_hours": _g(hours(r.gpu_s)),
+            "adv_acc_at_target": _g(r.acc_at_target),
+            "best_adv_acc": _g(r.best_acc),
+            "best_epoch": "" if r.best_epoch is None else str(r.best_epoch),
+            "evaluations": str(r.evaluations),
+            "eval_every": "" if r.eval_every is None else str(r.eval_every),
+            "final_aa_acc": _g(r.aa_acc),
+            "final_pgd_acc": _g(r.aa_pgd_acc),
+            "pgd_minus_aa_points": _g(r.gap_points),
+            "masking_flag": "yes" if r.masked else "",
+            "aa_version": r.aa_version,
+        }
+        for r in reaches
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{value * 100:.1f}"
+
+
+def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows of cell texts, notes) in the report's unit; shared by the Markdown and LaTeX versions."""
+    unit = pick_unit([r.elapsed_s for r in reaches] + [r.gpu_s for r in reaches])
+    head = ["Dataset", "Approach", "GPUs", "Run", "Target (%)", f"Wall-clock ({unit.name})", f"GPU-{unit.name}",
+            "Epoch", "Eval every", "Best PGD (%)", "AutoAttack (%)", "PGD − AA (points)"]  # fmt: skip
+    rows: list[list[str]] = []
+    for r in reaches:
+        wall = fmt_time(r.elapsed_s, unit) if r.elapsed_s is not None else "not reached"
+        gpu = fmt_time(r.gpu_s, unit) if r.gpu_s is not None else DASH
+        gap = DASH if r.gap_points is None else f"{r.gap_points:+.1f}" + (" ‡" if r.masked else "")
+        epoch = DASH if r.epoch is None else str(r.epoch)
+        every = DASH if r.eval_every is None else str(r.eval_every)
+        rows.append([dataset_label(r.dataset), approach_name(r.method), str(r.gpus), r.run_id, _pct(r.target), wall,
+                     gpu, epoch, every, _pct(r.best_acc), _pct(r.aa_acc), gap])  # fmt: skip
+    rules = sorted({f"{dataset_label(r.dataset)}: {r.rule}" for r in reaches})
+    notes = [
+        "Wall-clock: elapsed time (evaluation included, as Table I) at the first validation evaluation whose PGD "
+        "accuracy at the eval ε reached the target; GPU-time = wall-clock × GPUs. The resolution is the run's "
+        "evaluation cadence (Eval every, epochs). Target: " + "; ".join(rules) + ".",
+    ]
+    notes += fastest_lines(reaches, unit)
+    missed = [r for r in reaches if not r.reached]
+    if missed:
+        notes.append(
+            "Not reached: " + "; ".join(f"{r.run_id} (best {_pct(r.best_acc)} % at epoch {r.best_epoch}, "
+                                         f"{r.evaluations} evaluations)" for r in missed) + "; no time is invented."
+        )  # fmt: skip
+    if any(r.aa_acc is not None for r in reaches):
+        notes.append(
+            "AutoAttack: the run's evaluate-kind accuracy at the training ε (robustness.csv aa_acc; PGD − AA compares "
+            f"the same evaluation's PGD number); ‡ a gap over {MASKING_POINTS:g} points: PGD overstates this model's "
+            "robustness (gradient masking), trust the AutoAttack number."
+        )
+    return head, rows, notes
+
+
+def fastest_lines(reaches: Sequence[Reach], unit: Unit) -> list[str]:
+    """Per dataset: the run that reached the target first, and how much longer each other one took."""
+    out = []
+    for dataset in sorted({r.dataset for r in reaches}, key=dataset_order):
+        done = sorted((r for r in reaches if r.dataset == dataset and r.elapsed_s is not None),
+                      key=lambda r: (r.elapsed_s or 0.0, approach_order(r.method), r.gpus, r.run_id))  # fmt: skip
+        if not done:
+            continue
+        first = done[0]
+        text = (f"{dataset_label(dataset)}: first to the target is {first.run_id} "
+                f"({approach_name(first.method)}, {first.gpus} GPU) in {fmt_time(first.elapsed_s or 0.0, unit)} "
+                f"{unit.name}")  # fmt: skip
+        others = [f"{r.run_id} {(r.elapsed_s or 0.0) / (first.elapsed_s or 1.0):.1f}×" for r in done[1:]]
+        out.append(text + (" (others, times as long: " + ", ".join(others) + ")" if others else "") + ".")
+    return out
+
+
+def ttt_markdown(reaches: Sequence[Reach]) -> str:
+    head, rows, notes = ttt_table(reaches)
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|" + "---:|" * (len(head) - 4)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    lines += ["", *[f"{n}  " if i < len(notes) - 1 else n for i, n in enumerate(notes)]]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_SYMBOLS = {"‡": r"$^\ddagger$", "−": "-", "×": r"$\times$", "ε": r"$\varepsilon$"}
+
+
+def ttt_latex(reaches: Sequence[Reach]) -> str:
+    from orchestrator.report.table1 import tex_escape as escape
+
+    def tex_escape(text: str) -> str:
+        out = escape(text)
+        for symbol, tex in _TEX_SYMBOLS.items():
+            out = out.replace(symbol, tex)
+        return out
+
+    head, rows, notes = ttt_table(reaches)
+    lines = [
+        r"% Generated by orchestrate report; needs \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{Time to the target robust accuracy}",
+        r"\label{tab:time-to-target}",
+        rf"\begin{{tabular}}{{llrl{'r' * (len(head) - 4)}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+        *[" & ".join(tex_escape(c) for c in cells) + r" \\" for cells in rows],
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\par\smallskip\footnotesize",
+        *[tex_escape(n) + (r"\\" if i < len(notes) - 1 else "") for i, n in enumerate(notes)],
+        r"\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def curves(tables: Tables, reaches: Sequence[Reach]) -> pd.DataFrame:
+    """The evaluated epochs of the runs in `reaches` (run_id, dataset, method, gpus, elapsed_s, adv_acc): the figure."""
+    epochs = _epochs(tables)
+    parts = []
+    for r in reaches:
+        ev = _evaluated(epochs, r.run_id)
+        parts.append(pd.DataFrame({"run_id": r.run_id, "dataset": r.dataset, "method": r.method, "gpus": r.gpus,
+                                   "elapsed_s": ev["t"].to_numpy(), "adv_acc": ev["adv"].to_numpy()}))  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

@@ -1,0 +1,214 @@
+"""Faults (issue 14): what Slurm states mean, concurrent submissions, one writer per run directory, torn or
+foreign checkpoints, a full disk. The cluster cases run on the real local Slurm (marked `slurm`) with the trivial
+StubCell job (tests/slurm_stub.py) where the workload itself does not matter."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import cli, launch, manifest, scheduler
+from orchestrator import status as cell_state
+from orchestrator.scheduler import JobRecord
+from tests.slurm_stub import StubCell
+from workloads import layout
+
+REPO = Path(__file__).resolve().parents[1]
+
+# -- scheduler states ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ended", ["NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "FAILED", "TIMEOUT", "OUT_OF_MEMORY"])
+@pytest.mark.parametrize(("queued", "expected"), [("PENDING", "pending"), ("REQUEUED", "pending"),
+                                                  ("RUNNING", "running"), (None, "failed")])  # fmt: skip
+def test_an_ended_attempt_of_a_requeued_job_is_not_a_failure(
+    tmp_path: Path, ended: str, queued: str | None, expected: str
+) -> None:
+    """sacct reports the attempt that ended; squeue still lists a job Slurm (or submitit) requeued."""
+    calls: list[int] = []
+
+    def queue() -> dict[str, JobRecord]:
+        calls.append(1)
+        return {} if queued is None else {"5": JobRecord(queued, nodes="node2")}
+
+    records = scheduler.requeued_view({"5": JobRecord(ended, nodes="node1", tres="cpu=1")}, queue)
+    assert calls == [1]
+    rd = tmp_path / "runs" / "r"
+    rd.mkdir(parents=True)
+    (rd / layout.ERROR).write_text("an earlier attempt's error")
+    entry = cell_state.Entry(job_ids=["5"], executor="slurm", submitted_ts=time.time() - 1000)
+    assert cell_state.classify(rd, entry, records["5"], time.time()) == expected
+    if queued is not None:
+        assert records["5"].ended_attempt == ended and records["5"].tres == "cpu=1"
+
+
+def test_final_states_need_no_second_call() -> None:
+    def queue() -> dict[str, JobRecord]:
+        raise AssertionError("squeue asked although no record may be requeued")
+
+    records = {"1": JobRecord("RUNNING"), "2": JobRecord("COMPLETED"), "3": JobRecord("CANCELLED"),
+               "4": JobRecord("PENDING"), "5": JobRecord("REQUEUED")}  # fmt: skip
+    assert scheduler.requeued_view(records, queue) == records
+
+
+def test_no_answer_from_squeue_keeps_sacct_word() -> None:
+    records = {"1": JobRecord("NODE_FAIL")}
+    assert scheduler.requeued_view(records, lambda: None) == records
+
+
+# -- on the real cluster: a node set down mid-run ------------------------------------------------------------------
+
+
+def _scontrol_node(node: str, state: str) -> None:
+    subprocess.run(["scontrol", "update", f"nodename={node}", f"state={state}", "reason=fastrobust-test"],
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+
+
+def _own_nodes_profile(folder: Path, n: int) -> Path:
+    """A local-cluster profile pinning the job to n idle nodes, exclusively: setting them down must not hit the
+    jobs of other tests sharing the cluster."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=30).stdout
+    rows = sorted({tuple(line.split()) for line in out.splitlines()})
+    idle = [name for name, state in rows if state == "idle"]
+    chosen = idle[-n:] if len(idle) >= n else [name for name, _ in rows][-n:]
+    path = folder / "own-nodes.yaml"
+    path.write_text(
+        (REPO / "slurm_templates" / "local-cluster.yaml").read_text()
+        + f"additional: {{nodelist: '{','.join(chosen)}', exclusive: true}}\n"
+    )
+    return path
+
+
+def _squeue_running(job_id: str) -> str:
+    """The job's node list once squeue says RUNNING (sacct may lag by seconds), else ''."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %N"], capture_output=True, text=True, timeout=30)
+    state, _, nodes = out.stdout.strip().partition(" ")
+    return nodes if state == "RUNNING" else ""
+
+
+def _sacct(job_id: str, *options: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", *options, "-j", job_id, "-o", "JobID,State,NodeList"],
+                         capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+STUB_GRID = """\
+name: {name}
+executor: slurm
+profile: {profile}
+defaults:
+  global_batch_size: 64
+  resources: {{timeout_min: 3, max_requeues: 3}}
+grid:
+  shape:
+    - {{nodes: {nodes}, gpus_per_node: 1}}
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize(("nodes", "down_index"), [(1, 0), (2, 1)], ids=["1x1-its-node", "2x1-second-node"])
+def test_node_down_mid_run_is_pending_then_finished(
+    tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch, nodes: int, down_index: int
+) -> None:
+    """Slurm marks the attempt NODE_FAIL and requeues the job itself: status never says failed, and what
+    `submit --wait` runs (cli._wait) exits 0 once the requeued attempt finishes."""
+    monkeypatch.setenv("STUB_SLEEP_S", "15")
+    grid = tmp_path / "nf.yaml"
+    grid.write_text(STUB_GRID.format(name="nodefail", nodes=nodes, profile=_own_nodes_profile(tmp_path, nodes)))
+    result = launch.submit(grid, results, log=lambda _: None, job=StubCell())
+    (job_id,) = result.job_ids.values()
+    exit_code: list[int] = []
+    waiter = threading.Thread(target=lambda: exit_code.append(cli._wait(result, 0.5)), daemon=True)
+    waiter.start()
+    nodelist = _wait_for(lambda: _squeue_running(job_id), 60, "the job to run")
+    hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True).stdout
+    node = hosts.split()[down_index]
+    seen: set[str] = set()
+    _scontrol_node(node, "down")
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 6:  # the NODE_FAIL window: sacct says NODE_FAIL, squeue PENDING
+            (cell,) = cell_state.poll(results / "nodefail")
+            seen.add(cell.state)
+            time.sleep(0.2)
+    finally:
+        _scontrol_node(node, "resume")
+    waiter.join(timeout=120)
+    assert exit_code == [0], (exit_code, seen)
+    assert "failed" not in seen and seen <= {"pending", "running"}, seen
+    attempts = _wait_for(lambda: (a := _sacct(job_id, "-D")) and a[-1][1] == "COMPLETED" and a, 30, "COMPLETED")
+    assert attempts[0][1] == "NODE_FAIL" and attempts[-1][1] == "COMPLETED", attempts
+    (cell,) = cell_state.poll(results / "nodefail")
+    assert cell.state == "finished"
+    assert len(layout.read_csv(layout.run_dir(results, "nodefail", cell.run_id) / layout.EPOCHS)) == 1  # rows lost 0
+
+
+# -- two submissions of one grid at once -------------------------------------------------------------------------
+
+RACER = """\
+import json, sys, time
+from pathlib import Path
+from orchestrator import launch
+from orchestrator.errors import UserError
+from tests.slurm_stub import StubCell
+folder, root, me, reps = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+(folder / f"ready-{me}").touch()
+for rep in range(reps):
+    while not (folder / f"go{rep}").exists():
+        time.sleep(0.001)
+    try:
+        result = launch.submit(folder / f"race{rep}.yaml", root, log=lambda _: None, job=StubCell())
+        answer = {"submitted": sorted(result.job_ids)}
+    except UserError as exc:
+        answer = {"refused": exc.problems}
+    (folder / f"answer{rep}-{me}.json").write_text(json.dumps(answer))
+"""
+REPS = 20
+
+
+@pytest.mark.slow
+def test_concurrent_submissions_submit_each_cell_once(tmp_path: Path, results: Path) -> None:
+    """Two submissions of one new grid started together, REPS times (two processes, started once, submitting at
+    the same instant each time): one submits, the other says what the first submitted; one job per cell."""
+    for rep in range(REPS):
+        (tmp_path / f"race{rep}.yaml").write_text(f"name: race{rep}\nexecutor: local\ngrid:\n  seed: [0, 1]\n")
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(results), me, str(REPS)], cwd=REPO,
+                              stderr=subprocess.PIPE, text=True) for me in ("a", "b")]  # fmt: skip
+    _wait_for(lambda: all((tmp_path / f"ready-{me}").exists() for me in "ab"), 120, "both submitters")
+    under_lock = 0
+    try:
+        for rep in range(REPS):
+            (tmp_path / f"go{rep}").touch()
+            paths = [tmp_path / f"answer{rep}-{me}.json" for me in "ab"]
+            _wait_for(lambda: all(p.exists() for p in paths), 120, f"race {rep}")  # noqa: B023
+            answers = [layout.read_json(p) for p in paths]
+            submitted = [a for a in answers if "submitted" in a]
+            refused = [" ".join(a["refused"]) for a in answers if "refused" in a]
+            assert len(submitted) == 1 and len(refused) == 1, (rep, answers)
+            assert f"race{rep}/standard-n1g1-b128-s0" in refused[0], refused
+            assert "another submission submitted 2 of these cell(s)" in refused[0] or "already" in refused[0]
+            under_lock += "another submission" in refused[0]
+            entries = manifest.load(results / f"race{rep}")
+            assert sorted(entries) == ["standard-n1g1-b128-s0", "standard-n1g1-b128-s1"]
+            assert all(len(e.job_ids) == 1 for e in entries.values()), entries
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    print(f"{REPS} races: one job per cell in each; {under_lock} decided under the lock")
