@@ -37,6 +37,7 @@ RUN_COLUMNS = (
     "batch_per_rank", "precision", "seed", "train_subset", "val_subset", "last_epoch", "best_clean_acc",
     "best_metric", "attempts", "eval_every", "eval_steps", "eval_restarts", "eval_batch_size",
     "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.guard): empty when it was off
+    "method_schedule",  # phases before `method` (workloads.recipe) as method@until;...: empty without
 )  # fmt: skip
 
 
@@ -116,6 +117,7 @@ def run_row(
         "eval_batch_size": (spec.eval.batch_size or spec.batch_per_rank) if train else None,  # per rank, as train
         "co_flag": co_flag,
         "co_epoch": co_epoch,
+        "method_schedule": ";".join(f"{p.method}@{p.until:g}" for p in spec.method_schedule) if train else None,
     }
 
 

@@ -3,7 +3,7 @@
 A grid file is YAML; it may hold several documents separated by `---` (e.g. bench, then train, then
 evaluate, all with the same name). Keys of one document:
 
-    name: paper-cifar10     required, [A-Za-z0-9_.-]+; results go to results/<name>/
+    name: paper-cifar10     required, [A-Za-z0-9_.-]+ not starting with . or -; results go to results/<name>/
     kind: train             train | evaluate | bench | visualize (default train)
     profile: generic        site profile: slurm_templates/<profile>.yaml, or a path to a .yaml file
     executor: auto          auto (slurm if sbatch is on PATH, else local) | slurm | local
@@ -35,15 +35,8 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UserError
-from orchestrator.grid_document import (
-    EXECUTORS,
-    MAX_CELLS,
-    NAME_RE,
-    TOP_LEVEL,
-    Document,
-    one_line,
-    resolve_executor,
-)
+from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
+from orchestrator.grid_names import NAME_RE
 from orchestrator.profiles import Profile
 from orchestrator.run_ids import format_value
 from workloads.spec import RunSpec

@@ -2,8 +2,8 @@
 
 Every problem of the document is collected, one line each, as `FILE:LINE: key.path: what was expected`; a line is
 printable (control characters escaped) and bounded in length whatever the file holds, since a grid file is user
-input. Names that become paths (name, evaluate.source_experiment/source_run, visualize.source_experiment/
-source_runs) match NAME_RE: no separators, no leading dot, so nothing a cell names can leave the results root.
+input. Names that become paths match orchestrator.grid_names.NAME_RE, so nothing a cell names can leave the
+results root.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ from typing import Any, NamedTuple
 import yaml
 
 from orchestrator.devices import gpu_only_problems
+from orchestrator.grid_names import NAME_HELP, is_name, name_problems
 from orchestrator.profiles import Profile, ProfileError, load_profile
 from orchestrator.run_ids import derive_run_ids
 from workloads.schema import join_path, parse, show
 from workloads.spec import KINDS, RunSpec, check_spec
 
 EXECUTORS = ("auto", "slurm", "local")
-# experiment and run names become directory names: no separator, no leading dot or dash (no "..", no option)
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-NAME_HELP = "letters, digits, '_', '.' or '-' only, not starting with '.' or '-', at most 128 ([A-Za-z0-9_.-]+)"
 TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid")
 SET_BY_FILE = ("experiment", "run_id", "kind")  # RunSpec fields the file sets from name/kind and expansion
 MAX_CELLS = 10_000  # a typo like a 100-value list in five keys should fail fast, not hang
@@ -36,10 +34,6 @@ MAX_CELLS_ENV = "FASTROBUST_MAX_CELLS"  # raises it for one submission
 MAX_WORK = 5_000_000  # cells x values of the document: what expanding and validating it costs
 MAX_DESCRIPTION = 10_000  # characters
 MAX_LINE = 400  # characters of one problem line (a 1 MB value is not echoed back)
-# Set by the orchestrator at submit time (orchestrator.plan.resolve_sources): a grid that sets them is refused,
-# since they are paths a job reads.
-SET_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs")
-SOURCE_NAMES = ("evaluate.source_experiment", "evaluate.source_run", "visualize.source_experiment")
 SECTIONS: dict[str, type] = {
     name: tp
     for name, tp in typing.get_type_hints(RunSpec).items()
@@ -310,22 +304,8 @@ class Document:
                 )
         for key, message in gpu_only_problems(spec, executor, profile):  # fp16 on a CPU cell (orchestrator.devices)
             self.report(_user_path(origins, key), message)
-        for key in SOURCE_NAMES:
-            value = _get(spec, key)
-            if value is not None and not is_name(value):
-                self.report(
-                    _user_path(origins, key), f"expected a run or experiment name: {NAME_HELP}; got {show(value)}"
-                )
-        for i, run in enumerate(spec.visualize.source_runs):
-            if not is_name(run):
-                where = _user_path(origins, f"visualize.source_runs[{i}]")
-                self.report(where, f"expected a run name: {NAME_HELP}; got {show(run)}")
-        for key in SET_AT_SUBMIT:
-            if key in origins:
-                self.report(
-                    _user_path(origins, key),
-                    "set at submit time from source_experiment and source_run(s) under the results root; remove it",
-                )
+        for key, message in name_problems(spec, origins):  # nothing a cell names leaves the results root
+            self.report(_user_path(origins, key), message)
         if kind == "evaluate" and not spec.evaluate.source_run:
             self.report(
                 _user_path(origins, "evaluate.source_run"),
@@ -395,18 +375,6 @@ def _user_path(origins: dict[str, str], spec_path: str) -> str:
         suffix = path[len(parent) :] + suffix
         path = parent
     return _join("defaults", spec_path)
-
-
-def _get(spec: RunSpec, dotted: str) -> Any:
-    value: Any = spec
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def is_name(value: Any) -> bool:
-    """An experiment or run name that is safe as one path component (NAME_RE)."""
-    return isinstance(value, str) and NAME_RE.match(value) is not None
 
 
 def _describe(value: Any) -> str:

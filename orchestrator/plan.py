@@ -62,7 +62,7 @@ def under_root(path: Path, root: Path, what: str) -> Path:
 
 def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
     """The cell with its source runs as absolute run directories under the results root (grid files cannot set
-    them: orchestrator.grid_document.SET_AT_SUBMIT)."""
+    them: orchestrator.grid_names.SET_AT_SUBMIT)."""
     where = f"{cell.experiment}/{cell.run_id}: source run"
     if cell.kind == "evaluate" and cell.evaluate.source_run and not cell.evaluate.source_dir:
         source = layout.run_dir(root, cell.evaluate.source_experiment or cell.experiment, cell.evaluate.source_run)

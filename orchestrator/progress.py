@@ -66,7 +66,7 @@ class LocalProgress:
         else:
             error = manifest.run_dir(exp_dir, run_id) / layout.ERROR
             where = error if error.exists() else exp_dir / layout.SUBMITIT
-            self.write(f"{run_id} {cell.state}: see {where}")
+            self.write(f"{run_id} {cell.state}: {cell.error or f'see {where}'}")  # one line: message + error.txt
         self.bar.update(1)
         self.bar.set_postfix_str("")
         self.running = None

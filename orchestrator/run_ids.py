@@ -2,7 +2,7 @@
 
 Format, per kind:
 
-    train      {method}-n{nodes}g{gpus_per_node}-b{global_batch_size}-s{seed}   e.g. fast-n1g2-b256-s0
+    train      [{recipe}-]{method}-n{nodes}g{gpus_per_node}-b{global_batch_size}-s{seed}   e.g. fast-n1g2-b256-s0
     bench      bench-{model}-n{nodes}g{gpus_per_node}                          e.g. bench-resnet50_cifar-n1g1
     evaluate   eval-{evaluate.source_run}                                      e.g. eval-fast-n1g2-b256-s0
     visualize  vis-{visualize.source_runs joined by _}
@@ -25,7 +25,7 @@ from workloads.spec import RunSpec
 
 # Settings spelled out in the run_id prefix of each kind; other settings that vary become -{key}{value}.
 ID_FIELDS = {
-    "train": ("method", "shape.nodes", "shape.gpus_per_node", "global_batch_size", "seed"),
+    "train": ("recipe", "method", "shape.nodes", "shape.gpus_per_node", "global_batch_size", "seed"),
     "bench": ("model", "shape.nodes", "shape.gpus_per_node"),
     "evaluate": ("evaluate.source_run",),
     "visualize": ("visualize.source_runs",),
@@ -76,7 +76,8 @@ def derive_run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
     for spec, flat in zip(specs, flats, strict=True):
         shape = f"n{spec.shape.nodes}g{spec.shape.gpus_per_node}"
         prefix = {
-            "train": f"{spec.method}-{shape}-b{spec.global_batch_size}-s{spec.seed}",
+            "train": f"{spec.recipe + '-' if spec.recipe else ''}{spec.method}-{shape}-b{spec.global_batch_size}"
+            f"-s{spec.seed}",
             "bench": f"bench-{spec.model}-{shape}",
             "evaluate": f"eval-{spec.evaluate.source_run}",
             "visualize": "vis-" + "_".join(spec.visualize.source_runs),

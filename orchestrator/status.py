@@ -5,7 +5,10 @@ A cell is finished | running | pending | failed | cancelled | missing (| unknown
 - otherwise the scheduler's state of the cell's NEWEST job id decides: PENDING/REQUEUED/RUNNING... win over an
   error.txt left behind, because a requeued job may have recorded an error (submitit's requeue race) and is
   nevertheless alive; a requeue is therefore never reported as a failure;
-- an ended job without result.json is failed (cancelled when Slurm says CANCELLED).
+- an ended job without result.json is failed (cancelled when Slurm says CANCELLED); an attempt that ended while
+  Slurm requeued the job (NODE_FAIL, PREEMPTED, BOOT_FAIL, ...: orchestrator.scheduler) is not an end;
+- a failed cell says why in one line (CellStatus.error, printed under the table by `status` and `submit --wait`):
+  the first line of its error.txt (workloads.entry writes the one-line summary there) and the file's path.
 The scheduler is asked first and the run directories read after, so a job that ends in between is seen finished.
 Slurm: one batched `sacct` call for every job of the poll; `squeue` only when accounting is off
 (orchestrator.scheduler). Local executor: the job id is the controller's pid (alive = running).
@@ -50,6 +53,7 @@ class CellStatus:
     elapsed_s: float | None = None  # cumulative elapsed_s at the last epoch
     scheduler_state: str = ""
     scheduler_elapsed: str = ""
+    error: str = ""  # failed cells: one line, the exception's message and where the traceback is
 
 
 def classify(run_dir: Path, entry: Entry | None, record: JobRecord | None, now: float, asked: bool = True) -> str:
@@ -73,6 +77,23 @@ def classify(run_dir: Path, entry: Entry | None, record: JobRecord | None, now: 
     if record.state.startswith("CANCELLED"):
         return "cancelled"
     return "failed"  # ended (COMPLETED, FAILED, TIMEOUT, NODE_FAIL, ...) without result.json
+
+
+def failure_line(run_dir: Path, exp_dir: Path, record: JobRecord | None) -> str:
+    """Why a failed cell failed, in one line: the summary line of error.txt (workloads.entry writes it first;
+    another rank's error-rank{r}.txt when rank 0 left none) and its path, which holds the traceback; without
+    one, the scheduler's state and the job's log folder."""
+    candidates = [run_dir / layout.ERROR, *sorted(run_dir.glob("error-rank*.txt"))]
+    for path in candidates:
+        try:
+            with open(path, errors="replace") as f:
+                first = f.readline(1000)
+        except OSError:
+            continue
+        summary = " ".join(first.split()) or "(empty)"
+        return f"{summary} (traceback: {path})"
+    state = record.state if record is not None else "unknown to the scheduler"
+    return f"ended ({state}) without result.json or error.txt; see the job's log under {exp_dir / layout.SUBMITIT}"
 
 
 def _epoch_progress(run_dir: Path) -> tuple[int | None, float | None]:
@@ -155,6 +176,7 @@ def poll(exp_dir: Path, run_ids: Iterable[str] | None = None) -> list[CellStatus
                 elapsed_s=elapsed,
                 scheduler_state=record.state if record else "",
                 scheduler_elapsed=record.elapsed if record else "",
+                error=failure_line(rd, exp_dir, record) if state == "failed" else "",
             )
         )
     return out
@@ -178,4 +200,5 @@ def format_table(cells: list[CellStatus]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     summary = ", ".join(f"{n} {s}" for s, n in counts(cells).items())
-    return "\n".join([*lines, f"{len(cells)} cells: {summary}" if cells else "no cells"])
+    failures = [f"{c.run_id} failed: {c.error}" for c in cells if c.state == "failed" and c.error]
+    return "\n".join([*lines, f"{len(cells)} cells: {summary}" if cells else "no cells", *failures])

@@ -4,6 +4,8 @@ StubCell job (tests/slurm_stub.py) where the workload itself does not matter."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -212,3 +214,115 @@ def test_concurrent_submissions_submit_each_cell_once(tmp_path: Path, results: P
         for p in procs:
             p.wait(timeout=60)
     print(f"{REPS} races: one job per cell in each; {under_lock} decided under the lock")
+
+
+# -- one job per run directory ------------------------------------------------------------------------------------
+
+HOLDER = """\
+import os, sys, time
+from pathlib import Path
+from workloads import runlock
+lock = runlock.acquire(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold_elsewhere(run_dir: Path, job_id: str) -> subprocess.Popen[str]:
+    """Another process (as job `job_id`) holding the run directory, until killed."""
+    env = {**os.environ, "SLURM_JOB_ID": job_id}
+    env.pop("SLURM_ARRAY_JOB_ID", None)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO, env=env)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_holder_refuses_a_second_job_and_a_dead_one_does_not(tmp_path: Path) -> None:
+    from workloads import runlock
+
+    holder = _hold_elsewhere(tmp_path, "4242")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(runlock.RunDirBusy) as info:
+            runlock.acquire(tmp_path, wait=1.0)  # a holder on its way out gets that long
+        assert 1.0 <= time.monotonic() - t0 < 5
+        message = str(info.value)
+        assert "\n" not in message and "job 4242 on " in message and socket.gethostname() in message, message
+        assert f"pid {holder.pid}" in message and "orchestrate cancel" in message
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock with the process
+        holder.wait()
+    lock = runlock.acquire(tmp_path)  # the next attempt (a requeue) gets in
+    assert layout.read_json(tmp_path / runlock.LOCK)["pid"] == os.getpid()
+    runlock.release(lock)
+
+
+def test_entry_refuses_a_held_run_dir_and_writes_nothing_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workloads import distributed, entry, runlock
+    from workloads.spec import from_dict
+
+    monkeypatch.setenv(runlock.WAIT_ENV, "0.5")
+
+    spec = from_dict({"run_id": "busy", "epochs": 1})
+    layout.write_json_atomic(tmp_path / layout.SPEC, spec.to_dict())
+    layout.write_json_atomic(tmp_path / layout.RESULT, {"written by": "the live job"})
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
+    holder = _hold_elsewhere(tmp_path, "777_3")
+    try:
+        with pytest.raises(runlock.RunDirBusy, match=r"held by job 777_3 .* \(still after 0.5 s\)"):
+            entry.run(tmp_path / layout.SPEC, dist=distributed.single(spec))
+        after = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir() if p.name != runlock.LOCK)
+        assert after == before, "the refused job touched the run directory"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+TRAIN_GRID = """\
+name: onewriter
+executor: slurm
+profile: local-cluster
+defaults:
+  model: small_cnn
+  dataset: fashion_mnist
+  method: fast
+  epochs: 25
+  train_subset: 1024
+  val_subset: 128
+  global_batch_size: 64
+  eval: {every: 1, steps: 2}
+  resources: {timeout_min: 5}
+"""
+
+
+@pytest.mark.slurm
+def test_a_second_job_in_a_live_run_dir_refuses_to_start(
+    tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `--only-missing` on a cell that looked failed once did: a second job for a run directory whose job
+    runs. It stops on its own, naming the holder; the first one finishes with each epoch once."""
+    import submitit
+
+    from orchestrator.grid import load_grid
+    from orchestrator.job import CellJob
+
+    grid_path = tmp_path / "onewriter.yaml"
+    grid_path.write_text(TRAIN_GRID)
+    first = launch.submit(grid_path, results, log=lambda _: None)
+    (first_id,) = first.job_ids.values()
+    exp_dir = results / "onewriter"
+    run_dir = layout.run_dir(results, "onewriter", "fast-n1g1-b64-s0")
+    _wait_for(lambda: (run_dir / layout.ENV).exists(), 180, "the first job to hold its run directory")
+    grid = load_grid(grid_path)
+    monkeypatch.setenv("FASTROBUST_LOCK_WAIT_S", "1")  # exported to the second job by sbatch
+    params, ctor = launch.array_parameters(grid, "n1g1", grid.cells)
+    second = launch.make_executor("slurm", launch.submitit_folder(exp_dir), params, ctor).submit(
+        CellJob(), str(run_dir / layout.SPEC)
+    )
+    with pytest.raises(submitit.core.utils.FailedJobError) as info:
+        second.result()
+    assert f"is held by job {first_id} on " in str(info.value), str(info.value)[-2000:]
+    (cell,) = _wait_for(lambda: [c for c in cell_state.poll(exp_dir) if c.state in cell_state.TERMINAL], 300, "end")
+    assert cell.state == "finished", cell
+    assert [int(r["epoch"]) for r in layout.read_csv(run_dir / layout.EPOCHS)] == list(range(1, 26))  # 0 lost

@@ -7,7 +7,6 @@ rule (no grid field ever reaches a command line)."""
 from __future__ import annotations
 
 import dataclasses
-import resource
 import subprocess
 import sys
 import time
@@ -62,16 +61,18 @@ def test_alias_bomb_is_refused_within_1s_and_200mb() -> None:
     assert seconds < 1.0 and peak < 200e6, (seconds, peak)
 
 
-def test_alias_bomb_through_the_cli_stays_under_200mb(tmp_path: Path) -> None:
-    """The whole CLI process (Python, YAML, submitit imported), measured by the kernel."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "submit", str(BAD / "hostile_alias_bomb.yaml"), "--dry-run"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def test_alias_bomb_through_the_cli_stays_under_200mb() -> None:
+    """The whole CLI process (Python, YAML, submitit imported), its peak resident memory as the kernel counts it."""
+    code = (
+        "import resource, sys; from orchestrator import cli; code = cli.main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+    )
+    grid = str(BAD / "hostile_alias_bomb.yaml")
+    out = subprocess.run([sys.executable, "-c", code, "submit", grid, "--dry-run"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)  # fmt: skip
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
-    assert max(peak_kb, before) < 200 * 1024, f"{peak_kb} kB"
+    peak_kb = int(out.stdout.split()[-1])
+    assert peak_kb < 200 * 1024, f"{peak_kb} kB"
 
 
 def test_wide_alias_fanout_and_huge_lists_are_bounded(tmp_path: Path) -> None:
@@ -237,7 +238,7 @@ def test_ten_thousand_cells_dry_run_is_a_summary(tmp_path: Path, results: Path) 
     lines = text.splitlines()
     assert max(len(line) for line in lines) < 2000, max(len(line) for line in lines)
     assert "10000 cell(s): " in text and "and 9990 more" in text
-    assert "#SBATCH --array=0-9999" in text
+    assert "#SBATCH --array=0-" in text  # one array, or several where the site caps MaxArraySize
 
 
 def test_too_many_cells_say_how_to_raise_the_limit(

@@ -144,10 +144,10 @@ def test_old_epochs_csv_still_parses(tmp_path: Path) -> None:
     spec = from_dict({"run_id": "r", "method": "fast"})
     assert run_row(spec, status, [row], {})["co_flag"] is None
     flagged = [{**row, "co_flag": "0"}, {**row, "epoch": "2", "co_flag": "1"}]
-    assert (run_row(spec, status, flagged, {})["co_flag"], run_row(spec, status, flagged, {})["co_epoch"]) == (
-        True,
-        "2",
-    )
+    row = run_row(spec, status, flagged, {})
+    assert (row["co_flag"], row["co_epoch"], row["method_schedule"]) == (True, "2", "")
+    phased = from_dict({"method": "pgd7", "method_schedule": [{"method": "fast", "until": 0.6}]})
+    assert run_row(phased, status, [], {})["method_schedule"] == "fast@0.6"
 
 
 def test_grid_file_with_phases_and_guard(tmp_path: Path) -> None:

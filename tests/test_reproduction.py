@@ -26,7 +26,7 @@ from workloads import layout
 REPO = Path(__file__).resolve().parents[1]
 DEMO_GRID = REPO / "experiments" / "demo.yaml"
 DEMO_RESULTS = REPO / "results" / "reference" / "demo"  # committed reference run (the demo writes results/demo)
-PAPER_GRIDS = ("paper_cifar10", "paper_restricted_imagenet", "fig1_bench")
+PAPER_GRIDS = ("paper_cifar10", "paper_restricted_imagenet", "fig1_bench", "fast_recipes_cifar10")
 CPU_BENCH = REPO / "experiments" / "bench" / "cpu_paper_models.csv"
 CSVS = ("runs.csv", "epochs.csv", "bench.csv", "robustness.csv")
 METHODS = ("standard", "fast", "pgd7")

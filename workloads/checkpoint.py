@@ -6,12 +6,21 @@ Format "fastrobust-v1", a dict loadable with `torch.load(weights_only=True)` (on
   fp16 GradScaler's state_dict, None without one; absent in older checkpoints), epoch (completed epochs),
   elapsed_s (cumulative training wall-clock), best {epoch, metric} (None before the first evaluation), rng (list
   indexed by rank of {torch, cuda, numpy, python, attack} states), spec (RunSpec as a dict).
+
+One generation is kept back: saving checkpoint-last.pt writes the new file completely (temp file, fsync), links
+the current one as checkpoint-prev.pt, then renames the new one over it, so at every instant a complete last (and
+prev) exists; a torn write (a job killed mid-write, a full disk) leaves the previous files as they were.
+A resume (load_latest) takes the newest checkpoint that loads: last, else the newer of prev and best, with a
+warning naming what it skipped and why; when none loads it fails with ONE line naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +33,12 @@ from workloads.models import RobustModel, build_model
 from workloads.spec import RunSpec, from_dict
 
 FORMAT = "fastrobust-v1"
+CKPT_PREV = "checkpoint-prev.pt"  # the generation before checkpoint-last.pt
+RESUME_KEYS = ("model", "optimizer", "scheduler", "epoch", "elapsed_s", "best", "rng", "spec")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run directory can be resumed from (one line: the file and what to do)."""
 
 
 def derive_seed(*keys: int) -> int:
@@ -100,7 +115,37 @@ def save(
     }
     buf = io.BytesIO()
     torch.save(state, buf)
-    layout.write_bytes_atomic(path, buf.getvalue())
+    path = Path(path)
+    if path.name != layout.CKPT_LAST or not path.exists():
+        layout.write_bytes_atomic(path, buf.getvalue())
+        return
+    # keep one generation back: the new file is complete before the old one moves to checkpoint-prev.pt
+    new = path.with_name(f".{path.name}.new")
+    try:
+        layout.write_bytes_atomic(new, buf.getvalue())
+    except OSError as exc:  # name the checkpoint, not its temporary name (a full disk says which file)
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    link = path.with_name(f".{CKPT_PREV}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)  # a second name for the current last: no copy, no space
+        os.replace(link, path.with_name(CKPT_PREV))
+    except OSError as exc:  # a file system without hard links: no generation kept back, the write stays atomic
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable (a crash after save returns keeps them)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -108,6 +153,48 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint")
     return state
+
+
+def _resumable(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(state, "") when `path` loads as a complete checkpoint; (None, why not) otherwise."""
+    try:
+        state = load(path)
+    except Exception as exc:  # torn (EOF, bad zip), pickled (weights_only refuses it), foreign: not this one
+        return None, " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+    missing = [k for k in RESUME_KEYS if k not in state]
+    return (None, f"lacks {', '.join(missing)}") if missing else (state, "")
+
+
+def load_latest(run_dir: str | Path, warn: bool = True) -> tuple[dict[str, Any], Path] | None:
+    """The newest complete checkpoint of a run directory to resume from, and its path; None when it has none.
+
+    checkpoint-last.pt when it loads; else the newer (by epoch) of checkpoint-prev.pt and checkpoint-best.pt, with
+    a warning on stderr (when `warn`). Raises CheckpointError (one line) when checkpoints exist but none loads."""
+    run_dir = Path(run_dir)
+    names = (layout.CKPT_LAST, CKPT_PREV, layout.CKPT_BEST)
+    present = [run_dir / n for n in names if (run_dir / n).exists()]
+    if not present:
+        return None
+    skipped: list[str] = []
+    found: list[tuple[dict[str, Any], Path]] = []
+    for path in present:
+        state, why = _resumable(path)
+        if state is None:
+            skipped.append(f"{path.name} ({why})")
+        else:
+            found.append((state, path))
+            if path.name == layout.CKPT_LAST:
+                break
+    if not found:
+        raise CheckpointError(
+            f"{present[0]}: no checkpoint of this run loads ({'; '.join(skipped)}); the run cannot resume: move "
+            "the checkpoint-*.pt files aside (or delete the run directory) to restart it from epoch 1"
+        )
+    state, path = max(found, key=lambda f: int(f[0]["epoch"]))
+    if skipped and warn:
+        print(f"warning: {run_dir}: resuming from {path.name} (epoch {state['epoch']}); skipped "
+              f"{'; '.join(skipped)}", file=sys.stderr, flush=True)  # fmt: skip
+    return state, path
 
 
 def checkpoint_path(path_or_run_dir: str | Path, which: str = "best") -> Path:

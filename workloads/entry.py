@@ -13,7 +13,9 @@ or error-rank{r}.txt (other ranks) and re-raises: its FIRST line is the one-line
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -34,10 +36,28 @@ def error_path(run_dir: Path, rank: int) -> Path:
     return run_dir / (layout.ERROR if rank == 0 else f"error-rank{rank}.txt")
 
 
+def summary_line(exc: BaseException) -> str:
+    """What failed, in one line (error.txt's first line; `orchestrate status` shows it)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (
+            f"no space left on device writing {exc.filename or '(a file of the run)'}: every file of the run is "
+            "its old or its new version; free space, then resubmit with --only-missing (the run resumes from its "
+            "last complete checkpoint)"
+        )
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def error_text(exc: BaseException) -> str:
     """error.txt: the one-line summary, a blank line, the traceback."""
-    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return f"{summary}\n\n{traceback.format_exc()}"
+    return f"{summary_line(exc)}\n\n{traceback.format_exc()}"
+
+
+def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
+    """error.txt, or (when even that cannot be written, e.g. on a full disk) the summary on stderr."""
+    try:
+        layout.write_text_atomic(error_path(run_dir, rank), error_text(exc))
+    except OSError as write_error:
+        print(f"error: {summary_line(exc)} (error.txt not written: {write_error})", file=sys.stderr, flush=True)
 
 
 def _hold(run_dir: Path, dist: distributed.Dist) -> runlock.RunLock | None:
@@ -85,7 +105,7 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
             layout.write_json_atomic(run_dir / layout.RESULT, record)
         return result
     except Exception as exc:
-        layout.write_text_atomic(error_path(run_dir, dist.rank), error_text(exc))
+        _record_failure(run_dir, dist.rank, exc)
         raise
     finally:
         runlock.release(lock)

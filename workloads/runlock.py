@@ -4,7 +4,9 @@ Rank 0 takes an exclusive flock on the file when the job starts (workloads.entry
 the run directory) and keeps it until the process ends; the kernel drops it when the process dies, whatever the
 way (kill -9, a node reboot ends the process too), so a requeued attempt of the same job finds it free. The file
 records who holds it (job id, host, pid, since), so a second job that finds the lock taken refuses to start and
-says which job holds the directory, without writing anything there. flock is coherent across the nodes of local
+says which job holds the directory, without writing anything there. A holder may be on its way out (a job just
+cancelled or requeued ends within Slurm's KillWait): the lock is retried for WAIT_S seconds
+($FASTROBUST_LOCK_WAIT_S) before the refusal. flock is coherent across the nodes of local
 and NFSv4/Lustre/GPFS file systems as Linux mounts them by default (NFS emulates it with POSIX locks).
 """
 
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 LOCK = "job.lock"
+WAIT_S = 60.0  # longer than Slurm's KillWait (default 30 s): a cancelled holder has ended by then
+WAIT_ENV = "FASTROBUST_LOCK_WAIT_S"
 
 
 class RunDirBusy(RuntimeError):
@@ -54,19 +58,39 @@ def _holder(fd: int) -> dict[str, Any]:
     return {}
 
 
-def acquire(run_dir: Path) -> RunLock:
-    """Hold `run_dir` for this process; raises RunDirBusy naming the holder when another process holds it."""
+def wait_s() -> float:
+    try:
+        return float(os.environ.get(WAIT_ENV, WAIT_S))
+    except ValueError:
+        return WAIT_S
+
+
+def _try_lock(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+def acquire(run_dir: Path, wait: float | None = None) -> RunLock:
+    """Hold `run_dir` for this process, waiting up to `wait` seconds (default wait_s()) for a holder to end;
+    raises RunDirBusy naming the holder when another process still holds it."""
     path = run_dir / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    seconds = wait_s() if wait is None else wait
+    if not _try_lock(fd, seconds):
         held = _holder(fd)
         os.close(fd)
         who = f"job {held.get('job_id', '?')} on {held.get('host', '?')} (pid {held.get('pid', '?')})"
         raise RunDirBusy(
-            f"{run_dir} is held by {who} since {held.get('since', '?')}: job {current_job_id()} does not start a "
-            "second writer there; wait for that job or cancel it (orchestrate cancel)"
+            f"{run_dir} is held by {who} since {held.get('since', '?')} (still after {seconds:g} s): job "
+            f"{current_job_id()} does not start a second writer there; wait for that job or cancel it "
+            "(orchestrate cancel)"
         ) from None
     me = {"job_id": current_job_id(), "host": socket.gethostname(), "pid": os.getpid(),
           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip

@@ -10,6 +10,7 @@ from workloads.catalog. KIND_SECTIONS says which settings each kind reads. Torch
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ ATTACK_MODES = ("eval", "train")
 CHECKPOINTS = ("best", "last")
 GUARD_ACTIONS = ("none", "flag", "stop")
 _METHOD = {"pattern": catalog.METHOD_RE, "expected": catalog.METHOD_HELP}
+_RECIPE = {"pattern": re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$"), "expected": "a name of letters, digits, _ and ."}
 
 
 @dataclass
@@ -180,6 +182,8 @@ class RunSpec:
 
     experiment: str = "default"
     run_id: str = ""
+    # kind train: a name for the recipe that leads the run_id (recipes of one experiment in several documents)
+    recipe: str | None = field(default=None, metadata=_RECIPE)
     kind: str = field(default="train", metadata=choices(*KINDS))
     dataset: str = field(default="fashion_mnist", metadata=choices(*catalog.DATASETS))
     data_root: str | None = None  # None: torchvision layout under ~/data, Debian files for Fashion-MNIST

@@ -143,9 +143,9 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
 
     start, elapsed, best = 0, 0.0, None
-    if (run_dir / layout.CKPT_LAST).exists():
-        state = checkpoint.load(run_dir / layout.CKPT_LAST)
-        check_resumable(spec, state["spec"], run_dir / layout.CKPT_LAST)
+    if (latest := checkpoint.load_latest(run_dir, warn=dist.is_main)) is not None:  # newest that loads
+        state, state_path = latest
+        check_resumable(spec, state["spec"], state_path)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
