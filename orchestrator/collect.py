@@ -38,6 +38,7 @@ RUN_COLUMNS = (
     "best_metric", "attempts", "eval_every", "eval_steps", "eval_restarts", "eval_batch_size",
     "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.guard): empty when it was off
     "method_schedule",  # phases before `method` (workloads.recipe) as method@until;...: empty without
+    "recipe",  # the grid's recipe name (leads the run_id), empty without
 )  # fmt: skip
 
 
@@ -118,6 +119,7 @@ def run_row(
         "co_flag": co_flag,
         "co_epoch": co_epoch,
         "method_schedule": ";".join(f"{p.method}@{p.until:g}" for p in spec.method_schedule) if train else None,
+        "recipe": spec.recipe,
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.estimate import bench_costs
+from orchestrator.estimate import bench_costs, compare
 from orchestrator.estimate import model as estimate
 from orchestrator.estimate.bench_costs import EstimateError, interpolate
 from tests import fixtures
@@ -448,10 +448,10 @@ def test_compare_runs_predicts_each_finished_train_run(multi_bench: pd.DataFrame
         row("other-device", "fast", 1, 1.0, device="NVIDIA H100"),  # no bench rows for it: left out
         {**row("bench", "", 1, 1.0), "kind": "bench"},  # not a training run
     ])  # fmt: skip
-    df = estimate.compare_runs(runs, multi_bench)
-    assert list(df.columns) == list(estimate.COMPARE_COLUMNS)
+    df = compare.compare_runs(runs, multi_bench)
+    assert list(df.columns) == list(compare.COMPARE_COLUMNS)
     assert list(df["run_id"]) == ["fast-1", "pgd7-2"]
     assert df["predicted_s"].tolist() == pytest.approx([one, two], rel=1e-12)
     assert df["error_pct"].tolist() == pytest.approx([-20.0, 25.0], rel=1e-9)
     assert df["bench_world_size"].tolist() == [1, 2]
-    assert estimate.compare_runs(runs.iloc[0:0], multi_bench).empty
+    assert compare.compare_runs(runs.iloc[0:0], multi_bench).empty

@@ -57,6 +57,24 @@ def test_report_from_committed_csvs_reproduces_table1(csv_only_demo: Path) -> No
         assert (csv_only_demo / "report" / name).stat().st_size > 0
 
 
+FAST_RECIPES_RESULTS = REPO / "results" / "reference" / "fast-recipes"  # experiments/fast_recipes.yaml's reference
+
+
+def test_fast_recipes_tables_follow_from_their_committed_csvs(tmp_path: Path) -> None:
+    """The time-to-robustness study's reference run: Table I and the time-to-target table regenerate byte for
+    byte from its committed CSVs (the report reads CSVs only)."""
+    from orchestrator.report import build_report
+
+    exp = tmp_path / "fast-recipes"
+    exp.mkdir()
+    for name in ("runs.csv", "epochs.csv", "robustness.csv"):
+        shutil.copyfile(FAST_RECIPES_RESULTS / name, exp / name)
+    build_report(exp)
+    for name in ("table1.csv", "time_to_target.csv", "time_to_target.md"):
+        regenerated = (exp / "report" / name).read_bytes()
+        assert regenerated == (FAST_RECIPES_RESULTS / "report" / name).read_bytes(), f"{name} no longer follows"
+
+
 def test_committed_run_shows_the_papers_findings() -> None:
     """Time: no PGD < 1-step < 7-step at each GPU count; robustness at the training eps: standard << fast <~ pgd7."""
     runs = pd.read_csv(DEMO_RESULTS / "runs.csv")
@@ -78,7 +96,7 @@ def test_committed_run_shows_the_papers_findings() -> None:
 def test_committed_run_is_predicted_by_its_bench_within_15_percent() -> None:
     """Issue 4's target on the reference run: `estimate` from the run's own bench.csv (rows at each cell's world
     size) against each training run's measured wall-clock. The committed numbers, not a new timing."""
-    from orchestrator.estimate.model import compare_runs
+    from orchestrator.estimate.compare import compare_runs
 
     runs, bench = pd.read_csv(DEMO_RESULTS / "runs.csv"), pd.read_csv(DEMO_RESULTS / "bench.csv")
     df = compare_runs(runs, bench)

@@ -54,3 +54,12 @@ def pick_unit(seconds: Iterable[float | None]) -> Unit:
 def fmt_time(seconds: float, unit: Unit) -> str:
     v = seconds / unit.seconds
     return f"{v:.1f}" if v >= 0.1 or v == 0 else f"{v:.2g}"
+
+
+def csv_number(value: float | None) -> str:
+    """A number as the report's CSVs write it (%.6g; empty for a missing value)."""
+    return "" if value is None else f"{value:.6g}"
+
+
+def to_hours(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds / 3600

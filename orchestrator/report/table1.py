@@ -22,10 +22,12 @@ from orchestrator.report.labels import (
     MARK,
     approach_name,
     approach_order,
+    csv_number,
     dataset_label,
     dataset_order,
     fmt_time,
     pick_unit,
+    to_hours,
 )
 from orchestrator.report.tables import ReportError, Tables, number, train_runs
 from workloads.catalog import METHOD_HELP, METHOD_RE
@@ -134,30 +136,22 @@ def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]
     return cells
 
 
-def _g(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
-
-
-def _hours(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds / 3600
-
-
 def table1_rows(cells: Sequence[Cell]) -> list[dict[str, str]]:
     return [
         {
             "dataset": c.dataset,
             "approach": approach_name(c.method),
             "gpus": str(c.gpus),
-            "last_hours": _g(_hours(c.last_s)),
-            "last_relative": _g(c.ratio(c.last_s)),
-            "best_hours": _g(_hours(c.best_s)),
-            "best_relative": _g(c.ratio(c.best_s)),
+            "last_hours": csv_number(to_hours(c.last_s)),
+            "last_relative": csv_number(c.ratio(c.last_s)),
+            "best_hours": csv_number(to_hours(c.best_s)),
+            "best_relative": csv_number(c.ratio(c.best_s)),
             "method": c.method,
             "runs": str(c.runs),
             "state": "finished" if c.finished else c.states,
             "baseline": c.baseline,
-            "last_hours_partial": "" if c.finished else _g(_hours(c.partial_last_s)),
-            "last_relative_partial": "" if c.finished else _g(c.ratio(c.partial_last_s)),
+            "last_hours_partial": "" if c.finished else csv_number(to_hours(c.partial_last_s)),
+            "last_relative_partial": "" if c.finished else csv_number(c.ratio(c.partial_last_s)),
         }
         for c in cells
     ]

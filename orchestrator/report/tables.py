@@ -16,7 +16,7 @@ import pandas as pd
 
 from orchestrator import collect
 from orchestrator.errors import UserError
-from orchestrator.estimate.model import COMPARE_COLUMNS, compare_runs
+from orchestrator.estimate.compare import COMPARE_COLUMNS, compare_runs
 
 
 class ReportError(UserError, ValueError):
@@ -106,7 +106,7 @@ def training_eps(tables: Tables) -> dict[str, float]:
 
 def estimates_vs_measured(tables: Tables) -> pd.DataFrame:
     """Each finished train run's last-epoch time against `orchestrate estimate`'s prediction from this
-    experiment's bench (orchestrator.estimate.model.compare_runs; empty without runs or bench)."""
+    experiment's bench (orchestrator.estimate.compare.compare_runs; empty without runs or bench)."""
     if tables.bench is None or tables.runs is None:
         return pd.DataFrame(columns=list(COMPARE_COLUMNS))
     return compare_runs(tables.runs, tables.bench)

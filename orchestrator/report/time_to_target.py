@@ -27,10 +27,12 @@ from orchestrator.report.labels import (
     Unit,
     approach_name,
     approach_order,
+    csv_number,
     dataset_label,
     dataset_order,
     fmt_time,
     pick_unit,
+    to_hours,
 )
 from orchestrator.report.tables import ReportError, Tables, number, train_runs
 
@@ -183,16 +185,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     return out
 
 
-def _g(value: float | None) -> str:
-    return "" if value is None else f"{value:.6g}"
-
-
-def _hours(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds / 3600
-
-
 def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
-    hours = _hours
     return [
         {
             "dataset": r.dataset,
@@ -200,20 +193,20 @@ def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
             "gpus": str(r.gpus),
             "run_id": r.run_id,
             "method": r.method,
-            "target_adv_acc": _g(r.target),
+            "target_adv_acc": csv_number(r.target),
             "target_rule": r.rule,
             "reached": "yes" if r.reached else "no",
             "epoch": "" if r.epoch is None else str(r.epoch),
-            "wall_hours": _g(hours(r.elapsed_s)),
-            "gpu_hours": _g(hours(r.gpu_s)),
-            "adv_acc_at_target": _g(r.acc_at_target),
-            "best_adv_acc": _g(r.best_acc),
+            "wall_hours": csv_number(to_hours(r.elapsed_s)),
+            "gpu_hours": csv_number(to_hours(r.gpu_s)),
+            "adv_acc_at_target": csv_number(r.acc_at_target),
+            "best_adv_acc": csv_number(r.best_acc),
             "best_epoch": "" if r.best_epoch is None else str(r.best_epoch),
             "evaluations": str(r.evaluations),
             "eval_every": "" if r.eval_every is None else str(r.eval_every),
-            "final_aa_acc": _g(r.aa_acc),
-            "final_pgd_acc": _g(r.aa_pgd_acc),
-            "pgd_minus_aa_points": _g(r.gap_points),
+            "final_aa_acc": csv_number(r.aa_acc),
+            "final_pgd_acc": csv_number(r.aa_pgd_acc),
+            "pgd_minus_aa_points": csv_number(r.gap_points),
             "masking_flag": "yes" if r.masked else "",
             "aa_version": r.aa_version,
         }
