@@ -30,13 +30,14 @@ def figure(curves: pd.DataFrame, reaches: Sequence[Reach], out_dir: Path) -> lis
     colors = method_colors(curves["method"].astype(str).tolist())
     gpu_counts = sorted({r.gpus for r in reaches})
     style = {g: _STYLES[i % len(_STYLES)] for i, g in enumerate(gpu_counts)}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(9.0 * len(datasets), 4.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         of_dataset = sorted((r for r in reaches if r.dataset == dataset),
                             key=lambda r: (approach_order(r.method), r.gpus, r.run_id))  # fmt: skip
         for r in of_dataset:
             c = curves[curves["run_id"] == r.run_id]
-            label = f"{approach_name(r.method)}, {r.gpus} GPU" + ("" if r.reached else " (not reached)")
+            # the run_id names the recipe (recipe-method-nNgG-...); several recipes share a method
+            label = f"{r.run_id} ({approach_name(r.method)})" + ("" if r.reached else ", not reached")
             ax.plot(c["elapsed_s"] / unit.seconds, c["adv_acc"] * 100, style[r.gpus], marker="o", ms=3,
                     color=colors[r.method], label=label)  # fmt: skip
             if r.reached and r.elapsed_s is not None and r.acc_at_target is not None:
@@ -49,9 +50,14 @@ def figure(curves: pd.DataFrame, reaches: Sequence[Reach], out_dir: Path) -> lis
                         textcoords="offset points", xytext=(2, 3), fontsize=8)  # fmt: skip
         ax.set(title=dataset_label(dataset), xlabel=f"wall-clock ({unit.name}, evaluation included)",
                ylabel="validation PGD accuracy (%)")  # fmt: skip
-        ax.set_xlim(left=0)
+        times = curves.loc[curves["dataset"] == dataset, "elapsed_s"]
+        positive = times[times > 0]
+        if len(positive) and positive.max() > 20 * positive.min():
+            ax.set_xscale("log")  # fast recipes take seconds where the paper's take minutes: both stay readable
+        else:
+            ax.set_xlim(left=0)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    margins(fig)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    margins(fig, right=3.4)  # room for the legend right of the axes
     out_dir.mkdir(parents=True, exist_ok=True)
     return save(fig, out_dir, STEM)
