@@ -24,6 +24,7 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,3 +163,71 @@ def normalise(text: str, results: Path, repo: Path | None = None) -> str:
     """Machine-specific paths -> placeholders: the results root, the interpreter jobs run, the checkout (if given)."""
     text = text.replace(str(results), "<RESULTS>").replace(sys.executable, "<PYTHON>")
     return text if repo is None else text.replace(str(repo), "<REPO>")
+
+
+def manual_sgd_training(spec: Any, scheduler: Callable[[Any, int], Any] | None = None) -> dict[str, Any]:
+    """Plain single-process SGD over the global batches that DistributedSampler(seed) hands out; `scheduler`
+    (optimizer, steps per epoch) -> an lr scheduler stepped after every optimizer step (None: constant lr).
+
+    With shuffle, DistributedSampler permutes with a generator seeded seed + epoch and gives rank r the
+    indices r, r+W, ...; so the union of the ranks' b-th batches is the b-th global batch of the permutation."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from workloads.data import build_datasets
+    from workloads.models import build_model
+
+    data = build_datasets(spec)
+    xs = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    ys = data.train.targets
+    torch.manual_seed(spec.seed)
+    info = data.info
+    model = build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std)
+    o = spec.optimizer
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = scheduler(opt, math.ceil(len(ys) / spec.global_batch_size)) if scheduler else None
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(spec.seed + epoch))
+        for b in range(0, len(perm), spec.global_batch_size):
+            idx = perm[b : b + spec.global_batch_size]
+            loss = F.cross_entropy(model(xs[idx]), ys[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+    return model.state_dict()
+
+
+def evaluate_interrupted_then_resumed(
+    spec: Any, run_dir: Path, monkeypatch: pytest.MonkeyPatch, die_at: int
+) -> list[int]:
+    """Run the evaluate kind in run_dir, let it die during its `die_at`-th attacked batch, run it again; returns
+    the first example index of every batch each run attacked (evaluate.batch_counts' fourth argument)."""
+    from workloads import distributed
+    from workloads.kinds import evaluate
+
+    calls: list[int] = []
+    original = evaluate.batch_counts
+
+    class Killed(Exception):
+        pass
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[3])
+        if len(calls) == die_at:
+            raise Killed
+        return original(*args, **kwargs)
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[3])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "batch_counts", interrupted)
+    with pytest.raises(Killed):
+        evaluate.main(spec, run_dir, distributed.single(spec))
+    monkeypatch.setattr(evaluate, "batch_counts", recorded)
+    evaluate.main(spec, run_dir, distributed.single(spec))
+    return calls

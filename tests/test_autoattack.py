@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from orchestrator.report import time_to_target as ttt
 from orchestrator.report.tables import Tables
+from tests import fixtures
 from tests.fixtures import free_port
 from workloads import distributed, entry, layout
 from workloads.checkpoint import load_model
@@ -163,23 +164,7 @@ def test_one_and_two_gloo_ranks_give_identical_counts(results: Path) -> None:
 def test_resume_skips_finished_batches(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = eval_spec("aa-resume", results)
     run_dir = write_spec(results, spec).parent
-    calls: list[int] = []
-    original = evaluate.batch_counts
-
-    class Killed(Exception):
-        pass
-
-    def interrupted(*args: Any, **kwargs: Any) -> list[int]:
-        calls.append(args[3])
-        if len(calls) == 3:
-            raise Killed  # the job dies during its third batch
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "batch_counts", interrupted)
-    with pytest.raises(Killed):
-        evaluate.main(spec, run_dir, distributed.single(spec))
-    monkeypatch.setattr(evaluate, "batch_counts", lambda *a, **k: (calls.append(a[3]), original(*a, **k))[1])
-    evaluate.main(spec, run_dir, distributed.single(spec))
+    calls = fixtures.evaluate_interrupted_then_resumed(spec, run_dir, monkeypatch, die_at=3)  # dies in batch 3
     assert calls == [0, 16, 32, 32]  # batches 0 and 1 were recorded before the interruption
     resumed = layout.read_csv(run_dir / layout.ROBUSTNESS)
     fresh = write_spec(results, eval_spec("aa-fresh", results)).parent

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
+from tests import fixtures
 from tests.fixtures import free_port
 from workloads import checkpoint, distributed, layout
 from workloads.accuracy import dataset_accuracy
@@ -77,30 +77,6 @@ def torchrun_entry(spec_path: Path, world: int = 2) -> list[subprocess.Completed
     return done
 
 
-def manual_standard_training(spec: RunSpec) -> dict[str, torch.Tensor]:
-    """Plain single-process SGD over the global batches that DistributedSampler(seed) hands out.
-
-    With shuffle, DistributedSampler permutes with a generator seeded seed + epoch and gives rank r the
-    indices r, r+W, ...; so the union of the ranks' b-th batches is the b-th global batch of the permutation."""
-    data = build_datasets(spec)
-    xs = torch.stack([data.train[i][0] for i in range(len(data.train))])
-    ys = data.train.targets
-    torch.manual_seed(spec.seed)
-    info = data.info
-    model = build_model(spec.model, info.num_classes, info.in_channels, info.mean, info.std)
-    o = spec.optimizer
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    for epoch in range(spec.epochs):
-        perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(spec.seed + epoch))
-        for b in range(0, len(perm), spec.global_batch_size):
-            idx = perm[b : b + spec.global_batch_size]
-            loss = F.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.state_dict()
-
-
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: Path) -> None:
     spec_path, spec = write_spec(tmp_path / "ddp-std", method="standard")
     assert spec.batch_per_rank == 32 and len(build_datasets(spec).train) % spec.global_batch_size == 0
@@ -108,7 +84,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: P
     run_dir = spec_path.parent
     state = checkpoint.load(run_dir / layout.CKPT_LAST)
     assert state["epoch"] == 2 and len(state["rng"]) == 2  # RNG states of both ranks
-    expected = manual_standard_training(spec)
+    expected = fixtures.manual_sgd_training(spec)
     assert state["model"].keys() == expected.keys()  # unwrapped: no "module." prefix
     for name, value in expected.items():
         torch.testing.assert_close(state["model"][name], value, atol=1e-5, rtol=1e-4, msg=name)

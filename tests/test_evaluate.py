@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from tests import fixtures
 from tests.fixtures import free_port, make_cifar10
 from workloads import distributed, entry, layout
 from workloads.checkpoint import load_model
@@ -224,23 +225,7 @@ def test_resume_skips_recorded_batches(trained_results: Path, monkeypatch: pytes
     """An interrupted evaluation resumes from evaluate-progress-rank*.json and ends with the same counts."""
     spec = eval_spec("eval-resume", trained_results, max_examples=96)
     run_dir = write_spec(trained_results, spec).parent
-    calls: list[int] = []
-    original = evaluate.batch_counts
-
-    class Killed(Exception):
-        pass
-
-    def interrupted(*args: Any, **kwargs: Any) -> list[int]:
-        calls.append(args[3])
-        if len(calls) == 2:
-            raise Killed  # the job dies during its second batch
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate, "batch_counts", interrupted)
-    with pytest.raises(Killed):
-        evaluate.main(spec, run_dir, distributed.single(spec))
-    monkeypatch.setattr(evaluate, "batch_counts", lambda *a, **k: (calls.append(a[3]), original(*a, **k))[1])
-    evaluate.main(spec, run_dir, distributed.single(spec))
+    calls = fixtures.evaluate_interrupted_then_resumed(spec, run_dir, monkeypatch, die_at=2)  # dies in batch 2
     assert calls == [0, 32, 32, 64]  # batch 0 was recorded before the interruption
     resumed = layout.read_csv(run_dir / layout.ROBUSTNESS)
     fresh_dir = write_spec(trained_results, eval_spec("eval-fresh", trained_results, max_examples=96)).parent

@@ -10,15 +10,13 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.optim import lr_scheduler
 
+from tests import fixtures
 from tests.test_distributed import torchrun_entry, write_spec
 from tests.test_train import TIMING, tiny_spec, weights
 from workloads import checkpoint, layout
-from workloads.data import build_datasets
 from workloads.kinds.train import train
-from workloads.models import build_model
 from workloads.schedules import Schedule
 from workloads.schema import SpecError
 from workloads.spec import Optimizer, RunSpec, from_dict
@@ -196,33 +194,16 @@ def test_onecycle_under_two_gloo_ranks_matches_one_process(tmp_path: Path) -> No
     spec_path, spec = write_spec(tmp_path / "ddp-onecycle", method="standard", optimizer=onecycle)
     torchrun_entry(spec_path)
     state = checkpoint.load(spec_path.parent / layout.CKPT_LAST)
-    expected = manual_onecycle_training(spec)
+    o = spec.optimizer
+
+    def onecycle_per_step(opt: torch.optim.Optimizer, per_epoch: int) -> lr_scheduler.OneCycleLR:
+        total = spec.epochs * per_epoch
+        return lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total, pct_start=o.peak_fraction,
+                                       cycle_momentum=False)  # fmt: skip
+
+    expected = fixtures.manual_sgd_training(spec, onecycle_per_step)
     for name, value in expected.items():
         torch.testing.assert_close(state["model"][name], value, atol=1e-5, rtol=1e-4, msg=name)
-
-
-def manual_onecycle_training(spec: RunSpec) -> dict[str, torch.Tensor]:
-    """tests.test_distributed.manual_standard_training with torch's OneCycleLR stepped after every step."""
-    data = build_datasets(spec)
-    xs, ys = torch.stack([data.train[i][0] for i in range(len(data.train))]), data.train.targets
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.model, data.info.num_classes, data.info.in_channels, data.info.mean, data.info.std)
-    o = spec.optimizer
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    per_epoch = math.ceil(len(ys) / spec.global_batch_size)
-    sched = lr_scheduler.OneCycleLR(
-        opt, max_lr=o.lr, total_steps=spec.epochs * per_epoch, pct_start=o.peak_fraction, cycle_momentum=False
-    )
-    for epoch in range(spec.epochs):
-        perm = torch.randperm(len(ys), generator=torch.Generator().manual_seed(spec.seed + epoch))
-        for b in range(0, len(perm), spec.global_batch_size):
-            idx = perm[b : b + spec.global_batch_size]
-            loss = F.cross_entropy(model(xs[idx]), ys[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.state_dict()
 
 
 def test_a_checkpoint_from_before_schedules_resumes_exactly(tmp_path: Path) -> None:
