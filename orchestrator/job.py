@@ -4,6 +4,10 @@ Every task (rank) of the job calls it. The run directory holds all progress (che
 the object itself carries no state: after a timeout or preemption submitit pickles it again, requeues the job,
 and the new attempt resumes from the run directory. An admin `scontrol requeue` restarts the job from the
 original pickle without calling checkpoint(); it resumes from the same checkpoint all the same.
+
+The workload runs as a child process of each task (workloads.supervisor): the task process stays torch-free, sees
+the child die or hang, writes that rank's error file when the child cannot (a signal), and turns the child's
+"requeue me" exit into submitit's requeue.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ class CellJob(submitit.helpers.Checkpointable):
     """Run one cell: `CellJob()(spec_path)` -> the workload's result (rank 0 also writes result.json)."""
 
     def __call__(self, spec_path: str) -> dict[str, Any]:
-        from workloads import entry  # imports torch: only inside the job, never at submission
+        from workloads import supervisor  # torch-free; the child it starts imports torch
 
-        return entry.run(spec_path)
+        return supervisor.run_supervised(spec_path)
 
     def checkpoint(self, spec_path: str) -> submitit.helpers.DelayedSubmission:
-        # Nothing to save here: the workload saved checkpoint-last.pt after its last epoch, and the requeued
-        # call resumes from it (at most one epoch is repeated).
+        # submitit's SIGUSR2 handler (rank 0): the child gets SIGUSR2 and saves what it saves (train: a mid-epoch
+        # checkpoint, workloads.preempt) before it exits, within a bound; the requeued call resumes from it.
+        from workloads import supervisor
+
+        supervisor.on_preemption()
         return submitit.helpers.DelayedSubmission(CellJob(), spec_path)

@@ -186,7 +186,8 @@ def gpu_request(profile: Profile, gpus_per_node: int) -> dict[str, Any]:
 def slurm_parameters(profile: Profile, spec: RunSpec) -> dict[str, Any]:
     """submitit AutoExecutor.update_parameters kwargs for the array holding `spec`.
 
-    One Slurm task per GPU (tasks_per_node = gpus_per_node). slurm_-prefixed keys are ignored by a local
+    One Slurm task per GPU (tasks_per_node = gpus_per_node); a multi-task step is killed as a whole when one task
+    fails (srun --kill-on-bad-exit=1). slurm_-prefixed keys are ignored by a local
     AutoExecutor, so the same dict also serves executor: local. `env` is exported by setup lines, which run in
     the sbatch script before srun, so every task inherits it. Pass `executor_kwargs(spec)` to the AutoExecutor
     constructor: submitit takes max_num_timeout there, not in update_parameters.
@@ -202,6 +203,10 @@ def slurm_parameters(profile: Profile, spec: RunSpec) -> dict[str, Any]:
     }
     if res.mem_gb is not None:
         params["mem_gb"] = res.mem_gb
+    if spec.shape.nodes * spec.shape.gpus_per_node > 1:
+        # A task that exits non-zero (its supervisor has recorded a dead or hung rank) ends the whole step: the
+        # peers could otherwise wait for it in a collective up to collective_timeout_s (NCCL sees no closed socket).
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(profile, key) is not None:
             params[f"slurm_{key}"] = getattr(profile, key)

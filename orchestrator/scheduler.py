@@ -6,15 +6,20 @@ States mean what Slurm means. sacct reports the attempt that ended: NODE_FAIL, P
 TIMEOUT whose job submitit requeued, are not the end of a job Slurm requeues (JobRequeue=1, `--requeue`): the
 same job id is then queued again. So a record in one of those states (MAYBE_REQUEUED) is checked against the
 queue: a job squeue still lists is pending/running (its record keeps `ended_attempt`); only a job that has left
-the queue ended for good. That second call happens only when such a record exists (a poll of running or
-finished cells stays one call).
+the queue ended for good. That second call happens only for such a record that ended less than SETTLE_S ago:
+accounting replaces the ended attempt of a requeued job by its REQUEUED/PENDING record within about a second
+(measured on the test cluster: `scontrol requeue` of a FAILED job), so a later sacct answer is the job's own word
+and a poll of 10^4 cells with long-settled failures stays ONE call. sacct prints End as a Unix time
+(SLURM_TIME_FORMAT=%s), so no time zone is involved.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,8 @@ RUNNING_STATES = frozenset(
 # Final unless the job is still queued (a requeue keeps the job id): COMPLETED and CANCELLED are never requeued
 # by Slurm itself, every other ended state may be.
 FINAL_STATES = frozenset({"COMPLETED", "CANCELLED"})
-SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES")
+SACCT_FIELDS = ("JobID", "State", "Elapsed", "NodeList", "AllocTRES", "End")
+SETTLE_S = 120.0  # an ended attempt older than this is final when sacct still reports it (module docstring)
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class JobRecord:
     nodes: str = ""
     tres: str = ""
     ended_attempt: str = ""  # sacct's state of an attempt that ended while the job itself is queued again
+    end: float | None = None  # Unix time the reported attempt ended (None: not ended, or not known)
 
 
 def maybe_requeued(state: str) -> bool:
@@ -61,15 +68,21 @@ def _base(job_id: str) -> str:
     return job_id.split("_", 1)[0]
 
 
+def _unix_time(text: str) -> float | None:
+    """sacct's End under SLURM_TIME_FORMAT=%s; None for Unknown/None (not ended) or any other format."""
+    return float(text) if text.strip().isdigit() else None
+
+
 def parse_sacct(text: str) -> dict[str, JobRecord]:
-    """`sacct -X -n -P -o JobID,State,Elapsed,NodeList,AllocTRES` output -> records by job id."""
+    """`sacct -X -n -P -o JobID,State,Elapsed,NodeList,AllocTRES[,End]` output -> records by job id."""
     records: dict[str, JobRecord] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) < len(SACCT_FIELDS) or not parts[0]:
+        if len(parts) < 5 or not parts[0]:
             continue
         state = parts[1].split()[0] if parts[1].strip() else "UNKNOWN"
-        record = JobRecord(state=state, elapsed=parts[2], nodes=parts[3], tres=parts[4])
+        end = _unix_time(parts[5]) if len(parts) > 5 else None
+        record = JobRecord(state=state, elapsed=parts[2], nodes=parts[3], tres=parts[4], end=end)
         for job_id in _expand_job_ids(parts[0]):
             records[job_id] = record
     return records
@@ -98,7 +111,8 @@ def query_slurm(job_ids: Iterable[str]) -> dict[str, JobRecord]:
         return {}
     if shutil.which("sacct"):
         cmd = ["sacct", "-X", "-n", "-P", "-j", ",".join(bases), "-o", ",".join(SACCT_FIELDS)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        env = {**os.environ, "SLURM_TIME_FORMAT": "%s"}  # End as a Unix time
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
         if out.returncode == 0:
             return requeued_view(parse_sacct(out.stdout), _squeue)
     known = _squeue()  # accounting off: only queued/running jobs are known
@@ -116,11 +130,13 @@ def _squeue() -> dict[str, JobRecord] | None:
 
 
 def requeued_view(
-    records: dict[str, JobRecord], queue: Callable[[], dict[str, JobRecord] | None]
+    records: dict[str, JobRecord], queue: Callable[[], dict[str, JobRecord] | None], now: float | None = None
 ) -> dict[str, JobRecord]:
     """sacct's records, with each MAYBE_REQUEUED one that `queue()` (squeue) still lists replaced by the queue's
-    state: the job will run again. `queue` is called only when such a record exists."""
-    doubtful = [j for j, r in records.items() if maybe_requeued(r.state)]
+    state: the job will run again. `queue` is called only when such a record exists that ended less than
+    SETTLE_S before `now` (or at an unknown time)."""
+    now = time.time() if now is None else now
+    doubtful = [j for j, r in records.items() if maybe_requeued(r.state) and (r.end is None or now - r.end < SETTLE_S)]
     if not doubtful:
         return records
     queued = queue()
@@ -130,7 +146,7 @@ def requeued_view(
     for job_id in doubtful:
         q = queued.get(job_id)
         if q is not None and (q.state in PENDING_STATES or q.state in RUNNING_STATES):
-            out[job_id] = JobRecord(q.state, q.elapsed, q.nodes, records[job_id].tres, records[job_id].state)
+            out[job_id] = JobRecord(q.state, q.elapsed, q.nodes, records[job_id].tres, records[job_id].state, None)
     return out
 
 

@@ -11,8 +11,9 @@ Small datasets generated in the real on-disk formats, for loader tests and quick
 Labels are a seeded shuffle of balanced classes (not sorted, so "the first n" is not a stratified subset).
 
 Also: needs_fmnist (skip unless the real Fashion-MNIST files are installed), bench_rows (a synthetic bench.csv
-with known per-pass costs), free_port (for torch.distributed) and normalise (machine-specific paths in golden
-text -> placeholders).
+with known per-pass costs), free_port (for torch.distributed), normalise (machine-specific paths in golden
+text -> placeholders), and the helpers of train jobs on the local Slurm cluster (write_grid, wait_until,
+wait_terminal, sacct, in_squeue, assert_epochs_once).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import gzip
 import pickle
 import socket
 import struct
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,3 +234,84 @@ def evaluate_interrupted_then_resumed(
     monkeypatch.setattr(evaluate, "batch_counts", recorded)
     evaluate.main(spec, run_dir, distributed.single(spec))
     return calls
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Train jobs on the real local Slurm cluster (tests/test_slurm.py, tests/test_rank_faults.py)
+
+TRAIN_GRID = """\
+name: {name}
+kind: train
+profile: {profile}
+executor: slurm
+defaults:
+  model: small_cnn
+  dataset: fashion_mnist
+  method: fast
+  epochs: {epochs}
+  train_subset: {train_subset}
+  val_subset: 256
+  global_batch_size: 64
+  eval: {{every: {eval_every}, steps: 2}}
+  resources: {{timeout_min: {timeout_min}, max_requeues: {max_requeues}}}
+{extra}grid:
+  shape:
+{shapes}
+"""
+
+
+def write_grid(folder: Path, name: str, shapes: list[tuple[int, int]], **kw: Any) -> Path:
+    """A train grid of the small CNN on a Fashion-MNIST subset, one cell per (nodes, gpus_per_node); `extra`:
+    more lines under defaults (indented two spaces)."""
+    values = {"profile": "local-cluster", "epochs": 2, "train_subset": 512, "timeout_min": 5, "eval_every": 1,
+              "max_requeues": 6, "extra": "", **kw}  # fmt: skip
+    shape_lines = "\n".join(f"    - {{nodes: {n}, gpus_per_node: {g}}}" for n, g in shapes)
+    path = folder / f"{name}.yaml"
+    path.write_text(TRAIN_GRID.format(name=name, shapes=shape_lines, **values))
+    return path
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """predicate()'s first truthy value, polled every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def wait_terminal(exp_dir: Path, timeout: float) -> dict[str, Any]:
+    """run_id -> CellStatus once every cell of the experiment is finished, failed or cancelled."""
+    from orchestrator import status as cell_state
+
+    def done() -> dict[str, Any] | None:
+        cells = cell_state.poll(exp_dir)
+        return {c.run_id: c for c in cells} if cells and all(c.state in cell_state.TERMINAL for c in cells) else None
+
+    return wait_until(done, timeout, f"every cell of {exp_dir.name} to end", interval=1.0)
+
+
+def sacct(job_id: str, fields: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def in_squeue(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def assert_epochs_once(run_dir: Path, epochs: int) -> None:
+    """epochs.csv holds epochs 1..epochs, each once, with a strictly increasing elapsed_s (nothing lost or doubled)."""
+    from workloads import layout
+
+    rows = layout.read_csv(run_dir / layout.EPOCHS)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed) and len(set(elapsed)) == len(elapsed), f"elapsed_s not increasing: {elapsed}"
+
+
+def quiet(_: str) -> None:
+    return None

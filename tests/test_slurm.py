@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,78 +19,12 @@ import pytest
 
 from orchestrator import cli, collect, launch, manifest, scheduler
 from orchestrator import status as cell_state
+from tests.fixtures import TRAIN_GRID, assert_epochs_once, quiet, sacct, wait_terminal, wait_until, write_grid
 from tests.slurm_stub import StubCell
 from workloads import layout
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
-
-TRAIN_GRID = """\
-name: {name}
-kind: train
-profile: {profile}
-executor: slurm
-defaults:
-  model: small_cnn
-  dataset: fashion_mnist
-  method: fast
-  epochs: {epochs}
-  train_subset: {train_subset}
-  val_subset: 256
-  global_batch_size: 64
-  eval: {{every: {eval_every}, steps: 2}}
-  resources: {{timeout_min: {timeout_min}, max_requeues: {max_requeues}}}
-grid:
-  shape:
-{shapes}
-"""
-
-
-def write_grid(folder: Path, name: str, shapes: list[tuple[int, int]], **kw: Any) -> Path:
-    values = {"profile": "local-cluster", "epochs": 2, "train_subset": 512, "timeout_min": 5, "eval_every": 1,
-              "max_requeues": 6, **kw}  # fmt: skip
-    shape_lines = "\n".join(f"    - {{nodes: {n}, gpus_per_node: {g}}}" for n, g in shapes)
-    path = folder / f"{name}.yaml"
-    path.write_text(TRAIN_GRID.format(name=name, shapes=shape_lines, **values))
-    return path
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def wait_terminal(exp_dir: Path, timeout: float) -> dict[str, cell_state.CellStatus]:
-    def done() -> dict[str, cell_state.CellStatus] | None:
-        cells = cell_state.poll(exp_dir)
-        return {c.run_id: c for c in cells} if cells and all(c.state in cell_state.TERMINAL for c in cells) else None
-
-    return wait_until(done, timeout, f"every cell of {exp_dir.name} to end", interval=1.0)
-
-
-def sacct(job_id: str, fields: str) -> str:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", fields], capture_output=True, text=True)
-    return out.stdout.strip()
-
-
-def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
-    return layout.read_csv(run_dir / layout.EPOCHS)
-
-
-def assert_epochs_once(run_dir: Path, epochs: int) -> None:
-    rows = epoch_rows(run_dir)
-    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
-    elapsed = [float(r["elapsed_s"]) for r in rows]
-    assert elapsed == sorted(elapsed) and len(set(elapsed)) == len(elapsed), f"elapsed_s not increasing: {elapsed}"
-
-
-def quiet(_: str) -> None:
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -218,7 +151,7 @@ def test_bench_across_two_nodes_feeds_the_estimate(tmp_path: Path, results: Path
     assert {int(r["batch_size"]) for r in rows if r["what"] == "allreduce"} == {16, 32}
     train = tmp_path / "train2.yaml"
     train.write_text(TRAIN_GRID.format(name="bench2", profile="local-cluster", epochs=1, train_subset=512,
-                                       eval_every=1, timeout_min=5, max_requeues=0,
+                                       eval_every=1, timeout_min=5, max_requeues=0, extra="",
                                        shapes="    - {nodes: 2, gpus_per_node: 1}"))  # fmt: skip
     from orchestrator.estimate.model import estimate_grid
 

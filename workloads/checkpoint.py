@@ -5,7 +5,9 @@ Format "fastrobust-v1", a dict loadable with `torch.load(weights_only=True)` (on
   optimizer, scheduler (state_dicts; the scheduler's is workloads.schedules' per-iteration state), scaler (the
   fp16 GradScaler's state_dict, None without one; absent in older checkpoints), epoch (completed epochs),
   elapsed_s (cumulative training wall-clock), best {epoch, metric} (None before the first evaluation), rng (list
-  indexed by rank of {torch, cuda, numpy, python, attack} states), spec (RunSpec as a dict).
+  indexed by rank of {torch, cuda, numpy, python, attack} states), spec (RunSpec as a dict); a mid-epoch
+  checkpoint-last.pt also has step (optimizer steps done in epoch `epoch + 1`; 0 or absent: an epoch boundary)
+  and partial (that epoch's lr, train_s and per-rank stats and free delta: workloads.resume_point).
 
 One generation is kept back: saving checkpoint-last.pt writes the new file completely (temp file, fsync), links
 the current one as checkpoint-prev.pt, then renames the new one over it, so at every instant a complete last (and
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workloads import layout
+from workloads import checkpoint_record, layout
 from workloads.models import RobustModel, build_model
 from workloads.spec import RunSpec, from_dict
 
@@ -85,6 +87,7 @@ def arch_of(model: RobustModel, name: str) -> dict[str, Any]:
     }
 
 
+@checkpoint_record.recorded  # size + sha256 in checkpoints.json: `orchestrate status` checks them
 def save(
     path: str | Path,
     *,
@@ -97,8 +100,11 @@ def save(
     rng: list[dict[str, Any]],
     spec: RunSpec,
     scaler: torch.amp.GradScaler | None = None,
+    step: int = 0,
+    partial: dict[str, Any] | None = None,
 ) -> None:
-    """Write a checkpoint atomically (temp file + os.replace). `model` must be the unwrapped module."""
+    """Write a checkpoint atomically (temp file + os.replace). `model` must be the unwrapped module; `step` and
+    `partial` (workloads.resume_point) make it a mid-epoch one."""
     assert not isinstance(model, nn.parallel.DistributedDataParallel), "save the unwrapped model"
     state = {
         "format": FORMAT,
@@ -113,6 +119,8 @@ def save(
         "rng": rng,
         "spec": spec.to_dict(),
     }
+    if step:
+        state |= {"step": step, "partial": partial}
     buf = io.BytesIO()
     torch.save(state, buf)
     path = Path(path)
@@ -165,11 +173,17 @@ def _resumable(path: Path) -> tuple[dict[str, Any] | None, str]:
     return (None, f"lacks {', '.join(missing)}") if missing else (state, "")
 
 
+def position(state: dict[str, Any]) -> tuple[int, int]:
+    """(completed epochs, optimizer steps done in the next one) of a checkpoint."""
+    return int(state["epoch"]), int(state.get("step") or 0)
+
+
 def load_latest(run_dir: str | Path, warn: bool = True) -> tuple[dict[str, Any], Path] | None:
     """The newest complete checkpoint of a run directory to resume from, and its path; None when it has none.
 
-    checkpoint-last.pt when it loads; else the newer (by epoch) of checkpoint-prev.pt and checkpoint-best.pt, with
-    a warning on stderr (when `warn`). Raises CheckpointError (one line) when checkpoints exist but none loads."""
+    checkpoint-last.pt when it loads; else the newer (by epoch, then step) of checkpoint-prev.pt and
+    checkpoint-best.pt, with a warning on stderr (when `warn`). Raises CheckpointError (one line) when
+    checkpoints exist but none loads."""
     run_dir = Path(run_dir)
     names = (layout.CKPT_LAST, CKPT_PREV, layout.CKPT_BEST)
     present = [run_dir / n for n in names if (run_dir / n).exists()]
@@ -190,7 +204,7 @@ def load_latest(run_dir: str | Path, warn: bool = True) -> tuple[dict[str, Any],
             f"{present[0]}: no checkpoint of this run loads ({'; '.join(skipped)}); the run cannot resume: move "
             "the checkpoint-*.pt files aside (or delete the run directory) to restart it from epoch 1"
         )
-    state, path = max(found, key=lambda f: int(f[0]["epoch"]))
+    state, path = max(found, key=lambda f: position(f[0]))
     if skipped and warn:
         print(f"warning: {run_dir}: resuming from {path.name} (epoch {state['epoch']}); skipped "
               f"{'; '.join(skipped)}", file=sys.stderr, flush=True)  # fmt: skip

@@ -5,6 +5,7 @@ One process ("rank") per GPU, or per CPU slot on CPU-only nodes. Rank 0 is the o
 
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as tdist
 
 from workloads.spec import RunSpec
+
+MAX_COLLECTIVE_TIMEOUT_S = 30 * 86400.0  # a longer spec value means "never" (and would overflow torch's timedelta)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,10 @@ def setup(spec: RunSpec) -> Dist:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if not tdist.is_initialized():
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world, **kwargs)
+        # A hung or vanished peer fails every collective after this long (gloo raises, NCCL's watchdog aborts),
+        # instead of holding the job until its time limit; a rank's error file then names the setting.
+        timeout = datetime.timedelta(seconds=min(spec.collective_timeout_s, MAX_COLLECTIVE_TIMEOUT_S))
+        tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
     return Dist(rank, world, local_rank, device, backend, source)
 
 
@@ -130,3 +136,24 @@ def all_gather_object(dist: Dist, obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.world_size
     tdist.all_gather_object(out, obj)
     return out
+
+
+_CPU_GROUPS: dict[int, Any] = {}  # id(default group) -> a gloo group over the same ranks (under nccl)
+
+
+def broadcast_int(dist: Dist, value: int, timeout_s: float | None = None) -> int:
+    """Rank 0's `value` on every rank (the training loop's per-step decision). A one-element CPU tensor over gloo
+    (under nccl a gloo group beside it, made on first use by every rank at the same step, with the spec's
+    collective_timeout_s as `timeout_s`): no device sync."""
+    if not dist.distributed:
+        return value
+    group = None
+    if dist.backend != "gloo":
+        key = id(tdist.group.WORLD)
+        if key not in _CPU_GROUPS:
+            limit = datetime.timedelta(seconds=min(timeout_s, MAX_COLLECTIVE_TIMEOUT_S)) if timeout_s else None
+            _CPU_GROUPS[key] = tdist.new_group(backend="gloo", timeout=limit)
+        group = _CPU_GROUPS[key]
+    t = torch.tensor([value], dtype=torch.int64)
+    tdist.broadcast(t, src=0, group=group)
+    return int(t.item())

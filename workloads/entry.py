@@ -1,8 +1,9 @@
 """The job entry point: one RunSpec (a run directory's spec.json) -> the workload of its kind.
 
-Every task (rank) calls `run(spec_path)`: under Slurm through orchestrator.job.CellJob (which requeues on
-preemption/timeout; the next attempt resumes from checkpoint-last.pt); torchrun/srun can run
-`python -m workloads.entry SPEC_JSON`.
+Every task (rank) calls `run(spec_path)`: in a submitted job as `python -m workloads.entry SPEC_JSON`, the child
+of orchestrator.job.CellJob's supervisor (workloads.supervisor: it records a rank killed by a signal or hung, and
+requeues on preemption/timeout; the next attempt resumes from checkpoint-last.pt); torchrun/srun can run the same
+command directly.
 Rank 0 holds the run directory (workloads.runlock) before anything is written there: a second job that finds it
 held by a live job stops on every rank with one line naming the holder, and writes nothing. Rank 0 writes
 env.json first and result.json last (its presence means the run finished); a failure writes error.txt (rank 0)
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workloads import allocator, distributed, layout, runinfo, runlock
+from workloads import allocator, distributed, layout, preempt, ranks, runinfo, runlock
 from workloads.spec import KINDS, RunSpec, from_dict
 
 # kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps;
@@ -33,7 +34,7 @@ Main = Callable[[RunSpec, Path, distributed.Dist], dict[str, Any]]
 
 
 def error_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / (layout.ERROR if rank == 0 else f"error-rank{rank}.txt")
+    return ranks.error_path(run_dir, rank)
 
 
 def summary_line(exc: BaseException) -> str:
@@ -53,9 +54,12 @@ def error_text(exc: BaseException) -> str:
 
 
 def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
-    """error.txt, or (when even that cannot be written, e.g. on a full disk) the summary on stderr."""
+    """error.txt, or (when even that cannot be written, e.g. on a full disk) the summary on stderr. A failed
+    collective's first line names the peer that died or hung (workloads.ranks.peer_summary)."""
     try:
-        layout.write_text_atomic(error_path(run_dir, rank), error_text(exc))
+        peer = ranks.peer_summary(run_dir, rank, exc, summary_line(exc))
+        text = error_text(exc) if peer is None else f"{peer}\n\n{traceback.format_exc()}"
+        layout.write_text_atomic(error_path(run_dir, rank), text)
     except OSError as write_error:
         print(f"error: {summary_line(exc)} (error.txt not written: {write_error})", file=sys.stderr, flush=True)
 
@@ -90,7 +94,9 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
     except runlock.RunDirBusy:
         distributed.cleanup()
         raise
+    preempt.install(cooperative=spec.kind == "train")  # SIGUSR2: train saves mid-epoch first; Preempted: no error.txt
     try:
+        ranks.announce(run_dir, dist.rank)  # ranks/rank-{r}.json; this rank's stale error file goes
         if dist.is_main:  # stale markers of an earlier attempt (a resubmission extends or retries the run)
             for name in (layout.RESULT, layout.ERROR):
                 (run_dir / name).unlink(missing_ok=True)
@@ -108,6 +114,7 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
         _record_failure(run_dir, dist.rank, exc)
         raise
     finally:
+        preempt.uninstall()
         runlock.release(lock)
         distributed.cleanup()
 
@@ -115,7 +122,8 @@ def run(spec_path: str | Path, dist: distributed.Dist | None = None) -> dict[str
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workloads.entry", description=__doc__)
     parser.add_argument("spec", type=Path, help="RUN_DIR/spec.json")
-    run(parser.parse_args(argv).spec)
+    spec = parser.parse_args(argv).spec
+    ranks.report(lambda: run(spec), summary_line)  # the supervisor (if any) reads the result or the failure
 
 
 if __name__ == "__main__":

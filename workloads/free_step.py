@@ -9,10 +9,11 @@ epochs by m (a grid choice: `epochs` is not changed here).
 
 delta is carried over from replay to replay and from mini-batch to mini-batch (rows beyond a smaller last
 batch are dropped, missing rows start at 0; a carried delta is clamped into the new batch's box), and starts
-at 0 at each epoch (`new_epoch`): so a resume, which restarts at an epoch boundary, is exact without
-checkpointing delta. The input gradient is that of the replay's mean loss; sign and L2 normalisation do not
-see the 1/batch factor, nor a GradScaler's scale. The LR schedule counts mini-batches, not replays.
-attack.mode does not apply (the gradient is the training forward's) and neither does random_start.
+at 0 at each epoch (`new_epoch`): so a resume at an epoch boundary is exact without it, and a mid-epoch
+checkpoint saves it (`FreeStep.delta`, per rank: workloads.resume_point). The input gradient is that of the
+replay's mean loss; sign and L2 normalisation do not see the 1/batch factor, nor a GradScaler's scale. The LR
+schedule counts mini-batches, not replays. attack.mode does not apply (the gradient is the training forward's)
+and neither does random_start.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ _RECIPE = {"pattern": re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$"), "expected": 
 @dataclass
 class Optimizer:
     """SGD and its lr schedule, stepped per iteration (workloads.schedules): step (lr x gamma every step_epochs
-    epochs, the default), onecycle, cyclic (peak max_lr at peak_fraction of the run) or cosine; step and cosine
-    take an optional linear warm-up of warmup_epochs."""
+    epochs, the default), onecycle, cyclic (peak max_lr at peak_fraction of the run) or cosine; each takes an
+    optional linear warm-up of warmup_epochs (the rise to the peak; onecycle and cyclic then peak at its end)."""
 
     lr: float = field(default=0.1, metadata=at_least(0, strict=True))
     momentum: float = field(default=0.9, metadata=at_least(0))
@@ -40,9 +40,9 @@ class Optimizer:
     step_epochs: int = field(default=50, metadata=at_least(1))
     gamma: float = field(default=0.1, metadata=at_least(0, strict=True))
     schedule: str = field(default="step", metadata=choices(*SCHEDULES))
-    warmup_epochs: float = field(default=0.0, metadata=at_least(0))  # step, cosine: linear warm-up (fractions ok)
+    warmup_epochs: float = field(default=0.0, metadata=at_least(0))  # linear rise to the peak (fractions ok)
     max_lr: float | None = field(default=None, metadata=at_least(0, strict=True))  # onecycle, cyclic (None: lr)
-    peak_fraction: float = field(default=0.4, metadata=at_least(0, strict=True))  # onecycle, cyclic: < 1
+    peak_fraction: float = field(default=0.4, metadata=at_least(0, strict=True))  # onecycle, cyclic (no warm-up): < 1
 
 
 @dataclass
@@ -201,6 +201,8 @@ class RunSpec:
     compile: bool = False  # torch.compile the model for the training step (opt-in; compile time per attempt)
     threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank
     tensorboard: bool = False  # kind train: TensorBoard event files in the run directory (extra [tensorboard])
+    checkpoint_every_min: float = field(default=0.0, metadata=at_least(0))  # kind train: mid-epoch saves; 0 off
+    collective_timeout_s: float = field(default=600.0, metadata=at_least(1))  # s: a hung/dead rank's peers fail
     optimizer: Optimizer = field(default_factory=Optimizer)
     attack: Attack = field(default_factory=Attack)
     eval: Eval = field(default_factory=Eval)
@@ -343,15 +345,10 @@ def check_optimizer(spec: RunSpec, path: str = "") -> list[SpecError]:
         errors.append(SpecError(join_path(at, "max_lr"), f"only read by schedule onecycle or cyclic; got {o.schedule}"))
     if o.peak_fraction >= 1:
         errors.append(SpecError(join_path(at, "peak_fraction"), f"expected a value < 1; got {o.peak_fraction!r}"))
-    if o.warmup_epochs and o.schedule not in ("step", "cosine"):
-        errors.append(
-            SpecError(
-                join_path(at, "warmup_epochs"),
-                f"only for schedule step or cosine (onecycle and cyclic rise from a low lr themselves: "
-                f"peak_fraction); got schedule {o.schedule}",
-            )
-        )
-    elif o.warmup_epochs >= spec.epochs:
+    if o.warmup_epochs and o.schedule in ("onecycle", "cyclic") and o.peak_fraction != Optimizer.peak_fraction:
+        why = f"not read with warmup_epochs (the peak of {o.schedule} is at the warm-up's end): give one of them"
+        errors.append(SpecError(join_path(at, "peak_fraction"), why))
+    if o.warmup_epochs >= spec.epochs:
         errors.append(
             SpecError(
                 join_path(at, "warmup_epochs"), f"expected less than epochs ({spec.epochs}); got {o.warmup_epochs!r}"
@@ -373,11 +370,12 @@ def from_dict(data: Any, path: str = "") -> RunSpec:
 # What each kind reads: the top-level RunSpec keys whose values can change its outcome. The orchestrator
 # compares only these between a run's spec.json and the grid (a new bench default is no news to a train run).
 
-_COMMON = ("experiment", "run_id", "kind", "seed", "threads", "shape", "resources")
+_COMMON = ("experiment", "run_id", "kind", "seed", "threads", "shape", "resources", "collective_timeout_s")
 _DATA = ("dataset", "data_root", "train_subset", "val_subset", "augment")
 KIND_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": (*_COMMON, *_DATA, "model", "method", "epochs", "global_batch_size", "precision", "channels_last",
-              "compile", "optimizer", "attack", "eval", "tensorboard", "method_schedule", "guard"),
+              "compile", "optimizer", "attack", "eval", "tensorboard", "method_schedule", "guard",
+              "checkpoint_every_min"),
     # resolve_eval_attack reads method/attack/eval; prime_model the optimizer
     "bench": (*_COMMON, *_DATA, "model", "method", "precision", "channels_last", "optimizer", "attack", "eval",
               "bench"),

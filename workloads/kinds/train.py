@@ -3,8 +3,10 @@
 Per step: the attack runs on the unwrapped model (no DDP gradient all-reduce for attack passes) in
 `spec.attack.mode`, then one SGD step on x + delta in train mode through DDP. Per epoch (rank 0 writes):
 an epochs.csv row, then checkpoint-best.pt when the validation metric improved, then checkpoint-last.pt.
-A restart resumes from checkpoint-last.pt and drops csv rows past its epoch, so an interrupted run ends
-bit-identical to an uninterrupted one.
+Within an epoch checkpoint-last.pt is also written every `checkpoint_every_min` minutes and on SIGUSR2 (then the
+job stops for its requeue): workloads.resume_point. A restart resumes from checkpoint-last.pt (an epoch boundary or
+the step it was saved at) and drops csv rows past its epoch, so an interrupted run ends bit-identical to an
+uninterrupted one.
 
     python -m workloads.kinds.train --spec spec.json --out RUN_DIR
 """
@@ -23,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from workloads import catalog, checkpoint, distributed, entry, layout
+from workloads import catalog, checkpoint, distributed, entry, layout, preempt, resume_point
 from workloads.accuracy import dataset_accuracy
 from workloads.checkpoint import derive_seed
 from workloads.curves import EpochCurves
@@ -44,6 +46,7 @@ from workloads.free_step import Stepper
 from workloads.guard import Guard, History
 from workloads.models import RobustModel, build_model
 from workloads.recipe import Recipe
+from workloads.resume_point import SAVE, STOP, Cadence, Partial
 from workloads.schedules import Schedule
 from workloads.spec import RunSpec, from_dict, resolve_eval_attack
 
@@ -142,7 +145,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     torch.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_GLOBAL))  # augmentation stream of this rank
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
 
-    start, elapsed, best = 0, 0.0, None
+    start, elapsed, best, partial = 0, 0.0, None, None
     if (latest := checkpoint.load_latest(run_dir, warn=dist.is_main)) is not None:  # newest that loads
         state, state_path = latest
         check_resumable(spec, state["spec"], state_path)
@@ -152,13 +155,17 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start, elapsed, best = state["epoch"], state["elapsed_s"], state["best"]
-        if len(state["rng"]) == dist.world_size:
+        partial = resume_point.from_checkpoint(state, dist)  # None at an epoch boundary
+        if partial is None and len(state["rng"]) == dist.world_size:
             checkpoint.restore_rng(state["rng"][dist.rank], gen)
-        elif dist.is_main:
+        elif partial is None and dist.is_main:
             print(f"warning: checkpoint from {len(state['rng'])} ranks, now {dist.world_size}: fresh RNG streams",
                   file=sys.stderr)  # fmt: skip
     if dist.is_main:
         truncate_epochs_csv(run_dir, start)
+        if latest is not None:  # where this attempt starts: `step` optimizer steps into epoch completed + 1
+            resume = {"event": "resume", "completed": start, "step": partial.step if partial else 0}
+            print(json.dumps(resume), flush=True)
     # rank 0 only; the same run directory, so a resumed run continues the same curves (from its checkpoint)
     curves = EpochCurves(run_dir, start) if spec.tensorboard and dist.is_main else None
 
@@ -167,24 +174,40 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     rows = layout.read_csv(run_dir / layout.EPOCHS) if start and (run_dir / layout.EPOCHS).exists() else []
     guard = Guard(spec, data.train, dist, spec.eval.batch_size or batch, History.from_rows(rows, start))
     attempt_start = clock(dist)
+    cadence = Cadence(spec.checkpoint_every_min, dist, spec.collective_timeout_s)
     for epoch in range(start + 1, spec.epochs + 1):  # 1-based: epoch e is the e-th completed epoch
         if guard.stopped:
             break
         stepper.new_epoch()
         sampler.set_epoch(epoch - 1)
         loader_gen.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_LOADER, epoch))
-        lr = opt.param_groups[0]["lr"]
-        t0 = clock(dist)
+        resumed, partial = (partial, None) if partial is not None and partial.epoch == epoch else (None, partial)
+        lr = resumed.lr if resumed else opt.param_groups[0]["lr"]
+        t0 = clock(dist) - (resumed.train_s if resumed else 0.0)
         train_model.train()
-        stats = torch.zeros(3, dtype=torch.float64, device=dist.device)  # loss sum, correct, n
+        stats = resumed.stats if resumed else resume_point.stats_zeros(dist.device)
         batches: Iterable[Any] = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
-        for i, (x, y) in enumerate(batches):
-            x, y = to_device(x, y, dist.device, spec.channels_last)
-            attack = recipe.attack(epoch, i)
-            loss, correct = stepper(attack_model, train_model, opt, x, y, attack, gen, mode=spec.attack.mode,
-                                    amp=amp, attack_amp=attack_amp, scaler=scaler, freeze=spec.compile)  # fmt: skip
-            sched.step()
-            stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
+        first = resumed.step if resumed else 0
+        with preempt.steps():  # a SIGUSR2 in here is acted on at the next step boundary (preempt docstring)
+            todo = resumed.remaining(batches, len(loader)) if resumed else iter(batches)
+            if resumed:
+                resume_point.restore(resumed, gen, stepper)
+            for i, (x, y) in enumerate(todo, start=first):
+                x, y = to_device(x, y, dist.device, spec.channels_last)
+                attack = recipe.attack(epoch, i)
+                loss, correct = stepper(attack_model, train_model, opt, x, y, attack, gen, mode=spec.attack.mode,
+                                        amp=amp, attack_amp=attack_amp, scaler=scaler, freeze=spec.compile)  # fmt: skip
+                sched.step()
+                stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
+                decision = cadence.decide()  # collective when distributed
+                if decision == STOP or (decision == SAVE and i + 1 < len(loader)):  # else the epoch end saves
+                    position = Partial(epoch, i + 1, lr, clock(dist) - t0, stats, None, None)
+                    elapsed_now = elapsed + clock(dist) - attempt_start
+                    save_mid_epoch(run_dir, dist, position, gen, stepper, decision, elapsed_now, dict(
+                        model=model, optimizer=opt, scheduler=sched, best=best, spec=spec, scaler=scaler))  # fmt: skip
+                    cadence.saved()
+                    if decision == STOP:
+                        preempt.stop()
         loss_sum, correct_sum, n = distributed.all_reduce_sum(dist, stats.tolist())
         train_s = clock(dist) - t0
 
@@ -222,9 +245,31 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
                 checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
             checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
         distributed.barrier(dist)
+        cadence.saved()
     if curves is not None:
         curves.close()
     return {**summary(run_dir, spec, metric_name), **guard.summary()} if dist.is_main else {"rank": dist.rank}
+
+
+def save_mid_epoch(
+    run_dir: Path,
+    dist: Dist,
+    at: Partial,
+    gen: torch.Generator,
+    stepper: Stepper,
+    decision: int,
+    elapsed_s: float,
+    ckpt: dict[str, Any],
+) -> None:
+    """checkpoint-last.pt at step `at.step` of epoch `at.epoch` (every rank calls it: one gather, one barrier;
+    rank 0 writes it and logs a checkpoint event)."""
+    parts = resume_point.gather(dist, gen, at.stats, stepper)  # collective
+    if dist.is_main:
+        extra = resume_point.fields(parts, at.step, at.lr, round(at.train_s, 4))
+        checkpoint.save(run_dir / layout.CKPT_LAST, epoch=at.epoch - 1, elapsed_s=round(elapsed_s, 4), **ckpt, **extra)
+        event = {"event": "checkpoint", "epoch": at.epoch, "step": at.step, "reason": resume_point.REASONS[decision]}
+        print(json.dumps(event), flush=True)
+    distributed.barrier(dist)
 
 
 def train(spec: RunSpec, run_dir: str | Path) -> dict[str, Any]:
