@@ -91,6 +91,69 @@ def test_warmup_then_schedule() -> None:
     assert step[n:] == pytest.approx([0.1 * 0.5 ** (i // n) for i in range(total - n)])
 
 
+def test_onecycle_warmup_is_a_linear_rise_then_onecycles_decay() -> None:
+    """Against torch's own schedulers built by hand: the w warm-up iterations are LinearLR from max_lr / 25 (the
+    start of OneCycleLR) on an lr of max_lr, the peak is iteration w, and from there every value is OneCycleLR's
+    (pct_start = (w + 1) / total puts its peak at iteration w too), down to its max_lr / 25e4 at the last one."""
+    epochs, n, w = 4, 5, 3  # warmup_epochs 0.6 x 5 iterations per epoch
+    total = epochs * n
+    values = ours(epochs, n, schedule="onecycle", max_lr=0.4, warmup_epochs=0.6)
+    opt = sgd(0.4)
+    rise = lrs(lr_scheduler.LinearLR(opt, start_factor=1 / 25, total_iters=w), opt, w)
+    opt = sgd()
+    onecycle = lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=total, pct_start=(w + 1) / total,
+                                       cycle_momentum=False)  # fmt: skip
+    reference = lrs(onecycle, opt, total)
+    assert values[:w] == pytest.approx(rise, rel=1e-12) and values[0] == pytest.approx(0.4 / 25)
+    assert values[w] == 0.4 and values[w:] == pytest.approx(reference[w:], rel=1e-9)
+    assert values[-1] == pytest.approx(0.4 / 25e4, rel=1e-9) and reference[-1] == pytest.approx(0.4 / 25e4)
+    assert values[1:w] != pytest.approx(reference[1:w])  # the warm-up replaced OneCycleLR's cosine rise
+
+
+def test_cyclic_warmup_moves_the_triangles_peak_to_the_warmups_end() -> None:
+    """fast_adversarial's triangle with its peak at the warm-up's end (t = (w + 1) / n epochs), not at
+    peak_fraction: the rise is the very ramp of step's and cosine's warm-up (LinearLR from lr / (w + 1))."""
+    epochs, n, w = 5, 4, 6  # warmup_epochs 1.5
+    values = ours(epochs, n, schedule="cyclic", max_lr=0.2, warmup_epochs=1.5)
+    peak_t = (w + 1) / n
+    for it, value in enumerate(values):
+        t = (it + 1) / n
+        expected = 0.2 * t / peak_t if t <= peak_t else 0.2 * (epochs - t) / (epochs - peak_t)
+        assert value == pytest.approx(expected, abs=1e-12), it
+    opt = sgd(0.2)
+    ramp = lrs(lr_scheduler.LinearLR(opt, start_factor=1 / (w + 1), total_iters=w), opt, w + 1)
+    assert values[: w + 1] == pytest.approx(ramp, rel=1e-12) and values[w] == max(values) == 0.2
+    assert values[-1] == 0.0 and values == ours(epochs, n, schedule="cyclic", max_lr=0.2, peak_fraction=0.35)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cyclic", "cosine", "step"])
+def test_a_resume_mid_warmup_continues_the_schedule_exactly(schedule: str) -> None:
+    """Saved and loaded at iteration 5 of a 9-iteration warm-up (and at 10, just after it): the values go on ==."""
+    optimizer = {"schedule": schedule, "warmup_epochs": 3, **({"max_lr": 0.3} if schedule != "step" else {})}
+    straight = ours(5, 3, **optimizer)
+    for head_steps in (5, 10):
+        opt = sgd()
+        first = Schedule(opt, Optimizer(**optimizer), 5, 3)
+        head = lrs(first, opt, head_steps)
+        opt2 = sgd()
+        second = Schedule(opt2, Optimizer(**optimizer), 5, 3)
+        opt2.load_state_dict(opt.state_dict())
+        second.load_state_dict(first.state_dict())
+        assert head + lrs(second, opt2, 15 - head_steps) == straight, (schedule, head_steps)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"schedule": "onecycle", "warmup_epochs": 1},
+        {"schedule": "cyclic", "warmup_epochs": 2.5, "max_lr": 0.2},
+        {"schedule": "onecycle", "warmup_epochs": 0.5, "peak_fraction": 0.4},  # the default, written out
+    ],
+)
+def test_warmup_is_accepted_for_onecycle_and_cyclic(optimizer: dict[str, Any]) -> None:
+    assert from_dict({"epochs": 3, "optimizer": optimizer}).optimizer.warmup_epochs == optimizer["warmup_epochs"]
+
+
 def test_schedule_state_round_trip_and_legacy_steplr_checkpoints() -> None:
     for optimizer in ({"schedule": "onecycle"}, {"schedule": "cosine", "warmup_epochs": 1.5}, {"step_epochs": 2}):
         straight = ours(5, 3, **optimizer)
@@ -124,7 +187,14 @@ def test_schedule_state_round_trip_and_legacy_steplr_checkpoints() -> None:
         ({"max_lr": 0.2}, 3, "optimizer.max_lr: only read by schedule onecycle or cyclic; got step"),
         ({"schedule": "cyclic", "max_lr": 0}, 3, "optimizer.max_lr: expected a value > 0"),
         ({"schedule": "cyclic", "peak_fraction": 1.0}, 3, "optimizer.peak_fraction: expected a value < 1; got 1.0"),
-        ({"schedule": "onecycle", "warmup_epochs": 1}, 3, "optimizer.warmup_epochs: only for schedule step or cosine"),
+        (
+            {"schedule": "onecycle", "warmup_epochs": 1, "peak_fraction": 0.3},
+            3,
+            "optimizer.peak_fraction: not read with warmup_epochs (the peak of onecycle is at the warm-up's end): "
+            "give one of them",
+        ),
+        ({"schedule": "cyclic", "warmup_epochs": 3}, 3, "optimizer.warmup_epochs: expected less than epochs (3)"),
+        ({"schedule": "onecycle", "warmup_epochs": 4.5}, 3, "optimizer.warmup_epochs: expected less than epochs (3)"),
         ({"schedule": "cosine", "warmup_epochs": 3}, 3, "optimizer.warmup_epochs: expected less than epochs (3)"),
         ({"warmup_epochs": -1}, 3, "optimizer.warmup_epochs: expected a value >= 0"),
     ],
@@ -167,6 +237,27 @@ def test_cosine_warmup_with_bf16_attacks_resumes_exactly(tmp_path: Path, monkeyp
     wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert layout.read_json(tmp_path / "resumed" / layout.SPEC)["attack"]["precision"] == "bf16"  # recorded
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cyclic"])
+def test_a_run_preempted_mid_warmup_resumes_exactly(
+    schedule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """warmup_epochs 2.5 of 3 (15 of 18 iterations): preempted after epoch 2, inside the warm-up; the resumed run's
+    weights and epochs.csv equal the uninterrupted run's, and its lr column is the warm-up's ramp."""
+    optimizer = {"lr": 0.05, "schedule": schedule, "max_lr": 0.1, "warmup_epochs": 2.5}
+    spec = tiny_spec(optimizer=optimizer, eval={"every": 3, "steps": 1})
+    train(spec, tmp_path / "straight")
+    interrupted_after_two_epochs(spec, tmp_path / "resumed", monkeypatch)
+    train(spec, tmp_path / "resumed")
+    wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    a, b = (layout.read_csv(tmp_path / d / layout.EPOCHS) for d in ("straight", "resumed"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    start = 0.1 / 25 if schedule == "onecycle" else 0.1 / 16
+    step = (0.1 - start) / 15 if schedule == "onecycle" else 0.1 / 16
+    assert [float(r["lr"]) for r in b] == pytest.approx([start + step * i for i in (0, 6, 12)], rel=1e-9)
 
 
 def interrupted_after_two_epochs(spec: RunSpec, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,6 +115,7 @@ def _single_run(
     loss_fn: LossFn,
     start_factor: float = 1.0,
     project: bool = True,
+    input_grads: list[Tensor] | None = None,
 ) -> Tensor:
     if random_start:
         delta = clamp_to_box(sample_ball(x.shape, start_factor * eps, norm, generator, x.device, x.dtype), x)
@@ -124,6 +125,8 @@ def _single_run(
         delta.requires_grad_(True)
         loss = loss_fn(model(x + delta), y).sum()  # summed: each example's gradient is independent of batch size
         (grad,) = torch.autograd.grad(loss, [delta])
+        if input_grads is not None:
+            input_grads.append(grad)
         delta = _step(delta.detach(), -grad if targeted else grad, x, norm, eps, alpha, project)
     return delta.detach()
 
@@ -155,6 +158,7 @@ def pgd(
     loss_fn: LossFn | None = None,
     start_factor: float = 1.0,
     project: bool = True,
+    input_grads: list[Tensor] | None = None,
 ) -> Tensor:
     """Projected gradient ascent on the loss; returns delta (same shape/dtype as x) with x + delta in [0, 1].
 
@@ -175,6 +179,8 @@ def pgd(
     - start_factor k: the random start is drawn from the k * eps ball; project=False skips the eps-ball
       projection after each step (only the box clamp). N-FGSM (de Jorge et al. 2022) is k = 2, one step of
       alpha = eps, no projection: ||delta|| <= k * eps + alpha.
+    - input_grads: when given, each step's gradient w.r.t. delta (of the summed loss) is appended to it, in order
+      (restart after restart); GradAlign reuses its one step's gradient, at the start, instead of another pass.
     """
     _check_norm(norm)
     if restarts < 1:
@@ -184,7 +190,8 @@ def pgd(
         return torch.zeros_like(x)
     loss_fn = loss_fn or cross_entropy_per_example
     runs = restarts if random_start else 1
-    args = (model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn, start_factor, project)
+    args = (model, x, y, norm, eps, alpha, steps, random_start, generator, targeted, loss_fn, start_factor, project,
+            input_grads)  # fmt: skip
     with torch.enable_grad():
         best = _single_run(*args)
         if runs == 1:
@@ -208,6 +215,7 @@ def attack_from(
     restarts: int = 1,
     generator: torch.Generator | None = None,
     loss_fn: LossFn | None = None,
+    input_grads: list[Tensor] | None = None,
 ) -> Tensor:
     """`pgd` with the settings of a resolved attack (steps == 0, i.e. standard training: zeros)."""
     return pgd(
@@ -224,7 +232,35 @@ def attack_from(
         loss_fn=loss_fn,
         start_factor=attack.start_factor,
         project=attack.project,
+        input_grads=input_grads,
     )
+
+
+def _wide(t: Tensor) -> Tensor:
+    """At least fp32 (autocast's bf16/fp16 widened; fp64 stays fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def gradient_misalignment(
+    model: nn.Module, x: Tensor, y: Tensor, grad: Tensor, eps: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """GradAlign's regulariser (Andriushchenko & Flammarion 2020): 1 - the mean over examples of cos(grad, g),
+    g = the input gradient of the cross-entropy at x + eta, eta ~ U([-eps, eps]^n) clamped into the box.
+
+    g is taken with create_graph=True, so the result's gradient w.r.t. the weights is a double backprop through
+    it (the caller adds lambda x this to the training loss and runs ONE backward: under DDP, one backward through
+    the DDP forward and this graph of the unwrapped model reduces every parameter once, no static_graph needed).
+    `grad` (the attack's gradient at its start: x itself for gradalign's zero start) is a constant. Examples where
+    either gradient is zero are left out, as the authors' code does (none left: a differentiable 0). Cosines in
+    fp32 at least; the model's mode is the caller's."""
+    eta = clamp_to_box(sample_ball(x.shape, eps, "linf", generator, x.device, x.dtype), x)
+    z = (x + eta).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(_wide(model(z)), y), [z], create_graph=True)
+    g1, g2 = _wide(grad.detach().flatten(1)), _wide(g.flatten(1))
+    n1, n2 = g1.norm(dim=1), g2.norm(dim=1)
+    keep = (n1 > 0) & (n2 > 0)  # masks, not indexing: no host sync, and no 0 / 0 in the backward
+    cos = torch.where(keep, (g1 * g2).sum(dim=1) / torch.where(keep, n1 * n2, torch.ones_like(n1)), 0.0)
+    return (keep.sum() - cos.sum()) / keep.sum().clamp_min(1)  # mean of 1 - cos over the kept examples
 
 
 @contextlib.contextmanager

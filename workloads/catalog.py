@@ -104,11 +104,13 @@ class MethodInfo:
     label: str  # paper name in tables and figures
     order: int  # among methods with the same number of steps: lower first (tables: most steps first)
     # How a training step uses the attack: "pgd" (attack passes on frozen weights, then one weight step) or
-    # "free" (each mini-batch replayed, one backward per replay gives the weight and the input gradient).
+    # "free" (each mini-batch replayed, one backward per replay gives the weight and the input gradient) or
+    # "gradalign" (pgd's, plus align x GradAlign's gradient-misalignment regulariser in the weight step's loss).
     step: str = "pgd"
     start_factor: float = 1.0  # the random start's radius / eps (attack.noise_factor overrides)
     project: bool = True  # False: no projection back onto the eps-ball after a step (only the [0, 1] box)
     replays: int = 1  # "free": replays m of each mini-batch (attack.replays overrides)
+    align: float = 0.0  # "gradalign": lambda, the regulariser's weight (workloads.attacks.gradient_misalignment)
 
     @property
     def best_metric(self) -> str:
@@ -128,6 +130,11 @@ METHODS: dict[str, MethodInfo] = {
     "nfgsm": MethodInfo("nfgsm", 1, None, 1.0, False, "N-FGSM", 3, start_factor=2.0, project=False),
     # Shafahi et al. 2019: m = 4 replays, delta += eps * sign(g) (L2: eps * g / ||g||) then projected
     "free": MethodInfo("free", 1, None, 1.0, False, "Free AT", 4, step="free", replays=4),
+    # Andriushchenko & Flammarion 2020: FGSM from delta = 0 (start radius 0), alpha = eps, + lambda (1 - cos) of
+    # the input gradients at x and at x + U(-eps, eps); lambda 0.2 is theirs for CIFAR-10 at eps = 8/255
+    "gradalign": MethodInfo(
+        "gradalign", 1, "linf", 1.0, False, "GradAlign", 5, step="gradalign", start_factor=0.0, align=0.2
+    ),
 }
 _PGD_RE = re.compile(r"^pgd([1-9][0-9]*)$")
 METHOD_RE = re.compile(r"^(" + "|".join(map(re.escape, METHODS)) + r"|pgd[1-9][0-9]*)$")

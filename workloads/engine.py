@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads.attacks import attack_from, attack_mode
+from workloads import catalog
+from workloads.attacks import attack_from, attack_mode, gradient_misalignment
 from workloads.distributed import Dist
 from workloads.spec import ResolvedAttack, RunSpec
 
@@ -86,21 +87,31 @@ def train_step(
     so that no step waits for the device. `model` is the module the attack runs on (unwrapped: no DDP
     all-reduce for attack passes), `ddp_model` what gets trained (either may be torch.compile'd).
     amp: autocast dtype of the weight step; attack_amp: of the attack passes ("same": amp); scaler: fp16 loss
-    scaling of the weight step; freeze: frozen parameters during the attack (compiled models)."""
+    scaling of the weight step; freeze: frozen parameters during the attack (compiled models).
+    attack.step "gradalign": the weight step minimises the cross-entropy + lambda x gradient_misalignment (its
+    second input gradient on the eager, unfrozen `model`: compiled graphs have no double backward), in the same
+    backward; the returned loss is the cross-entropy alone (comparable with the other methods)."""
     attack_dtype = amp if attack_amp == "same" else attack_amp
     assert not isinstance(attack_dtype, str), "attack_amp: a dtype, None (fp32) or 'same'"
+    x_adv, align = x, None
     if attack.steps:
+        grads: list[Tensor] | None = [] if attack.step == "gradalign" else None
         with autocast(x.device, attack_dtype), attack_mode(model, mode), frozen(model, freeze):
-            x = x + attack_from(model, x, y, attack, generator=gen)
+            x_adv = x + attack_from(model, x, y, attack, generator=gen, input_grads=grads)
+        if grads:
+            eager = cast(nn.Module, getattr(model, "_orig_mod", model))
+            with autocast(x.device, amp), attack_mode(eager, mode):
+                align = gradient_misalignment(eager, x, y, grads[0], attack.eps, gen)
     with autocast(x.device, amp):
-        logits = ddp_model(x)
+        logits = ddp_model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
+    total = loss if align is None else loss + catalog.METHODS["gradalign"].align * align
     opt.zero_grad(set_to_none=True)
     if scaler is None:
-        loss.backward()
+        total.backward()
         opt.step()
     else:
-        scaler.scale(loss).backward()
+        scaler.scale(total).backward()
         scaler.step(opt)
         scaler.update()
     return loss.detach(), (logits.argmax(1) == y).sum()

@@ -9,9 +9,20 @@
               value of iteration i is the triangle at i + 1, as fast_adversarial's lr_schedule(epoch + (i+1)/n)).
     cosine    CosineAnnealingLR: lr -> 0 over the run (after the warm-up).
 
-warmup_epochs W (step and cosine): LinearLR from lr / (w + 1) up to lr over the first w = round(W x iterations per
-epoch) iterations, then the schedule (SequentialLR): cosine anneals over the rest of the run, step's step_epochs
-count from the end of the warm-up. onecycle and cyclic rise linearly already (peak_fraction) and take no warm-up.
+warmup_epochs W (every schedule): the first w = round(W x iterations per epoch) iterations rise linearly to the
+schedule's peak, which is the iteration right after them (iteration w); the schedule's own shape takes the rest.
+    step, cosine  LinearLR from lr / (w + 1) up to lr, then the schedule (SequentialLR): cosine anneals over the
+                  remaining iterations, step's step_epochs count from the end of the warm-up.
+    onecycle      LinearLR from max_lr / 25 (OneCycleLR's start) up to max_lr, then OneCycleLR's cosine decay to
+                  max_lr / 25e4, reached at the last iteration (CosineAnnealingLR with that eta_min; SequentialLR).
+                  The warm-up replaces OneCycleLR's cosine rise: same start, same peak, same decay formula, the
+                  rise linear and w iterations long. (A LinearLR in front of a whole OneCycleLR would ramp only
+                  up to max_lr / 25 - OneCycleLR's constructor rewrites the groups' initial_lr, which SequentialLR
+                  resets the lr to - and then rise again: two rises, the first one below max_lr / 25.)
+    cyclic        the triangle peaks at iteration w instead of at peak_fraction of the run: its rise, (i + 1) /
+                  (w + 1) x max_lr, is the values of step's and cosine's ramp; then linear down to 0 at the end.
+With a warm-up the peak is where the warm-up ends, so onecycle and cyclic do not read peak_fraction (the spec check
+refuses a peak_fraction other than its default next to warmup_epochs): one key says where the peak is.
 
 The schedule's length is the run's (epochs x iterations per epoch), so for every schedule but step the checkpoint
 can only continue a run of the same `epochs` (kinds.train adds epochs to the resume keys). The state saved in the
@@ -38,6 +49,9 @@ def lengths(o: Optimizer, epochs: int, steps_per_epoch: int) -> tuple[int, int]:
     return total, min(warmup, total - 1)
 
 
+DIV_FACTOR, FINAL_DIV_FACTOR = 25.0, 1e4  # OneCycleLR's defaults: start = max_lr / 25, end = start / 1e4
+
+
 def _main(opt: torch.optim.Optimizer, o: Optimizer, total: int, warmup: int, steps_per_epoch: int) -> Any:
     """The schedule after the warm-up (the whole run when there is none)."""
     if o.schedule == "step":
@@ -45,21 +59,36 @@ def _main(opt: torch.optim.Optimizer, o: Optimizer, total: int, warmup: int, ste
     if o.schedule == "cosine":
         return lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=0.0)
     peak = o.max_lr if o.max_lr is not None else o.lr
+    if o.schedule == "onecycle" and warmup:  # the decay of OneCycleLR: max_lr at iteration w, its end at the last
+        _set_lr(opt, peak)
+        end = peak / DIV_FACTOR / FINAL_DIV_FACTOR
+        return lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup - 1), eta_min=end)
     if o.schedule == "onecycle":
         return lr_scheduler.OneCycleLR(
             opt, max_lr=peak, total_steps=total, pct_start=o.peak_fraction, anneal_strategy="cos", cycle_momentum=False
         )
     if o.schedule == "cyclic":
-        top = o.peak_fraction * total
+        top = warmup + 1 if warmup else o.peak_fraction * total  # the iteration (1-based) at the peak
 
         def triangle(i: int) -> float:
             t = i + 1
             return t / top if t <= top else max(0.0, (total - t) / (total - top))
 
-        for group in opt.param_groups:  # LambdaLR multiplies the lr it finds: start from the peak
-            group["lr"] = peak
+        _set_lr(opt, peak)  # LambdaLR multiplies the lr it finds: start from the peak
         return lr_scheduler.LambdaLR(opt, triangle)
     raise ValueError(f"optimizer.schedule: expected one of step, onecycle, cyclic, cosine; got {o.schedule!r}")
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _ramp_start(o: Optimizer, warmup: int) -> float | None:
+    """The warm-up's first value relative to the peak (None: the main schedule rises itself, cyclic)."""
+    if o.schedule == "cyclic":
+        return None
+    return 1.0 / DIV_FACTOR if o.schedule == "onecycle" else 1.0 / (warmup + 1)
 
 
 class Schedule:
@@ -69,8 +98,8 @@ class Schedule:
         self.steps_per_epoch = steps_per_epoch
         total, warmup = lengths(o, epochs, steps_per_epoch)
         main = _main(opt, o, total, warmup, steps_per_epoch)
-        if warmup:
-            ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+        if warmup and (start := _ramp_start(o, warmup)) is not None:
+            ramp = lr_scheduler.LinearLR(opt, start_factor=start, end_factor=1.0, total_iters=warmup)
             self.torch: Any = lr_scheduler.SequentialLR(opt, [ramp, main], milestones=[warmup])
         else:
             self.torch = main
