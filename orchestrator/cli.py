@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import launch, manifest, progress
+from orchestrator import grid_report, launch, manifest, progress
 from orchestrator import status as cell_status
 from orchestrator.errors import UserError
 from orchestrator.plan import Plan
@@ -71,6 +71,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     bench = _bench_path(args.bench, root)
     result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll,
                            bar=sys.stderr.isatty(), bench=bench, strict=args.strict)  # fmt: skip
+    grid_report.record((p.exp_dir, p.grid.report) for p in result.plans)  # what `orchestrate report` reads
     n = len(result.job_ids)
     say = result.local.write if result.local else print
     say(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
     p.add_argument("--target-adv-acc", metavar="ACC", help="time-to-target table's target: 0.6 or 60%% (default: "
-                   "95%% of the best validation robust accuracy any run of the dataset reached)")  # fmt: skip
+                   "the grid's report.target_adv_acc, else 95%% of the best validation robust accuracy any run of "
+                   "the dataset reached)")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("estimate", parents=[common], help="predicted wall-clock per cell from bench data")

@@ -39,6 +39,7 @@ RUN_COLUMNS = (
     "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.guard): empty when it was off
     "method_schedule",  # phases before `method` (workloads.recipe) as method@until;...: empty without
     "recipe",  # the grid's recipe name (leads the run_id), empty without
+    "attack_replays",  # free's replays per mini-batch as set in the grid, empty: the method's default
 )  # fmt: skip
 
 
@@ -120,6 +121,7 @@ def run_row(
         "co_epoch": co_epoch,
         "method_schedule": ";".join(f"{p.method}@{p.until:g}" for p in spec.method_schedule) if train else None,
         "recipe": spec.recipe,
+        "attack_replays": spec.attack.replays if train else None,
     }
 
 

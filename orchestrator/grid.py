@@ -8,6 +8,8 @@ evaluate, all with the same name). Keys of one document:
     profile: generic        site profile: slurm_templates/<profile>.yaml, or a path to a .yaml file
     executor: auto          auto (slurm if sbatch is on PATH, else local) | slurm | local
     description: ...        free text
+    report: {...}           `orchestrate report` settings of the experiment (orchestrator.grid_report), e.g.
+                            target_adv_acc: 0.6 (the time-to-target table's target)
     defaults: {...}         RunSpec settings every cell starts from (sections such as optimizer as mappings)
     grid: {...}             setting -> non-empty list of values; the cells are the cartesian product.
                             A section (shape, attack, ...) takes a list of mappings merged over the defaults'
@@ -37,6 +39,7 @@ import yaml
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
+from orchestrator.grid_report import ReportSettings
 from orchestrator.profiles import Profile
 from orchestrator.run_ids import format_value
 from workloads.spec import RunSpec
@@ -64,6 +67,7 @@ class Grid:
     cells: list[RunSpec]
     description: str = ""
     document: int = 1  # position in its file, from 1
+    report: ReportSettings | None = None  # the document's report section (orchestrator.grid_report)
 
     def arrays(self) -> list[tuple[str, list[RunSpec]]]:
         """Cells grouped by resource shape (and resources): one submitit array each, keyed e.g. "n1g2"."""
@@ -175,6 +179,7 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
     problems: list[str] = []
     grids: list[Grid] = []
     owners: dict[tuple[str, str], tuple[int, int]] = {}  # (name, run_id) -> (document, line of its name)
+    reports: dict[str, tuple[ReportSettings, int]] = {}  # name -> (its report section, the document giving it)
     for number, (node, size, data) in enumerate(zip(nodes, sizes, documents, strict=True), start=1):
         if data is None:  # an empty document, e.g. after a trailing ---
             continue
@@ -183,8 +188,12 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
         problems += [p for p in doc.problems if p not in problems]
         if parts is None:
             continue
-        grid = Grid(path, *parts[:5], description=parts.description, document=number)
+        grid = Grid(path, *parts[:5], description=parts.description, document=number, report=parts.report)
         grids.append(grid)
+        if grid.report is not None and reports.setdefault(grid.name, (grid.report, number))[0] != grid.report:
+            other = reports[grid.name][1]
+            problems.append(doc.format("report", f"differs from document {other}'s report section; documents "
+                                       f"with the same name share results/{grid.name}/ and one report"))  # fmt: skip
         for cell in grid.cells:
             first = owners.setdefault((grid.name, cell.run_id), (number, doc.line("name") or 0))
             if first[0] != number:

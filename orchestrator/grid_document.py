@@ -21,13 +21,14 @@ import yaml
 
 from orchestrator.devices import gpu_only_problems
 from orchestrator.grid_names import NAME_HELP, is_name, name_problems
+from orchestrator.grid_report import ReportSettings, parse_section
 from orchestrator.profiles import Profile, ProfileError, load_profile
 from orchestrator.run_ids import derive_run_ids
 from workloads.schema import join_path, parse, show
 from workloads.spec import KINDS, RunSpec, check_spec
 
 EXECUTORS = ("auto", "slurm", "local")
-TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid")
+TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid", "report")
 SET_BY_FILE = ("experiment", "run_id", "kind")  # RunSpec fields the file sets from name/kind and expansion
 MAX_CELLS = 10_000  # a typo like a 100-value list in five keys should fail fast, not hang
 MAX_CELLS_ENV = "FASTROBUST_MAX_CELLS"  # raises it for one submission
@@ -60,6 +61,7 @@ class Parts(NamedTuple):
     executor: str
     cells: list[RunSpec]
     description: str
+    report: ReportSettings | None = None  # the document's report section (orchestrator.grid_report)
 
 
 def max_cells() -> int:
@@ -139,6 +141,7 @@ class Document:
             if key in defaults:
                 self.report(_join("defaults", key), "set by the grid file itself (top-level name/kind); remove it")
         axes = self._axes(self._mapping(data, "grid"))
+        report = parse_section(data.get("report"), self.report)
         # Expand even when the top level has problems: every problem of the cells is reported in one go.
         cells = self._expand(name or "invalid", kind or "train", executor, profile, defaults, axes)
         if self.problems or name is None or kind is None or executor is None or profile is None:
@@ -146,7 +149,7 @@ class Document:
         self._assign_run_ids(kind, cells, axes)
         if self.problems:
             return None
-        return Parts(name, kind, profile, executor, [c for c, _ in cells], description)
+        return Parts(name, kind, profile, executor, [c for c, _ in cells], description, report)
 
     def _name(self, name: Any) -> str | None:
         if name is None:

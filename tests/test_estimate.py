@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,8 @@ from orchestrator.estimate import model as estimate
 from orchestrator.estimate.bench_costs import EstimateError, interpolate
 from tests import fixtures
 from workloads.layout import write_csv_atomic
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Synthetic per-batch costs with a closed form: one attack pass costs a + b B.
 A, B_COEF = 0.01, 0.002
@@ -455,3 +458,251 @@ def test_compare_runs_predicts_each_finished_train_run(multi_bench: pd.DataFrame
     assert df["error_pct"].tolist() == pytest.approx([-20.0, 25.0], rel=1e-9)
     assert df["bench_world_size"].tolist() == [1, 2]
     assert compare.compare_runs(runs.iloc[0:0], multi_bench).empty
+
+
+# ---------------------------------------------------------------------------------------------
+# The newer methods and recipes: free (m replays), nfgsm (one attack pass), method_schedule, eps warm-up
+
+
+def recipe_form(per_batch: float, *, epochs: int, b: int, gpus: int = 1, every: int = 3, n_train: int = 50000,
+                n_val: int = 10000) -> float:  # fmt: skip
+    """The whole run for a given mean mini-batch cost, evaluation as in closed_form (20.7 t_pass per batch)."""
+    steps = math.ceil(math.ceil(n_train / gpus) / b)
+    evals = math.ceil(epochs / every)
+    return epochs * steps * per_batch + evals * math.ceil(math.ceil(n_val / gpus) / b) * 20.7 * t_pass(b)
+
+
+RECIPE_KW = dict(dataset="cifar10", epochs=6, global_batch=128, eval_every=3, eval_steps=20)
+
+
+@pytest.mark.parametrize("replays", [None, 1, 8])
+def test_free_is_m_standard_steps_per_mini_batch(bench: pd.DataFrame, replays: int | None) -> None:
+    """workloads.free_step: m replays, each one forward + one backward + an optimizer step = a standard step;
+    the grid's epochs are what runs (the recipe divides them by m in the grid file)."""
+    m = replays or 4  # the catalog's default
+    pred = estimate.predict(costs_of(bench), method="free", replays=replays, **RECIPE_KW)  # type: ignore[arg-type]
+    assert pred.seconds == pytest.approx(recipe_form(m * 1.1 * t_pass(128), epochs=6, b=128), rel=1e-12)
+    assert (pred.basis, pred.extrapolated) == (f"{m}xtrain_step", False)
+    # free on m replays over epochs / m costs what the standard recipe's training costs over the full epochs
+    free = estimate.predict(costs_of(bench), method="free", replays=3, dataset="cifar10", epochs=2, global_batch=128,
+                            eval_every=100, eval_steps=20)  # fmt: skip
+    std = estimate.predict(costs_of(bench), method="standard", dataset="cifar10", epochs=6, global_batch=128,
+                           eval_every=100, eval_steps=20)  # fmt: skip
+    one_eval = math.ceil(10000 / 128) * 20.7 * t_pass(128)  # each runs one evaluation (its last epoch)
+    assert free.seconds - one_eval == pytest.approx(std.seconds - one_eval, rel=1e-12)
+    # lower bound: one forward per replay
+    bound = estimate.predict(costs_of(bench), method="free", replays=replays, basis="lower_bound", **RECIPE_KW)  # type: ignore[arg-type]
+    t = t_pass(128)
+    assert bound.seconds == pytest.approx(6 * 391 * m * 0.35 * t + 2 * 79 * (0.35 * t + 20 * t), rel=1e-12)
+
+
+def test_free_pays_one_all_reduce_per_replay(bench: pd.DataFrame) -> None:
+    pred = estimate.predict(costs_of(bench), method="free", replays=8, gpus=4, allreduce_s=0.01, **RECIPE_KW)  # type: ignore[arg-type]
+    per_batch = 8 * (1.1 * t_pass(32) + 0.01)
+    assert pred.seconds == pytest.approx(recipe_form(per_batch, epochs=6, b=32, gpus=4), rel=1e-12)
+    assert pred.basis == "8xtrain_step+allreduce_s"
+
+
+def test_nfgsm_costs_one_attack_pass_like_fast(bench: pd.DataFrame) -> None:
+    """nfgsm: one attack pass then the weight step, as fast. Its own train_step rows when benched; else fast's
+    (basis train_step(fast)); else the standard step + the 1-step attack rows (pgd+standard)."""
+    costs = costs_of(bench)
+    pred = estimate.predict(costs, method="nfgsm", **RECIPE_KW)  # type: ignore[arg-type]
+    assert pred.seconds == pytest.approx(recipe_form(2.1 * t_pass(128), epochs=6, b=128), rel=1e-12)
+    assert pred.basis == "train_step(fast)"
+    fast = estimate.predict(costs, method="fast", **RECIPE_KW)  # type: ignore[arg-type]
+    assert pred.seconds == fast.seconds
+    extra = {"precision": "fp32", "channels_last": False}
+    own = pd.DataFrame(bench_rows() + fixtures.bench_rows({("train_step", "nfgsm", 1): 2.3}, t_pass, BATCHES,
+                                                          extra=extra))  # fmt: skip
+    pred = estimate.predict(costs_of(own), method="nfgsm", **RECIPE_KW)  # type: ignore[arg-type]
+    assert (pred.basis, pred.seconds) == ("train_step", pytest.approx(recipe_form(2.3 * t_pass(128), epochs=6, b=128)))
+    no_fast_step = bench[~((bench["what"] == "train_step") & (bench["method"] == "fast"))]
+    pred = estimate.predict(costs_of(no_fast_step), method="nfgsm", **RECIPE_KW)  # type: ignore[arg-type]
+    assert pred.basis == "pgd+standard"
+    assert pred.seconds == pytest.approx(recipe_form((1.1 + 1.0) * t_pass(128), epochs=6, b=128), rel=1e-12)
+    # pgd7 has no twin (no other 7-step method benched): the standard step + its PGD, as before
+    no_pgd7 = bench[~((bench["what"] == "train_step") & (bench["method"] == "pgd7"))]
+    assert costs_of(no_pgd7).train_step("pgd7", 64)[2] == "pgd+standard"
+
+
+def test_gradalign_needs_its_own_rows(bench: pd.DataFrame) -> None:
+    """GradAlign's double backprop costs ~2-3x a fast step: no twin and no standard + PGD proxy may price it (they
+    would underestimate it); its own train_step rows do, and without them the estimate says what to bench."""
+    with pytest.raises(EstimateError, match="no train_step rows for gradalign "):
+        estimate.predict(costs_of(bench), method="gradalign", **RECIPE_KW)  # type: ignore[arg-type]
+    extra = {"precision": "fp32", "channels_last": False}
+    own = pd.DataFrame(bench_rows() + fixtures.bench_rows({("train_step", "gradalign", 1): 5.0}, t_pass, BATCHES,
+                                                          extra=extra))  # fmt: skip
+    pred = estimate.predict(costs_of(own), method="gradalign", **RECIPE_KW)  # type: ignore[arg-type]
+    assert (pred.basis, pred.seconds) == ("train_step", pytest.approx(recipe_form(5.0 * t_pass(128), epochs=6, b=128)))
+
+
+@pytest.mark.parametrize(("epochs", "until", "first"), [(15, 0.6, 9), (10, 0.6, 6), (3, 0.6, 2), (4, 0.5, 2)])
+def test_a_method_schedule_weighs_each_phase_by_its_iterations(
+    bench: pd.DataFrame, epochs: int, until: float, first: int
+) -> None:
+    """workloads.recipe: epoch e trains with the phase whose until the epoch's middle (e - 0.5) lies before."""
+    from workloads import recipe
+    from workloads.spec import Phase, RunSpec
+
+    spec = RunSpec(epochs=epochs, method="pgd7", method_schedule=[Phase("fast", until)])
+    assert sum(recipe.phase_method(spec, e) == "fast" for e in range(1, epochs + 1)) == first  # the trainer's rule
+    pred = estimate.predict(costs_of(bench), method="pgd7", method_schedule=[("fast", until)],
+                            **{**RECIPE_KW, "epochs": epochs})  # type: ignore[arg-type]  # fmt: skip
+    per_batch = (first * 2.1 + (epochs - first) * 8.1) * t_pass(128) / epochs
+    assert pred.seconds == pytest.approx(recipe_form(per_batch, epochs=epochs, b=128), rel=1e-12)
+    assert pred.basis == f"train_step[fast={first / epochs:.0%},pgd7={1 - first / epochs:.0%}]"
+    # phases whose bases differ say each one
+    no_pgd7 = bench[~((bench["what"] == "train_step") & (bench["method"] == "pgd7"))]
+    mixed = estimate.predict(costs_of(no_pgd7), method="pgd7", method_schedule=[("fast", until)],
+                             **{**RECIPE_KW, "epochs": epochs})  # type: ignore[arg-type]  # fmt: skip
+    assert mixed.basis == f"fast={first / epochs:.0%}:train_step;pgd7={1 - first / epochs:.0%}:pgd+standard"
+
+
+def test_schedule_shares_and_runs_csv_form() -> None:
+    from orchestrator.estimate import phases
+
+    assert phases.phase_shares("pgd7", [], 15) == [("pgd7", 1.0)]
+    assert phases.phase_shares("pgd7", [("fast", 0.2), ("pgd3", 0.6)], 10) == [("fast", 0.2), ("pgd3", 0.4),
+                                                                                ("pgd7", 0.4)]  # fmt: skip
+    assert phases.phase_shares("pgd7", [("fast", 0.01)], 10) == [("pgd7", 1.0)]  # trains no epoch: left out
+    assert phases.parse_schedule("fast@0.6;pgd3@0.8") == (("fast", 0.6), ("pgd3", 0.8))
+    assert phases.parse_schedule("") == () and phases.parse_schedule(float("nan")) == ()
+    with pytest.raises(EstimateError, match="method_schedule"):
+        phases.parse_schedule("fast0.6")
+    assert phases.weight_steps("free") == 4 and phases.weight_steps("free", 8) == 8
+    assert phases.weight_steps("fast", 8) == 1
+
+
+def test_estimate_cells_read_replays_schedule_and_ignore_eps_warmup(bench: pd.DataFrame) -> None:
+    from workloads.spec import from_dict
+
+    base = {"dataset": "cifar10", "model": "small_cnn", "epochs": 6, "global_batch_size": 128,
+            "eval": {"every": 3, "steps": 20}}  # fmt: skip
+    cells = [
+        from_dict({**base, "run_id": "free", "method": "free", "attack": {"replays": 8}}),
+        from_dict({**base, "run_id": "sched", "method": "pgd7", "method_schedule": [{"method": "fast", "until": 0.5}]}),
+        from_dict({**base, "run_id": "fast", "method": "fast"}),
+        from_dict({**base, "run_id": "warm", "method": "fast", "attack": {"eps_warmup_epochs": 2}}),
+    ]
+    df = estimate.estimate_cells(cells, bench).set_index("run_id")
+    t = t_pass(128)
+    assert df.loc["free", "predicted_s"] == pytest.approx(recipe_form(8 * 1.1 * t, epochs=6, b=128), rel=1e-12)
+    assert df.loc["sched", "predicted_s"] == pytest.approx(recipe_form((2.1 + 8.1) / 2 * t, epochs=6, b=128))
+    assert df.loc["warm", "predicted_s"] == df.loc["fast", "predicted_s"]  # eps warm-up: the same passes
+
+
+def test_compare_runs_reads_schedule_and_free(bench: pd.DataFrame) -> None:
+    base = {"kind": "train", "state": "finished", "model": "small_cnn", "dataset": "cifar10", "device": "x86_64",
+            "epochs": 6, "global_batch_size": 128, "world_size": 1, "eval_every": 3, "eval_steps": 20,
+            "eval_restarts": 1, "elapsed_s_last": 100.0}  # fmt: skip
+    runs = pd.DataFrame([{**base, "run_id": "free", "method": "free", "method_schedule": ""},
+                         {**base, "run_id": "sched", "method": "pgd7", "method_schedule": "fast@0.5"}])  # fmt: skip
+    df = compare.compare_runs(runs, bench).set_index("run_id")
+    t = t_pass(128)
+    assert df.loc["free", "predicted_s"] == pytest.approx(recipe_form(4 * 1.1 * t, epochs=6, b=128), rel=1e-12)
+    assert df.loc["sched", "predicted_s"] == pytest.approx(recipe_form(5.1 * t, epochs=6, b=128), rel=1e-12)
+
+
+def cifar10_recipes_bench() -> list[dict[str, object]]:
+    """A synthetic bench of what experiments/bench_fast_recipes_cifar10.yaml measures: both models, the three
+    precision settings the grid uses, world sizes 1 and 2 (+ the 2-rank all-reduce), the grid's per-GPU batches."""
+    rows: list[dict[str, object]] = []
+    batches = (32, 64, 128, 256, 512)
+    for model in ("resnet18_cifar", "resnet50_cifar"):
+        scale = 1.0 if model == "resnet18_cifar" else 2.5
+        for precision, channels_last in (("fp32", False), ("fp32", True), ("bf16", True)):
+            extra = {"precision": precision, "channels_last": channels_last}
+            one = fixtures.bench_rows(COSTS, lambda b, k=scale: k * t_pass(b), batches, model=model, extra=extra)
+            ar = [{**one[0], "what": "allreduce", "method": "gradients", "attack_steps": 0, "batch_size": b,
+                   "median_s": ALLREDUCE_2, "p10_s": ALLREDUCE_2, "p90_s": ALLREDUCE_2} for b in batches]  # fmt: skip
+            rows += at_world(one, 1, 1.0) + at_world(one, 2, CONTENTION) + at_world(ar, 2, 1.0)
+    return rows
+
+
+def test_estimate_of_the_gpu_grid_prices_every_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """experiments/fast_recipes_cifar10.yaml from a small bench.csv: every train cell gets hours; free, nfgsm and
+    the fast -> pgd7 schedule are priced by the rules above (rows at 2 ranks for 1 x 2, 1 rank + the all-reduce
+    for 4 x 2)."""
+    from orchestrator import cli
+
+    grid = REPO / "experiments" / "fast_recipes_cifar10.yaml"
+    rows = cifar10_recipes_bench()
+    write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
+    df = estimate.estimate_grid(grid, tmp_path / "bench.csv")
+    from orchestrator.grid import load_grids
+
+    train = [c for g in load_grids(grid) for c in g.cells if c.kind == "train"]
+    assert sorted(df["run_id"]) == sorted(c.run_id for c in train) and len(df) == 48
+    assert df["predicted_s"].notna().all() and (df["predicted_s"] > 0).all()
+    by_id = df.set_index("run_id")
+    for cell in train:
+        r = by_id.loc[cell.run_id]
+        scale = 1.0 if cell.model == "resnet18_cifar" else 2.5
+        g = cell.world_size
+        b = cell.batch_per_rank
+        factor = CONTENTION if g == 2 else 1.0  # rows at 2 ranks; 1 and 8 GPUs: the 1-rank rows
+        k = {"standard": 1.1, "fast": 2.1, "pgd7": 8.1, "nfgsm": 2.1, "free": 8 * 1.1}[cell.method]
+        if cell.method_schedule:  # fast for 9 of 15 epochs, then pgd7
+            k = (9 * 2.1 + 6 * 8.1) / 15
+        per_batch = factor * k * scale * t_pass(b) + (ALLREDUCE_2 * (8 if cell.method == "free" else 1) if g == 8
+                                                       else 0.0)  # fmt: skip
+        steps = math.ceil(math.ceil(50000 / g) / b)
+        evals = math.ceil(cell.epochs / cell.eval.every)
+        expected = cell.epochs * steps * per_batch + evals * math.ceil(math.ceil(10000 / g) / b) * (
+            factor * 20.7 * scale * t_pass(b)
+        )
+        assert r["predicted_s"] == pytest.approx(expected, rel=1e-9), cell.run_id
+        assert r["gpu_hours"] == pytest.approx(expected * g / 3600, rel=1e-9)
+        basis = {"nfgsm": "train_step(fast)", "free": "8xtrain_step"}.get(cell.method, "train_step")
+        basis += ("+allreduce" if g == 8 else "") + ("[fast=60%,pgd7=40%]" if cell.method_schedule else "")
+        assert (r["basis"], bool(r["extrapolated"])) == (basis, g == 8), cell.run_id  # 8: the 2-rank all-reduce
+    assert cli.main(["estimate", str(grid), "--bench", str(tmp_path / "bench.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "total:" in out and "over 48 cells" in out
+    row_re = r"^(\S+)(?: \*)?\s+(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+ (?:h|min|s))\s+([\d.e+]+)\s+(\S+)$"
+    parsed = [m[1] for line in out.splitlines()[2:] if (m := re.match(row_re, line))]
+    assert sorted(parsed) == sorted(df["run_id"])  # one line per cell, the basis one word
+    for note in ("train_step(M): the bench has no train_step rows", "Nx...: free replays each mini-batch N times",
+                 "M=a%: a method_schedule's phase"):  # fmt: skip
+        assert note in out, out
+
+
+def test_other_precisions_borrow_the_groups_all_reduce() -> None:
+    """The gradient all-reduce is the same whatever the precision or memory format (fp32 parameters and gradients):
+    a bf16 + channels_last group benched on 1 rank only adds the fp32 group's 2-rank all-reduce."""
+    fp32 = bench_rows()
+    bf16 = [{**r, "precision": "bf16", "channels_last": True} for r in bench_rows()]
+    rows = at_world(fp32, 1, 1.0) + at_world(bf16, 1, 0.5) + allreduce_rows(2, ALLREDUCE_2)
+    costs = bench_costs.select_costs(pd.DataFrame(rows), model="small_cnn", dataset="cifar10", precision="bf16",
+                                     channels_last=True)  # fmt: skip
+    pred = estimate.predict(costs, method="fast", gpus=2, **KW)  # type: ignore[arg-type]
+    train = 6 * math.ceil(25000 / 64) * (0.5 * 2.1 * t_pass(64) + ALLREDUCE_2)
+    expected = train + 2 * math.ceil(5000 / 64) * 0.5 * 20.7 * t_pass(64)  # 2 evaluations (every 3 of 6 epochs)
+    assert pred.seconds == pytest.approx(expected, rel=1e-12)
+    assert (pred.basis, pred.bench_world_size) == ("train_step+allreduce", 1)
+    with pytest.raises(EstimateError, match="precision fp16"):  # nothing of that precision: still refused
+        bench_costs.select_costs(pd.DataFrame(rows), model="small_cnn", dataset="cifar10", precision="fp16")
+
+
+def test_the_bench_grid_covers_every_group_the_gpu_grid_needs() -> None:
+    """experiments/bench_fast_recipes_cifar10.yaml benches each (model, precision, channels_last) of
+    fast_recipes_cifar10.yaml's train cells, standard and fast in each (free and nfgsm derive from them), at world
+    sizes 1 and 2 (the all-reduce), with the cells' eps and norm."""
+    from orchestrator.grid import load_grids
+    from workloads.recipe import schedule_methods
+
+    bench_cells = [c for g in load_grids(REPO / "experiments" / "bench_fast_recipes_cifar10.yaml") for c in g.cells]
+    train = [c for g in load_grids(REPO / "experiments" / "fast_recipes_cifar10.yaml") for c in g.cells
+             if c.kind == "train"]  # fmt: skip
+    groups: dict[tuple[str, str, bool], set[str]] = {}
+    for c in bench_cells:
+        assert (c.attack.norm, c.attack.eps, c.dataset) == ("l2", 1.0, "cifar10")
+        groups.setdefault((c.model, c.precision, c.channels_last), set()).update(c.bench.methods)
+    assert {c.world_size for c in bench_cells} == {1, 2}
+    for cell in train:
+        methods = groups[(cell.model, cell.precision, cell.channels_last)]
+        assert {"standard", "fast"} <= methods, cell.run_id
+        for m in schedule_methods(cell):
+            assert m in methods or m in ("free", "nfgsm"), (cell.run_id, m)

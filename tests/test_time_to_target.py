@@ -168,3 +168,51 @@ def test_fig2_draws_autoattack_beside_pgd(tmp_path: Path, monkeypatch: pytest.Mo
     plots.fig2(rob.drop(columns=["aa_acc"]), tmp_path, {})
     (ax2,) = drawn[1].axes  # type: ignore[attr-defined]
     assert "AutoAttack" not in [t.get_text() for t in ax2.get_legend().get_texts()]
+
+
+# -- the grid's report.target_adv_acc (orchestrator.grid_report) ----------------------------------------------
+
+
+def test_grid_target_is_used_unless_the_flag_overrides_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator import grid_report
+
+    exp = experiment(tmp_path, [run_row("a")], epochs("a", {2: 0.4, 4: 0.6, 6: 0.8}))
+    assert reaches(exp)["a"].target == pytest.approx(0.76)  # nothing recorded: 95 % of the best
+    grid_report.save(exp, grid_report.ReportSettings(target_adv_acc=0.55))
+    got = reaches(exp)["a"]
+    assert (got.target, got.epoch, got.rule) == (0.55, 4, "given (report.target_adv_acc of the grid file)")
+    assert cli.main(["report", str(exp)]) == 0
+    csv = pd.read_csv(exp / "report" / "time_to_target.csv")
+    assert (csv["target_adv_acc"].tolist(), csv["epoch"].tolist()) == ([0.55], [4])
+    assert cli.main(["report", str(exp), "--target-adv-acc", "0.35"]) == 0  # the flag wins
+    csv = pd.read_csv(exp / "report" / "time_to_target.csv")
+    assert (csv["target_adv_acc"].tolist(), csv["target_rule"].tolist()) == ([0.35], ["given (--target-adv-acc)"])
+    grid_report.save(exp, None)  # a grid without the section: the stated rule again
+    assert reaches(exp)["a"].target == pytest.approx(0.76)
+    (exp / grid_report.REPORT_SETTINGS).write_text('{"target_adv_acc": 60}\n')  # edited by hand
+    capsys.readouterr()
+    assert cli.main(["report", str(exp)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "report-settings.json: report.target_adv_acc: expected a fraction in (0, 1]" in line and "got 60" in line
+
+
+def test_submit_records_the_grid_report_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import grid_report, launch
+    from orchestrator.grid import load_grids
+    from orchestrator.plan import Plan
+
+    grid = tmp_path / "g.yaml"
+    text = ("name: rep\nkind: train\nexecutor: local\ndefaults: {dataset: fashion_mnist, model: small_cnn, "
+            "epochs: 1, global_batch_size: 8}\ngrid:\n  method: [standard]\n")  # fmt: skip
+    grid.write_text(text + "report: {target_adv_acc: 0.6555}\n")
+
+    def fake_submit(path: str, root: Path, *args: object, **kwargs: object) -> launch.SubmitResult:
+        return launch.SubmitResult(plans=[Plan(g, root / g.name) for g in load_grids(path)])
+
+    monkeypatch.setattr(launch, "submit", fake_submit)
+    results = tmp_path / "results"
+    assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
+    assert grid_report.load(results / "rep") == grid_report.ReportSettings(target_adv_acc=0.6555)
+    grid.write_text(text)  # resubmitted without the section: nothing stale is left
+    assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
+    assert not (results / "rep" / grid_report.REPORT_SETTINGS).exists()

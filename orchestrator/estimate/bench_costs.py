@@ -163,24 +163,51 @@ class BenchCosts:
         t, extra = interpolate(self._curve("pgd", None, k, world=world), b)
         return t * steps / k, extra
 
-    def train_step(self, method: str, b: float, world: int | None = None) -> tuple[float, bool, str, int]:
-        """(seconds, extrapolated, basis, world size of the rows used) of one training step of `method`:
-        its train_step rows at `world`, else the standard step plus its PGD at `world`, else both at the
-        smallest benched world size."""
+    def train_step(
+        self, method: str, b: float, world: int | None = None, replays: int | None = None
+    ) -> tuple[float, bool, str, int]:
+        """(seconds, extrapolated, basis, world size of the rows used) of one training step (one mini-batch) of
+        `method`: its train_step rows at `world`; else, for an attack-then-step method, the train_step rows of a
+        method with the same number of attack passes (`twin`: nfgsm ≈ fast), else the standard step plus its PGD
+        at `world`; else all that at the smallest benched world size. `free` (never benched: its replayed step is
+        not train_step) is `replays` standard steps (`free_step`)."""
+        info = method_info(method)
+        if info.step == "free":
+            return self.free_step(replays or info.replays, b, world)
         smallest = min(self.world_sizes, default=1)
         for g in dict.fromkeys([world or smallest, smallest]):
             curve, used = self._curve_at(g, "train_step", method)
             if curve and used == g:
                 return (*interpolate(curve, b), "train_step", g)
+            if (twin := self._twin(method, g)) is not None:
+                return (*interpolate(self._curve_at(g, "train_step", twin)[0], b), f"train_step({twin})", g)
             std, used = self._curve_at(g, "train_step", "standard")
-            if std and used == g:
+            if std and used == g and info.step == "pgd":  # GradAlign's double backprop has no cheaper proxy
                 t_std, e1 = interpolate(std, b)
-                t_pgd, e2 = self.pgd(method_info(method).steps, b, method, world=g)
+                t_pgd, e2 = self.pgd(info.steps, b, method, world=g)
                 return t_std + t_pgd, e1 or e2, "pgd+standard", g
+        needs = f"{method} or standard" if info.step == "pgd" else method
         raise EstimateError(
-            f"bench data for {self.device} has no train_step rows for {method} or standard "
+            f"bench data for {self.device} has no train_step rows for {needs} "
             f"(add them to bench.methods, or use basis lower_bound)"
         )
+
+    def _twin(self, method: str, world: int) -> str | None:
+        """A benched method (train_step rows at `world`) whose step makes the same passes as `method`: attack then
+        weight step, the same number of attack steps (nfgsm, fgsm_rs, pgd1 ≈ fast). fast first, then by name."""
+        info = method_info(method)
+        if info.step != "pgd":  # free and gradalign steps make other passes than any pgd-style method
+            return None
+        steps = info.steps
+        benched = {k[1] for k in self._times if k[0] == "train_step" and k[4] == world and k[1] != method}
+        twins = [m for m in benched if _step_kind(m) == ("pgd", steps)]
+        return min(twins, key=lambda m: (m != "fast", m)) if twins else None
+
+    def free_step(self, replays: int, b: float, world: int | None = None) -> tuple[float, bool, str, int]:
+        """One mini-batch of free training: `replays` weight steps, each one forward + one backward (the weight and
+        the input gradient at once) + an optimizer step, i.e. a standard step each (workloads.free_step)."""
+        t_std, extra, basis, g = self.train_step("standard", b, world)
+        return replays * t_std, extra, f"{replays}x{basis}", g
 
     def allreduce(self, world: int, b: float) -> tuple[float, bool] | None:
         """Seconds of one gradient all-reduce across `world` ranks (`what == allreduce` rows): measured at that
@@ -197,10 +224,14 @@ class BenchCosts:
         curve = self._curve("data", f"data_{split}", world=world)
         return interpolate(curve, b) if curve else None
 
-    def lower_bound_step(self, method: str, b: float) -> tuple[float, bool]:
-        """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training (one device)."""
-        steps = method_info(method).steps
-        return self.pgd(steps, b, method) if steps else self.forward(b)
+    def lower_bound_step(self, method: str, b: float, replays: int | None = None) -> tuple[float, bool]:
+        """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training (one device); free:
+        one forward per replay (each replay is a standard step)."""
+        info = method_info(method)
+        if info.step == "free":
+            t, extra = self.forward(b)
+            return (replays or info.replays) * t, extra
+        return self.pgd(info.steps, b, method) if info.steps else self.forward(b)
 
     def eval_batch(
         self, steps: int, restarts: int, b: float, basis: str, world: int | None = None
@@ -223,6 +254,27 @@ class BenchCosts:
         return forwards * t_fwd + restarts * t_pgd, e1 or e2
 
 
+def _step_kind(method: str) -> tuple[str, int] | None:
+    """(step kind, attack steps) of a method name in bench rows; None for names the catalog does not know."""
+    try:
+        info = method_info(method)
+    except ValueError:
+        return None
+    return info.step, info.steps
+
+
+def _groups(bench: pd.DataFrame) -> list[str]:
+    """The (model/dataset on device (precision[, channels_last])) groups a bench holds, for an error message."""
+    out = set()
+    for row in bench.to_dict("records"):
+        text = f"{row['model']}/{row['dataset']} on {row['device']}"
+        if "precision" in row:
+            cl = str(row.get("channels_last", "")).lower() == "true"
+            text += f" ({'fp32' if pd.isna(row['precision']) else row['precision']}{', channels_last' if cl else ''})"
+        out.add(text)
+    return sorted(out)
+
+
 def select_costs(
     bench: pd.DataFrame,
     *,
@@ -232,12 +284,16 @@ def select_costs(
     precision: str | None = None,
     channels_last: bool | None = None,
 ) -> BenchCosts:
-    """The bench rows that match a cell; EstimateError (one line) when none or several devices match."""
+    """The bench rows that match a cell; EstimateError (one line) when none or several devices match. The gradient
+    all-reduce does not depend on precision or memory format (autocast and GradScaler keep fp32 parameters and
+    gradients; the bench reduces a buffer of the parameters' dtype), so a selection without allreduce rows takes
+    those of the same device, model and dataset measured with other settings."""
     sel = bench[(bench["model"] == model) & (bench["dataset"] == dataset)]
     what = f"model {model}, dataset {dataset}"
     if device is not None:
         sel = sel[sel["device"].astype(str).str.contains(device, case=False, regex=False)]
         what += f", device ~ {device!r}"
+    group = sel
     if precision is not None and "precision" in sel.columns:
         sel = sel[sel["precision"].fillna("fp32") == precision]
         what += f", precision {precision}"
@@ -245,9 +301,11 @@ def select_costs(
         sel = sel[sel["channels_last"].astype(str).str.lower().isin(["true"] if channels_last else ["false", "nan"])]
         what += f", channels_last {channels_last}"
     if sel.empty:
-        have = sorted({f"{r.model}/{r.dataset} on {r.device}" for r in bench.itertuples()})
-        raise EstimateError(f"no bench data for {what}; bench has: {'; '.join(have) or 'nothing'}")
+        raise EstimateError(f"no bench data for {what}; bench has: {'; '.join(_groups(bench)) or 'nothing'}")
     devices = sorted(sel["device"].astype(str).unique())
     if len(devices) > 1:
         raise EstimateError(f"bench data for {what} spans several devices ({'; '.join(devices)}); choose one")
+    if "what" in sel.columns and not (sel["what"] == "allreduce").any():
+        borrowed = group[(group["what"] == "allreduce") & (group["device"].astype(str) == devices[0])]
+        sel = pd.concat([sel, borrowed], ignore_index=True) if not borrowed.empty else sel
     return BenchCosts(sel.reset_index(drop=True), devices[0])

@@ -11,6 +11,7 @@ import pandas as pd
 
 from orchestrator.estimate.bench_costs import BenchCosts, EstimateError, with_world_size
 from orchestrator.estimate.model import RunSettings, predict_run
+from orchestrator.estimate.phases import parse_schedule
 
 COMPARE_COLUMNS = (
     "run_id", "method", "gpus", "predicted_s", "measured_s", "error_pct", "extrapolated", "basis", "bench_world_size",
@@ -48,6 +49,8 @@ def compare_runs(runs: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
             eval_batch=_setting(row, "eval_batch_size"),
             train_subset=_setting(row, "train_subset"),
             val_subset=_setting(row, "val_subset"),
+            replays=_setting(row, "attack_replays"),  # a runs.csv without the column: the catalog's m
+            method_schedule=parse_schedule(row.get("method_schedule")),
         )
         try:
             pred = predict_run(costs, settings, method=str(row["method"]), gpus=_setting(row, "world_size") or 1)

@@ -29,8 +29,12 @@ flagged).
 
 Cost bases for t_step:
 - "train_step": the bench's measured full training step of the method (best predictor of wall-clock);
-  without one, the standard step plus the method's K-step PGD ("pgd+standard").
+  without one, that of a benched method making the same passes ("train_step(fast)" for nfgsm: one attack pass,
+  then the weight step), else the standard step plus the method's K-step PGD ("pgd+standard").
 - "lower_bound": the paper's Fig. 1 bound: K-step PGD alone, a forward pass for standard training.
+free (never benched: its replayed step is not train_step) costs m standard steps per mini-batch ("4xtrain_step"),
+and a method_schedule the phases' steps weighted by their share of the iterations ("train_step[fast=60%,pgd7=40%]");
+orchestrator.estimate.phases has the per-batch rules. The eps warm-up costs nothing.
 
 Not modelled: DataLoader worker start-up (CUDA), checkpoint writes, process start-up and dataset reading
 (before the clock of epochs.csv starts), nor contention with other jobs on the node: measure the bench where
@@ -54,11 +58,11 @@ from orchestrator.estimate.bench_costs import (
     read_bench,
     select_costs,
 )
+from orchestrator.estimate.phases import PERFECT_SCALING, data_cost, phase_shares, recipe_cost, recipe_notes
 from workloads.catalog import DATASETS
 from workloads.spec import RunSpec
 
 BASES = ("train_step", "lower_bound")
-PERFECT_SCALING = "+perfect_scaling"  # basis suffix: a multi-GPU step without any communication cost
 ESTIMATE_COLUMNS = (
     "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
     "basis", "device", "bench_world_size",
@@ -67,12 +71,6 @@ ESTIMATE_COLUMNS = (
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms
-
-
-def data_cost(t_data: float, t_compute: float, *, overlapped: bool) -> float:
-    """Seconds one batch's loading adds to its step: all of it when serial (CPU, in-process loading), what
-    the compute does not hide when loader workers overlap with it (CUDA)."""
-    return max(0.0, t_data - t_compute) if overlapped else t_data
 
 
 def eval_epochs(epochs: int, every: int) -> int:
@@ -135,10 +133,14 @@ class RunSettings:
     eval_batch: int | None = None  # per GPU; None: the training batch per GPU
     train_subset: int | None = None
     val_subset: int | None = None
+    replays: int | None = None  # free's m (None: the catalog's)
+    method_schedule: tuple[tuple[str, float], ...] = ()  # (method, until) phases before the run's method
 
     @classmethod
     def of_spec(cls, spec: RunSpec) -> RunSettings:
         return cls(
+            replays=spec.attack.replays,
+            method_schedule=tuple((str(p.method), float(p.until or 0.0)) for p in spec.method_schedule),
             dataset=spec.dataset,
             epochs=spec.epochs,
             global_batch=spec.global_batch_size,
@@ -175,36 +177,24 @@ def predict(
     val_subset: int | None = None,
     basis: str = "train_step",
     allreduce_s: float | None = None,
+    replays: int | None = None,
+    method_schedule: Sequence[tuple[str, float]] = (),
 ) -> Prediction:
     """Wall-clock of one run on `gpus` GPUs at a fixed global batch (per-GPU batch = global / gpus).
     allreduce_s: per-step communication seconds when the bench has no rows at `gpus` (None: its allreduce
-    rows, else 0)."""
+    rows, else 0); replays: free's m (None: attack.replays' default, the catalog's); method_schedule: the
+    (method, until) phases before `method` (orchestrator.estimate.phases weighs them by their iterations)."""
     if basis not in BASES:
         raise EstimateError(f"basis: expected one of {', '.join(BASES)}; got {basis!r}")
     b = global_batch / gpus
-    world, comm = 1, 0.0
-    if basis == "train_step":
-        t_step, e1, used, world = costs.train_step(method, b, gpus)
-        if gpus > 1 and world != gpus:  # the step was benched on fewer ranks: add the communication
-            measured = costs.allreduce(gpus, b) if allreduce_s is None else None
-            if measured is not None:
-                comm, e1, used = measured[0], e1 or measured[1], used + "+allreduce"
-            elif allreduce_s is not None:
-                comm, used = allreduce_s, used + "+allreduce_s"
-            else:
-                used += PERFECT_SCALING  # nothing measured at or across several ranks: no communication counted
-    else:
-        (t_step, e1), used = costs.lower_bound_step(method, b), "lower_bound"
+    shares = phase_shares(method, method_schedule, epochs)
+    step = recipe_cost(costs, shares, b, gpus, basis=basis, replays=replays, allreduce_s=allreduce_s)
     b_eval = eval_batch_per_gpu or b
     data_world = gpus if basis == "train_step" else None  # the paper's bound: one device's costs
     t_eval, e2 = costs.eval_batch(eval_steps, eval_restarts, b_eval, basis, data_world)
-    overlapped = is_gpu_device(costs.device)
-    d_train = d_val = 0.0
-    if (loading := costs.data("train", b, data_world)) is not None:
-        d_train, e3 = data_cost(loading[0], t_step, overlapped=overlapped), loading[1]
-        e1 = e1 or e3
+    d_val = 0.0
     if (loading := costs.data("val", b_eval, data_world)) is not None:
-        d_val, e3 = data_cost(loading[0], t_eval, overlapped=overlapped), loading[1]
+        d_val, e3 = data_cost(loading[0], t_eval, overlapped=is_gpu_device(costs.device)), loading[1]
         e2 = e2 or e3
     n_train, n_val = split_sizes(dataset, train_subset, val_subset)
     seconds = total_time(
@@ -212,16 +202,14 @@ def predict(
         n_train=n_train,
         n_val=n_val,
         batch_per_gpu=max(1, global_batch // gpus),
-        t_step=t_step,
+        t_step=step.seconds,  # communication and data loading included (phases.batch_cost)
         t_eval=t_eval,
         eval_every=eval_every,
         gpus=gpus,
         eval_batch_per_gpu=max(1, int(b_eval)),
-        allreduce_s=comm,
-        d_train=d_train,
         d_val=d_val,
     )
-    return Prediction(seconds, e1 or e2, used, world)
+    return Prediction(seconds, step.extrapolated or e2, step.basis, step.world)
 
 
 def predict_run(
@@ -250,6 +238,8 @@ def predict_run(
         val_subset=settings.val_subset,
         basis=basis,
         allreduce_s=allreduce_s,
+        replays=settings.replays,
+        method_schedule=settings.method_schedule,
     )
 
 
@@ -343,7 +333,8 @@ def format_estimate(df: pd.DataFrame) -> str:
     lines.append(f"total: {total:.3g} GPU-hours over {len(df)} cells (bench device: {devices})")
     if len(df) and df["extrapolated"].any():
         lines.append("* extrapolated beyond the measured batch sizes or GPU counts (bench a wider range to confirm)")
-    if len(df) and df["basis"].astype(str).str.endswith(PERFECT_SCALING).any():
+    lines += recipe_notes(df["basis"].astype(str).tolist() if len(df) else [])
+    if len(df) and df["basis"].astype(str).str.contains(PERFECT_SCALING, regex=False).any():
         lines.append(
             f"{PERFECT_SCALING}: the bench has no rows at that GPU count nor an all-reduce time, so communication "
             "is not counted (bench a cell of that shape, or give --allreduce-s)"

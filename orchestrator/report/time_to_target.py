@@ -7,8 +7,9 @@ Definitions (report.md states them):
 - reached: the first evaluated epoch whose adv_acc >= target (ties at the target count as reached; of equal
   values the earliest epoch wins); its elapsed_s (cumulative wall-clock, evaluation included, as Table I);
 - GPU-hours: that wall-clock × the run's world size (runs.csv world_size, else epochs.csv's);
-- target: the given one (`--target-adv-acc`), else per dataset TARGET_SHARE of the best adv_acc any train run of
-  that dataset reached at any evaluation;
+- target: the given one (`--target-adv-acc`), else the grid's `report.target_adv_acc` (recorded at submit time,
+  orchestrator.grid_report), else per dataset TARGET_SHARE of the best adv_acc any train run of that dataset
+  reached at any evaluation;
 - AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
   both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points flags the run (gradient masking:
   PGD's number is not to be trusted).
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from orchestrator import grid_report
 from orchestrator.report.labels import (
     DASH,
     Unit,
@@ -119,12 +121,23 @@ def _evaluated(epochs: pd.DataFrame, run_id: str) -> pd.DataFrame:
     return rows.sort_values("epoch", kind="stable")
 
 
-def _targets(runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None) -> dict[str, tuple[float, str]]:
+def given_target(tables: Tables, target: float | None) -> tuple[float | None, str]:
+    """The given target and where it comes from: the argument (--target-adv-acc), else the grid's report section
+    that `orchestrate submit` recorded for the experiment (orchestrator.grid_report), else (None, "")."""
+    if target is not None:
+        return target, "given (--target-adv-acc)"
+    recorded = grid_report.load(tables.exp_dir).target_adv_acc
+    return recorded, "" if recorded is None else "given (report.target_adv_acc of the grid file)"
+
+
+def _targets(
+    runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None, source: str
+) -> dict[str, tuple[float, str]]:
     """Per dataset (target, the rule in words)."""
     out: dict[str, tuple[float, str]] = {}
     for dataset, group in runs.groupby("dataset", sort=True):
         if given is not None:
-            out[str(dataset)] = (given, "given (--target-adv-acc)")
+            out[str(dataset)] = (given, source)
             continue
         adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(group["run_id"]), "adv_acc"], errors="coerce").dropna()
         if adv.empty:
@@ -159,7 +172,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     if epochs.empty or "adv_acc" not in epochs.columns:
         return []
     runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
-    targets = _targets(runs, epochs, target)
+    targets = _targets(runs, epochs, *given_target(tables, target))
     out: list[Reach] = []
     for row in runs.to_dict("records"):
         run_id, dataset = str(row["run_id"]), str(row["dataset"])
