@@ -606,7 +606,7 @@ def test_compare_runs_reads_schedule_and_free(bench: pd.DataFrame) -> None:
 
 
 def cifar10_recipes_bench() -> list[dict[str, object]]:
-    """A synthetic bench of what experiments/bench_fast_recipes_cifar10.yaml measures: both models, the three
+    """A synthetic bench of what experiments/bench/cpu_fast_recipes_cifar10.yaml measures: both models, the three
     precision settings the grid uses, world sizes 1 and 2 (+ the 2-rank all-reduce), the grid's per-GPU batches."""
     rows: list[dict[str, object]] = []
     batches = (32, 64, 128, 256, 512)
@@ -687,13 +687,14 @@ def test_other_precisions_borrow_the_groups_all_reduce() -> None:
 
 
 def test_the_bench_grid_covers_every_group_the_gpu_grid_needs() -> None:
-    """experiments/bench_fast_recipes_cifar10.yaml benches each (model, precision, channels_last) of
+    """experiments/bench/cpu_fast_recipes_cifar10.yaml benches each (model, precision, channels_last) of
     fast_recipes_cifar10.yaml's train cells, standard and fast in each (free and nfgsm derive from them), at world
     sizes 1 and 2 (the all-reduce), with the cells' eps and norm."""
     from orchestrator.grid import load_grids
     from workloads.recipe import schedule_methods
 
-    bench_cells = [c for g in load_grids(REPO / "experiments" / "bench_fast_recipes_cifar10.yaml") for c in g.cells]
+    bench_grid = REPO / "experiments" / "bench" / "cpu_fast_recipes_cifar10.yaml"
+    bench_cells = [c for g in load_grids(bench_grid) for c in g.cells]
     train = [c for g in load_grids(REPO / "experiments" / "fast_recipes_cifar10.yaml") for c in g.cells
              if c.kind == "train"]  # fmt: skip
     groups: dict[tuple[str, str, bool], set[str]] = {}

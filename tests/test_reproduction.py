@@ -173,6 +173,29 @@ def test_estimate_paper_grid_prints_hours(name: str, capsys: pytest.CaptureFixtu
     assert re.search(r"total: [\d.e+]+ GPU-hours over 6 cells \(bench device: .+\)", captured.out), captured.out
 
 
+FAST_RECIPES_BENCH = REPO / "experiments" / "bench" / "cpu_fast_recipes_cifar10.csv"
+
+
+def test_estimate_of_the_fast_recipes_grid_follows_from_its_committed_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    """experiments/fast_recipes_cifar10.yaml's hours from the committed CPU bench (13 min on the 2-vCPU Xeon): every
+    one of its 48 train cells priced, the paper recipes in their order at each shape, and the printed table the
+    committed one byte for byte (the estimate is a pure function of the grid and the bench)."""
+    grid = REPO / "experiments" / "fast_recipes_cifar10.yaml"
+    assert cli.main(["estimate", str(grid), "--bench", str(FAST_RECIPES_BENCH)]) == 0
+    out = capsys.readouterr().out
+    assert out == FAST_RECIPES_BENCH.with_suffix(".estimate.txt").read_text(), "regenerate the .estimate.txt"
+    assert re.search(r"total: [\d.e+]+ GPU-hours over 48 cells", out), out
+    hours = {}
+    for line in out.splitlines()[2:]:
+        if match := re.match(
+            r"^paper-(\w+)-n(\d)g(\d)\S*-model(\w+) \*?\s+\S+\s+\d+\s+\d+\s+([\d.]+ (?:h|min|s))", line
+        ):
+            hours[(match[1], int(match[2]) * int(match[3]), match[4])] = _hours(match[5])
+    assert len(hours) == 18, out
+    for _, gpus, model in hours:
+        assert hours[("standard", gpus, model)] < hours[("fast", gpus, model)] < hours[("pgd7", gpus, model)]
+
+
 def test_committed_bench_is_labelled_cpu() -> None:
     """The committed bench is measured on a CPU (no GPU here): its file name says so; so must the README."""
     bench = pd.read_csv(CPU_BENCH)
