@@ -19,6 +19,7 @@ from torch.func import functional_call
 from tests.fixtures import free_port
 from tests.test_attacks import box_images, ce_input_grad, gen, linear_model
 from tests.test_distributed import TORCHRUN_VARS
+from tests.test_methods import Counting
 from workloads import catalog, distributed
 from workloads.attacks import attack_from, clamp_to_box, gradient_misalignment, sample_ball
 from workloads.engine import train_step, wrap_ddp
@@ -94,16 +95,6 @@ class Call(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fn(z)
-
-
-class Counting(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.forwards = model, 0
-
-    def forward(self, z: Tensor) -> Tensor:
-        self.forwards += 1
-        return self.model(z)
 
 
 def test_train_step_passes_and_weight_gradient(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -133,20 +133,29 @@ def test_a_hung_rank_is_detected_after_collective_timeout_s(
     _resume_to_the_end(grid, results, run_dir, capsys)
 
 
+def _local_job_in_its_first_epoch(
+    tmp_path: Path, results: Path, name: str, shape: tuple[int, int], max_requeues: int
+) -> tuple[launch.SubmitResult, Path, Path, str]:
+    """A one-cell local-executor job of `shape`, once its first epochs.csv row exists: (submission, experiment
+    dir, run dir, job id)."""
+    grid = fixtures.write_grid(tmp_path, name, [shape], epochs=EPOCHS, train_subset=1024, eval_every=3,
+                               max_requeues=max_requeues)  # fmt: skip
+    submitted = launch.submit(grid, results, executor="local", log=fixtures.quiet)
+    exp_dir = results / name
+    (run_id,) = manifest.load(exp_dir)
+    run_dir = manifest.run_dir(exp_dir, run_id)
+    job_id = str(manifest.load(exp_dir)[run_id].job_id)
+    fixtures.wait_until(lambda: (run_dir / layout.EPOCHS).exists(), 240, "the first epoch", interval=0.2)
+    return submitted, exp_dir, run_dir, job_id
+
+
 @fixtures.needs_fmnist
 def test_kill_9_of_one_rank_under_the_local_executor(
     tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """submitit's local controller waits for every task (it kills none when one dies): the survivor ends on its
     own (its collective fails at once on a closed connection, or after collective_timeout_s)."""
-    grid = fixtures.write_grid(tmp_path, "localkill", [(1, 2)], epochs=EPOCHS, train_subset=1024, eval_every=3,
-                               max_requeues=0)  # fmt: skip
-    submitted = launch.submit(grid, results, executor="local", log=fixtures.quiet)
-    exp_dir = results / "localkill"
-    (run_id,) = manifest.load(exp_dir)
-    run_dir = manifest.run_dir(exp_dir, run_id)
-    job_id = str(manifest.load(exp_dir)[run_id].job_id)
-    fixtures.wait_until(lambda: (run_dir / layout.EPOCHS).exists(), 240, "the first epoch", interval=0.2)
+    submitted, exp_dir, run_dir, job_id = _local_job_in_its_first_epoch(tmp_path, results, "localkill", (1, 2), 0)
     rank1 = fixtures.wait_until(lambda: _rank_record(run_dir, 1, job_id), 30, "rank 1's record")
     t0 = time.monotonic()
     os.kill(rank1["child_pid"], signal.SIGKILL)
@@ -163,14 +172,7 @@ def test_kill_9_of_one_rank_under_the_local_executor(
 def test_sigusr2_requeues_a_local_job_through_the_supervisor(tmp_path: Path, results: Path) -> None:
     """What submitit's local controller sends before the time limit: SIGUSR2 to the task (the supervisor), whose
     handler forwards it to the workload (it saves and exits 75) and requeues; the requeued attempt finishes."""
-    grid = fixtures.write_grid(tmp_path, "localusr2", [(1, 1)], epochs=EPOCHS, train_subset=1024, eval_every=3,
-                               max_requeues=3)  # fmt: skip
-    submitted = launch.submit(grid, results, executor="local", log=fixtures.quiet)
-    exp_dir = results / "localusr2"
-    (run_id,) = manifest.load(exp_dir)
-    run_dir = manifest.run_dir(exp_dir, run_id)
-    job_id = str(manifest.load(exp_dir)[run_id].job_id)
-    fixtures.wait_until(lambda: (run_dir / layout.EPOCHS).exists(), 240, "the first epoch", interval=0.2)
+    submitted, exp_dir, run_dir, job_id = _local_job_in_its_first_epoch(tmp_path, results, "localusr2", (1, 1), 3)
     rank0 = fixtures.wait_until(lambda: _rank_record(run_dir, 0, job_id), 30, "rank 0's record")
     os.kill(rank0["pid"], signal.SIGUSR2)
     assert submitted.local is not None
