@@ -102,7 +102,8 @@ def failure_line(run_dir: Path, exp_dir: Path, record: JobRecord | None) -> str:
     """Why a failed cell failed, in one line: the summary line of error.txt (workloads.entry writes it first;
     another rank's error-rank{r}.txt when rank 0 left none) and its path, which holds the traceback; without
     one, the scheduler's state and the job's log folder."""
-    candidates = [run_dir / layout.ERROR, *sorted(run_dir.glob("error-rank*.txt"))]
+    ranked = sorted(run_dir.glob("error-rank*.txt"), key=lambda p: (len(p.name), p.name))  # rank 2 before rank 10
+    candidates = [run_dir / layout.ERROR, *ranked]
     for path in candidates:
         try:
             with open(path, errors="replace") as f:

@@ -23,7 +23,8 @@ from tests.test_methods import Counting
 from workloads import catalog, distributed
 from workloads.attacks import attack_from, clamp_to_box, gradient_misalignment, sample_ball
 from workloads.engine import train_step, wrap_ddp
-from workloads.spec import Attack, from_dict, resolve_attack
+from workloads.schema import SpecError
+from workloads.spec import Attack, check_spec, from_dict, resolve_attack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAMBDA = catalog.METHODS["gradalign"].align
@@ -51,6 +52,13 @@ def test_catalog_entry_is_fgsm_from_zero_with_alpha_eps() -> None:
     (g,) = grads  # the one step's gradient, at x itself (zero start): GradAlign's clean gradient
     torch.testing.assert_close(g.double(), ce_input_grad(model, x.double(), y), atol=1e-6, rtol=1e-5)
     assert from_dict({"method": "gradalign", "attack": {"eps": 0.03}}).method == "gradalign"  # a grid method
+    assert (a.align, resolve_attack("gradalign", Attack(eps=0.1, align=0.5)).align) == (0.2, 0.5)  # attack.align
+
+
+def test_align_is_refused_for_methods_without_the_regulariser() -> None:
+    assert check_spec(from_dict({"method": "gradalign", "attack": {"align": 1.0}})) == []
+    with pytest.raises(SpecError, match=r"^attack\.align: only the gradalign method has an align weight"):
+        from_dict({"method": "fast", "attack": {"align": 1.0}})
 
 
 def test_misalignment_closed_form_and_zero_gradients_left_out() -> None:
@@ -97,14 +105,15 @@ class Call(nn.Module):
         return self.fn(z)
 
 
-def test_train_step_passes_and_weight_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("align", [None, 0.7])
+def test_train_step_passes_and_weight_gradient(monkeypatch: pytest.MonkeyPatch, align: float | None) -> None:
     """3 forwards (attack, regulariser, weight step: the clean gradient is the attack's own), autograd.grad w.r.t.
     inputs only (the second with create_graph), one backward; the step's weight gradient is that of
     cross-entropy(x + delta) + lambda x misalignment, and the returned loss is the cross-entropy."""
     model = Counting(smooth_cnn(83))
     twin = smooth_cnn(83)
     x, y = box_images(16, seed=84), torch.randint(0, 4, (16,), generator=gen(85))
-    attack = resolve_attack("gradalign", Attack(eps=0.1))
+    attack = resolve_attack("gradalign", Attack(eps=0.1, align=align))
     calls: list[tuple[int, bool]] = []
     real_grad = torch.autograd.grad
 
@@ -122,10 +131,10 @@ def test_train_step_passes_and_weight_gradient(monkeypatch: pytest.MonkeyPatch) 
     g = gen(86)
     grads: list[Tensor] = []
     delta = attack_from(twin.eval(), x, y, attack, generator=g, input_grads=grads)
-    align = gradient_misalignment(twin, x, y, grads[0], 0.1, g)
+    misaligned = gradient_misalignment(twin, x, y, grads[0], 0.1, g)
     ce = F.cross_entropy(twin.train()(x + delta), y)
-    (ce + LAMBDA * align).backward()
-    assert loss.item() == pytest.approx(ce.item(), rel=1e-6) and align.item() > 0
+    (ce + (LAMBDA if align is None else align) * misaligned).backward()
+    assert loss.item() == pytest.approx(ce.item(), rel=1e-6) and misaligned.item() > 0
     for p, after in zip(twin.parameters(), model.parameters(), strict=True):  # lr 1, no momentum: w - grad
         assert p.grad is not None
         torch.testing.assert_close(after.detach(), p.detach() - p.grad, atol=1e-6, rtol=1e-5)

@@ -289,9 +289,10 @@ def test_status_falls_back_to_another_ranks_error_file(tmp_path: Path) -> None:
     run_dir = tmp_path / "exp" / "runs" / "r"
     run_dir.mkdir(parents=True)
     line = "rank 1 on node2 (pid 7) was killed by signal 9 (SIGKILL) (out of memory? ...)"
-    (run_dir / "error-rank1.txt").write_text(f"{line}\n\ndetails\n")
-    assert (
-        cell_state.failure_line(run_dir, tmp_path / "exp", None) == f"{line} (traceback: {run_dir / 'error-rank1.txt'})"
+    (run_dir / "error-rank10.txt").write_text("rank 10 stopped: its collective failed\n")
+    (run_dir / "error-rank2.txt").write_text(f"{line}\n\ndetails\n")
+    assert (  # the lowest rank's file first (2 before 10, not by name)
+        cell_state.failure_line(run_dir, tmp_path / "exp", None) == f"{line} (traceback: {run_dir / 'error-rank2.txt'})"
     )
     (run_dir / layout.ERROR).write_text("rank 1 on node2 (pid 7) was killed ...; rank 0 stopped: ...\n")
     assert cell_state.failure_line(run_dir, tmp_path / "exp", None).startswith(

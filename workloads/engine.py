@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from workloads import catalog
 from workloads.attacks import attack_from, attack_mode, gradient_misalignment
 from workloads.distributed import Dist
 from workloads.spec import ResolvedAttack, RunSpec
@@ -105,7 +104,7 @@ def train_step(
     with autocast(x.device, amp):
         logits = ddp_model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
-    total = loss if align is None else loss + catalog.METHODS["gradalign"].align * align
+    total = loss if align is None else loss + attack.align * align
     opt.zero_grad(set_to_none=True)
     if scaler is None:
         total.backward()

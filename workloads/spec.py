@@ -58,6 +58,7 @@ class Attack:
     precision: str | None = field(default=None, metadata=choices(*PRECISIONS))  # attack passes (None: precision)
     noise_factor: float | None = field(default=None, metadata=at_least(0))  # random start radius / eps (None: method's)
     replays: int | None = field(default=None, metadata=at_least(1))  # free: replays per mini-batch (None: method's)
+    align: float | None = field(default=None, metadata=at_least(0))  # gradalign: lambda (None: the catalog's 0.2)
     eps_warmup_epochs: int = field(default=0, metadata=at_least(0))  # eps ramped from 0 over N epochs, per iteration
 
 
@@ -238,6 +239,7 @@ class ResolvedAttack:
     project: bool = True  # project onto the eps-ball after each step
     step: str = "pgd"  # the method's training step (catalog.MethodInfo.step)
     replays: int = 1  # step "free": replays per mini-batch
+    align: float = 0.0  # step "gradalign": lambda, the weight of the gradient-misalignment regulariser
 
 
 def resolve_attack(method: str, attack: Attack) -> ResolvedAttack:
@@ -252,8 +254,9 @@ def resolve_attack(method: str, attack: Attack) -> ResolvedAttack:
     steps = attack.steps or info.steps
     alpha = attack.alpha if attack.alpha is not None else info.alpha(attack.eps, steps)
     start = info.start_factor if attack.noise_factor is None else attack.noise_factor
-    replays = attack.replays or info.replays
-    return ResolvedAttack(norm, attack.eps, steps, alpha, attack.random_start, start, info.project, info.step, replays)
+    replays, align = attack.replays or info.replays, info.align if attack.align is None else attack.align
+    return ResolvedAttack(norm, attack.eps, steps, alpha, attack.random_start, start, info.project, info.step, replays,
+                          align)  # fmt: skip
 
 
 def resolve_eval_attack(spec: RunSpec) -> ResolvedAttack:
@@ -314,13 +317,10 @@ def _check_recipes(spec: RunSpec, path: str = "") -> list[SpecError]:
                 )
             )
     methods = [*(p.method for p in spec.method_schedule if p.method is not None), spec.method]
-    if spec.attack.replays is not None and not any(catalog.method_info(m).step == "free" for m in methods):
-        errors.append(
-            SpecError(
-                join_path(path, "attack.replays"),
-                f"only the free method replays mini-batches; the run trains with {', '.join(methods)}",
-            )
-        )
+    for key, step, does in (("replays", "free", "replays mini-batches"), ("align", "gradalign", "has an align weight")):
+        if getattr(spec.attack, key) is not None and not any(catalog.method_info(m).step == step for m in methods):
+            where, trains = join_path(path, f"attack.{key}"), ", ".join(methods)
+            errors.append(SpecError(where, f"only the {step} method {does}; the run trains with {trains}"))
     if spec.kind == "bench":
         for i, m in enumerate(spec.bench.methods):
             if catalog.method_info(m).step == "free":
