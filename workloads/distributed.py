@@ -19,6 +19,11 @@ from workloads.spec import RunSpec
 MAX_COLLECTIVE_TIMEOUT_S = 30 * 86400.0  # a longer spec value means "never" (and would overflow torch's timedelta)
 
 
+def collective_timeout(seconds: float) -> datetime.timedelta:
+    """A process group's timeout from the spec's collective_timeout_s (capped: see MAX_COLLECTIVE_TIMEOUT_S)."""
+    return datetime.timedelta(seconds=min(seconds, MAX_COLLECTIVE_TIMEOUT_S))
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
@@ -93,7 +98,7 @@ def setup(spec: RunSpec) -> Dist:
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
         # A hung or vanished peer fails every collective after this long (gloo raises, NCCL's watchdog aborts),
         # instead of holding the job until its time limit; a rank's error file then names the setting.
-        timeout = datetime.timedelta(seconds=min(spec.collective_timeout_s, MAX_COLLECTIVE_TIMEOUT_S))
+        timeout = collective_timeout(spec.collective_timeout_s)
         tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout, **kwargs)
     return Dist(rank, world, local_rank, device, backend, source)
 
@@ -112,6 +117,7 @@ def cleanup() -> None:
         # freed only at interpreter exit, gloo's threads then abort the process ("terminate called without
         # an active exception", seen on a 2-rank bench). Collect such wrappers while the group still exists.
         gc.collect()
+        _CPU_GROUPS.clear()  # they belong to the group destroyed here (a later group may reuse its id)
         tdist.destroy_process_group()
 
 
@@ -151,7 +157,7 @@ def broadcast_int(dist: Dist, value: int, timeout_s: float | None = None) -> int
     if dist.backend != "gloo":
         key = id(tdist.group.WORLD)
         if key not in _CPU_GROUPS:
-            limit = datetime.timedelta(seconds=min(timeout_s, MAX_COLLECTIVE_TIMEOUT_S)) if timeout_s else None
+            limit = collective_timeout(timeout_s) if timeout_s else None
             _CPU_GROUPS[key] = tdist.new_group(backend="gloo", timeout=limit)
         group = _CPU_GROUPS[key]
     t = torch.tensor([value], dtype=torch.int64)
