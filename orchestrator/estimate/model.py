@@ -74,7 +74,9 @@ ESTIMATE_COLUMNS = (
 
 
 def eval_epochs(epochs: int, every: int) -> int:
-    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30)."""
+    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30); none with every 0."""
+    if every == 0:
+        return 0
     return epochs // every + (1 if epochs % every else 0)
 
 
