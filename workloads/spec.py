@@ -180,6 +180,7 @@ class Judge:
     # gone (cancelled, killed, or waiting in the queue that long): the judge never waits on a dead run
     idle_timeout_min: float = field(default=15.0, metadata=at_least(0, strict=True))
     keep_every: int = field(default=1, metadata=at_least(1))  # after judging keep every N-th snapshot (+ last, best)
+    ranks: int = field(default=1, metadata=at_least(1))  # processes of a judge job the orchestrator plans (one node)
 
 
 @dataclass
