@@ -300,8 +300,8 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                 continue
             if p.grid.kind == "judge":
                 params["slurm_dependency"] = f"{judge_plan.DEPENDENCY}:<job ids of document {p.grid.document}>"
-            elif p.grid.kind in WAITING_KINDS and i > 0:
-                params["slurm_dependency"] = f"afterany:<job ids of documents 1-{i}>"
+            elif p.grid.kind in WAITING_KINDS and i > 0:  # file documents (a judge shares its train one's number)
+                params["slurm_dependency"] = f"afterany:<job ids of documents 1-{p.grid.document - 1}>"
             parts = split(cells, limit)  # as submit splits them at the cluster's MaxArraySize
             if len(parts) > 1:
                 head += f" (submitted as {len(parts)} arrays of at most {limit}: MaxArraySize)"
