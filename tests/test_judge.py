@@ -92,6 +92,18 @@ def test_one_and_two_judge_ranks_count_alike(trained: Path, tmp_path: Path) -> N
     assert strip(layout.read_csv(one / layout.JUDGED)) == strip(layout.read_csv(two / layout.JUDGED))
 
 
+@needs_fmnist
+def test_keep_every_deletes_the_judged_snapshots_it_does_not_keep(tmp_path: Path) -> None:
+    run = tmp_path / "pruned"
+    train(tiny_spec(run_id="pruned", epochs=3, snapshot_every=1, eval={"every": 0}), run)
+    run_judge(judge_spec([run], keep_every=2), tmp_path / "judge")
+    rows = layout.read_csv(tmp_path / "judge" / layout.JUDGED)
+    best = max(rows, key=lambda r: float(r["adv_acc"]))["epoch"]  # first of equals, as the judge picks it
+    files = {p.name for p in layout.snapshot_dir(run).glob("snapshot-e*.pt")}
+    assert files == {layout.snapshot_name(e) for e in {2, 3, int(best)}}  # every 2nd, the last, the best
+    assert [r["epoch"] for r in snapshots.read_index(run)] == ["1", "2", "3"] == [r["epoch"] for r in rows]
+
+
 def test_the_judge_ends_when_its_runs_failed_or_are_gone(tmp_path: Path) -> None:
     failed, gone = tmp_path / "failed", tmp_path / "gone"
     failed.mkdir()

@@ -8,8 +8,8 @@ judge.zero_start, alpha = alpha_factor * eps / steps, eps = judge.eps or the run
 judge's ranks and counted exactly as `kind: evaluate` counts (workloads.kinds.evaluate.run_batches: per-batch
 seeds, so 1 and 2 ranks give identical counts and the numbers equal evaluate's on the same weights and images).
 Rank 0 appends the snapshot's row to judged.csv (layout.SNAPSHOT_COLUMNS) atomically; a requeued judge reads it
-and never judges a snapshot twice. With judge.keep_every N > 1 a judged snapshot's file is then deleted unless it
-is the N-th (by position in its run's index), its run's last epoch, or the best judged so far (its row stays).
+and never judges a snapshot twice. With judge.keep_every N > 1 the judged snapshot files of a run are then deleted but
+every N-th (by position in its run's index), its last epoch and its best judged one so far (rows stay).
 The judge ends when every followed run has finished, failed or gone (judge_follow) and nothing is left to judge.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from workloads import checkpoint, distributed, layout
+from workloads import checkpoint, distributed, layout, snapshots
 from workloads.data import build_validation
 from workloads.distributed import Dist
 from workloads.judge_follow import Follower, Snapshot
@@ -77,15 +77,19 @@ class Judged:
         }, source.epochs  # fmt: skip
 
 
-def prune(snap: Snapshot, rows: list[dict[str, Any]], keep_every: int, last_epoch: int) -> None:
-    """Delete a judged snapshot's file unless keep_every keeps it (module docstring); rank 0."""
-    if keep_every <= 1 or snap.position % keep_every == 0 or snap.epoch == last_epoch:
+def prune(run_dir: Path, run_id: str, rows: list[dict[str, Any]], keep_every: int, last_epoch: int) -> None:
+    """Delete the judged snapshot files of one followed run that keep_every does not keep: all but every N-th (by
+    position in its index), its last epoch and its best judged one so far (a best superseded later goes then)."""
+    if keep_every <= 1:
         return
-    mine = [r for r in rows if r["run_id"] == snap.run_id]
+    mine = [r for r in rows if r["run_id"] == run_id]
     best = max(mine, key=lambda r: float(r["adv_acc"]), default=None)  # first of equals: earliest
-    if best is not None and int(best["epoch"]) == snap.epoch:
-        return
-    snap.path.unlink(missing_ok=True)
+    kept = {last_epoch, int(best["epoch"]) if best is not None else -1}
+    judged = {int(r["epoch"]) for r in mine}
+    for position, row in enumerate(snapshots.read_index(run_dir), start=1):
+        epoch = int(row["epoch"])
+        if epoch in judged and position % keep_every and epoch not in kept:
+            (layout.snapshot_dir(run_dir) / row["file"]).unlink(missing_ok=True)
 
 
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
                 layout.append_csv_row_atomic(run_dir / layout.JUDGED, layout.SNAPSHOT_COLUMNS, row)
                 rows.append(row)
                 print(json.dumps({"event": "judged", **row}), flush=True)
-                prune(snap, rows, j.keep_every, epochs)
+                prune(snap.path.parent.parent, snap.run_id, rows, j.keep_every, epochs)
             distributed.barrier(dist)
         if ended and not new:
             break
