@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, collect, launch
+from orchestrator import cli, collect, launch, progress
 from orchestrator import status as cell_status
 from orchestrator.grid import load_grids
 from tests.fixtures import needs_fmnist, normalise
@@ -89,3 +89,8 @@ def test_local_judges_run_after_the_training_and_are_collected(
     assert judged == f"e2 {100 * float(rows[1]['adv_acc']):.1f}%"
     table = cell_status.format_table(list(states.values()))
     assert table.splitlines()[0].split()[-1] == "judged" and judged in table
+    watch = progress.format_watch(list(states.values()), progress.watch_rows(exp, list(states.values()),
+                                                                             progress.Predictions()))  # fmt: skip
+    assert watch.splitlines()[0].split()[-1] == "judged" and judged in watch
+    capsys.readouterr()
+    assert cli.main(["report", "judged", "--results", str(results)]) == 0, capsys.readouterr()  # no on-clock rows
