@@ -8,9 +8,9 @@ cell. Rules, checked for every cell of every document of a grid file:
 - running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
 - failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
 - missing cells (never submitted, or unknown to the scheduler) are submitted.
-The cells to submit leave here resolved: an evaluate cell's source run and a visualize cell's source runs become
-absolute run directories under the results root (evaluate.source_dir, visualize.source_dirs), so a job reads
-only its own spec.json.
+The cells to submit leave here resolved: an evaluate cell's source run and a visualize or judge cell's source runs
+become absolute run directories under the results root (evaluate.source_dir, visualize/judge.source_dirs), so a job
+reads only its own spec.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from workloads.spec import RunSpec, kind_settings
 
 # Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
 # root): the spec.json comparison leaves them out, since the settings they follow from are compared.
-RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs")
+RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs", "judge.source_dirs")
 _ABSENT = object()  # a setting the recorded spec.json does not have (written before the setting existed)
 
 
@@ -69,10 +69,12 @@ def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
         source = layout.run_dir(root, cell.evaluate.source_experiment or cell.experiment, cell.evaluate.source_run)
         under_root(source, root, where)
         return dataclasses.replace(cell, evaluate=dataclasses.replace(cell.evaluate, source_dir=str(source)))
-    if cell.kind == "visualize" and cell.visualize.source_runs and not cell.visualize.source_dirs:
-        experiment = cell.visualize.source_experiment or cell.experiment
-        dirs = [str(under_root(layout.run_dir(root, experiment, r), root, where)) for r in cell.visualize.source_runs]
-        return dataclasses.replace(cell, visualize=dataclasses.replace(cell.visualize, source_dirs=dirs))
+    for kind in ("visualize", "judge"):  # sections with source_experiment, source_runs and source_dirs
+        section = getattr(cell, kind)
+        if cell.kind == kind and section.source_runs and not section.source_dirs:
+            experiment = section.source_experiment or cell.experiment
+            dirs = [str(under_root(layout.run_dir(root, experiment, r), root, where)) for r in section.source_runs]
+            return dataclasses.replace(cell, **{kind: dataclasses.replace(section, source_dirs=dirs)})
     return cell
 
 
