@@ -282,15 +282,36 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def wait_terminal(exp_dir: Path, timeout: float) -> dict[str, Any]:
-    """run_id -> CellStatus once every cell of the experiment is finished, failed or cancelled."""
+def wait_terminal(exp_dir: Path, timeout: float, stall_s: float | None = None) -> dict[str, Any]:
+    """run_id -> CellStatus once every cell of the experiment is finished, failed or cancelled.
+
+    With `stall_s`, `timeout` is only the cap: the wait goes on as long as the cells make progress (a new epoch,
+    attempt or state) at least every `stall_s` seconds, so a busy machine makes the test slower, not red."""
     from orchestrator import status as cell_state
 
-    def done() -> dict[str, Any] | None:
-        cells = cell_state.poll(exp_dir)
-        return {c.run_id: c for c in cells} if cells and all(c.state in cell_state.TERMINAL for c in cells) else None
+    if stall_s is None:
 
-    return wait_until(done, timeout, f"every cell of {exp_dir.name} to end", interval=1.0)
+        def done() -> dict[str, Any] | None:
+            cells = cell_state.poll(exp_dir)
+            finished = cells and all(c.state in cell_state.TERMINAL for c in cells)
+            return {c.run_id: c for c in cells} if finished else None
+
+        return wait_until(done, timeout, f"every cell of {exp_dir.name} to end", interval=1.0)
+    cap = time.monotonic() + timeout
+    seen: object = None
+    stalled_at = time.monotonic() + stall_s
+    while True:
+        cells = cell_state.poll(exp_dir)
+        if cells and all(c.state in cell_state.TERMINAL for c in cells):
+            return {c.run_id: c for c in cells}
+        now = time.monotonic()
+        progress = [(c.run_id, c.state, c.epoch, c.attempts) for c in cells]
+        if progress != seen:
+            seen, stalled_at = progress, now + stall_s
+        if now > stalled_at or now > cap:
+            why = f"no progress for {stall_s:.0f} s" if now > stalled_at else f"the cap of {timeout:.0f} s"
+            raise AssertionError(f"waiting for every cell of {exp_dir.name} to end: {why}; last seen {progress}")
+        time.sleep(1.0)
 
 
 def sacct(job_id: str, fields: str) -> str:
