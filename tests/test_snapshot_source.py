@@ -45,8 +45,11 @@ def test_best_is_the_highest_judged_accuracy_and_ties_go_to_the_earliest_epoch(t
     best = snapshot_choice.choose("best", judged, source, RUN)
     assert (best.epoch, best.judged_adv_acc, best.judged_n, best.split) == (2, 0.55, 40, "val_split")
     assert best.path == layout.snapshot_dir(source) / "snapshot-e0002.pt"
+    assert not best.judge_finished  # no result.json of the judge yet: the best so far, and said so
+    layout.write_json_atomic(judged.parent / layout.RESULT, {})
     explicit = snapshot_choice.choose(4, judged, source, RUN)
     assert (explicit.epoch, explicit.judged_adv_acc, explicit.path.name) == (4, 0.40, "snapshot-e0004.pt")
+    assert explicit.judge_finished
 
 
 @pytest.mark.parametrize(
@@ -85,6 +88,7 @@ kind: evaluate
 executor: local
 defaults:
   threads: 1
+  shape: {nodes: 1, gpus_per_node: 2}
   evaluate: {source_snapshot: best, eps_list: [1.0], steps: 2, restarts: 1, max_examples: 40, batch_size: 20}
 grid:
   evaluate:
@@ -102,7 +106,8 @@ def test_a_source_snapshot_of_a_run_without_snapshots_is_refused_at_submit(tmp_p
     with pytest.raises(GridError) as err:
         load_grids(path)
     (line,) = err.value.problems
-    at = grid_text(snapshots=False).splitlines().index(FINAL.splitlines()[6]) + 1
+    lines = grid_text(snapshots=False).splitlines()
+    at = next(i for i, text in enumerate(lines, start=1) if text.startswith("  evaluate: {source_snapshot"))
     assert line.startswith(f"{path}:{at}: defaults.evaluate.source_snapshot: eval-{RUN}: run {RUN} writes no snapshots")
     assert cli.main(["submit", str(path), "--dry-run", "--results", str(results)]) != 0
     # a source run outside the file: its recorded spec.json decides; unknown runs are refused too
@@ -142,12 +147,15 @@ def test_the_final_judge_evaluates_the_best_judged_snapshot(tmp_path: Path, resu
     assert [r["epoch"] for r in judged] == ["1", "2"]
     best = max(judged, key=lambda r: float(r["adv_acc"]))  # the first of equals: the earliest epoch
     result = layout.read_json(runs / f"eval-{RUN}" / layout.RESULT)
-    assert (result["snapshot_epoch"], result["snapshot_judged_adv_acc"]) == (int(best["epoch"]), float(best["adv_acc"]))
+    chosen = (result["snapshot_epoch"], result["snapshot_judged_adv_acc"], result["snapshot_judge_finished"])
+    assert chosen == (int(best["epoch"]), float(best["adv_acc"]), True)
+    assert result["world_size"] == 2
     (row,) = layout.read_csv(runs / f"eval-{RUN}" / layout.ROBUSTNESS)
     snapshot = runs / RUN / "snapshots" / layout.snapshot_name(int(best["epoch"]))
     assert (row["checkpoint"], row["checkpoint_epoch"], row["source_snapshot"]) == ("snapshot", best["epoch"], "best")
     assert row["snapshot_file"] == result["checkpoint"] == str(snapshot)
-    # kind evaluate of that snapshot's file, same settings: the same counts
+    # kind evaluate of that snapshot's file, same settings, in one process (the final judge ran on 2 ranks,
+    # rank 0 choosing for both): the same counts
     spec = from_dict(layout.read_json(runs / f"eval-{RUN}" / layout.SPEC))
     direct = dataclasses.replace(spec, run_id="direct", evaluate=dataclasses.replace(
         spec.evaluate, source_snapshot=None, source_judged=None, checkpoint=str(snapshot)))  # fmt: skip

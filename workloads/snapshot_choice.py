@@ -4,7 +4,9 @@ submit time like source_dir):
 - `best`: the snapshot with the highest judged robust accuracy (adv_acc) on the run's validation data; of equals,
   the earliest epoch (the model the judge would have accepted first);
 - an epoch: that snapshot, which must have been judged (its judged accuracy is recorded with the result).
-The file is the one the run's snapshot index names for that epoch. Torch-free.
+The file is the one the run's snapshot index names for that epoch. A judge still running (a final judge submitted
+from another file, without a dependency on it) gives the best of the snapshots judged so far: recorded as such
+(judge_finished). Torch-free.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class Chosen:
     judged_n: int  # images the judge used
     split: str  # what the judge judged on (val_split, or the run's validation set)
     path: Path  # the snapshot file
+    judge_finished: bool  # its judge had ended (result.json): else the choice is of the snapshots judged so far
 
 
 def judged_rows(judged_csv: Path, run_id: str) -> list[dict[str, str]]:
@@ -53,7 +56,8 @@ def choose(which: int | str, judged_csv: Path, source_dir: Path, run_id: str) ->
     path = layout.snapshot_dir(source_dir) / (names[-1] if names else layout.snapshot_name(epoch))
     if not path.is_file():
         raise ValueError(f"evaluate.source_snapshot: {path} (epoch {epoch} of {run_id}) does not exist (deleted?)")
-    return Chosen(epoch, float(row["adv_acc"]), int(row["n"]), row.get("split") or "", path)
+    finished = (judged_csv.parent / layout.RESULT).is_file()
+    return Chosen(epoch, float(row["adv_acc"]), int(row["n"]), row.get("split") or "", path, finished)
 
 
 def of_evaluate(source_snapshot: int | str | None, judged: str | None, source_dir: str | None,

@@ -300,11 +300,32 @@ def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
     return path, ev.source_experiment
 
 
-def load_source(spec: RunSpec, run_dir: Path, map_location: Any = "cpu") -> tuple[RobustModel, Source]:
+def choose_snapshot(spec: RunSpec, dist: Dist | None = None) -> snapshot_choice.Chosen | None:
+    """The judged snapshot spec.evaluate asks for (None: a checkpoint), chosen by rank 0 for every rank (the
+    judge's rows are read once, so all ranks load one file); a ValueError on every rank when there is none."""
+    ev, dist = spec.evaluate, dist or Dist()
+    chosen, problem = None, None
+    if dist.is_main:
+        try:
+            chosen = snapshot_choice.of_evaluate(ev.source_snapshot, ev.source_judged, ev.source_dir, ev.source_run)
+        except ValueError as exc:
+            problem = str(exc)
+    if dist.distributed:
+        chosen, problem = distributed.all_gather_object(dist, (chosen, problem))[0]
+    if problem is not None:
+        raise ValueError(problem)
+    return chosen
+
+
+def load_source(
+    spec: RunSpec, run_dir: Path, map_location: Any = "cpu", chosen: snapshot_choice.Chosen | None = None
+) -> tuple[RobustModel, Source]:
     """The model to evaluate (eval mode) and where it came from: a fastrobust checkpoint (its own spec gives
-    dataset, subset, method) or a robustness-library checkpoint (this run's spec gives them)."""
+    dataset, subset, method) or a robustness-library checkpoint (this run's spec gives them). With
+    evaluate.source_snapshot, `chosen` (choose_snapshot) is the snapshot read."""
     ev = spec.evaluate
-    chosen = snapshot_choice.of_evaluate(ev.source_snapshot, ev.source_judged, ev.source_dir, ev.source_run)
+    if ev.source_snapshot is not None and chosen is None:
+        chosen = choose_snapshot(spec)
     path, experiment = (
         (chosen.path, ev.source_experiment or spec.experiment) if chosen else checkpoint_file(spec, run_dir)
     )
@@ -383,7 +404,7 @@ def _load_progress(run_dir: Path, fingerprint: dict[str, Any]) -> dict[int, list
 
 def _snapshot_result(spec: RunSpec, snap: snapshot_choice.Chosen) -> dict[str, Any]:
     return {"source_snapshot": spec.evaluate.source_snapshot, "snapshot_epoch": snap.epoch,
-            "snapshot_judged_adv_acc": snap.judged_adv_acc}  # fmt: skip
+            "snapshot_judged_adv_acc": snap.judged_adv_acc, "snapshot_judge_finished": snap.judge_finished}  # fmt: skip
 
 
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
@@ -392,7 +413,10 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     elapsed = lambda: round(time.perf_counter() - t0, 3)  # noqa: E731
     if spec.evaluate.autoattack:
         strong.require()
-    model, source = load_source(spec, run_dir, map_location=dist.device)
+    model, source = load_source(spec, run_dir, map_location=dist.device, chosen=choose_snapshot(spec, dist))
+    if source.snapshot is not None and not source.snapshot.judge_finished and dist.is_main:
+        warning = f"the judge of {source.run_id} has not finished: the snapshot is chosen among those judged so far"
+        print(json.dumps({"event": "warning", "message": warning}), file=sys.stderr, flush=True)
     data = val_dataset(source, spec.evaluate.max_examples)
     s = settings_of(spec)
     n = len(data)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
