@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator import judge_plan
+from orchestrator import judge_plan, snapshot_source
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
@@ -179,6 +179,7 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
 
     problems: list[str] = []
     grids: list[Grid] = []
+    docs: dict[int, Document] = {}
     owners: dict[tuple[str, str], tuple[int, int]] = {}  # (name, run_id) -> (document, line of its name)
     reports: dict[str, tuple[ReportSettings, int]] = {}  # name -> (its report section, the document giving it)
     for number, (node, size, data) in enumerate(zip(nodes, sizes, documents, strict=True), start=1):
@@ -190,6 +191,7 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
         if parts is None:
             continue
         grid = Grid(path, *parts[:5], description=parts.description, document=number, report=parts.report)
+        docs[number] = doc
         grids.append(grid)
         if grid.report is not None and reports.setdefault(grid.name, (grid.report, number))[0] != grid.report:
             other = reports[grid.name][1]
@@ -206,9 +208,23 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
                     )
                 )
                 break  # one line per document is enough to point at the clash
+    problems += _source_snapshot_problems(grids, docs)
     if problems:
         raise GridError(problems)
     return _with_judges(grids)
+
+
+def _source_snapshot_problems(grids: list[Grid], docs: dict[int, Document]) -> list[str]:
+    """One line per evaluate document asking for snapshots of a run of this file that writes none."""
+    of = {id(c): g.document for g in grids for c in g.cells}
+    out: list[str] = []
+    for cell, why in snapshot_source.file_problems([c for g in grids for c in g.cells]):
+        doc = docs[of[id(cell)]]
+        at = next((p for p in ("grid.evaluate.source_snapshot", "defaults.evaluate.source_snapshot") if p in doc.lines),
+                  snapshot_source.KEY)  # fmt: skip
+        line = doc.format(at, f"{cell.run_id}: {why}")
+        out += [line] if line not in out else []
+    return out
 
 
 def _with_judges(grids: list[Grid]) -> list[Grid]:

@@ -15,7 +15,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 NAME_HELP = "letters, digits, '_', '.' or '-' only, not starting with '.' or '-', at most 128 ([A-Za-z0-9_.-]+)"
 SOURCE_NAMES = ("evaluate.source_experiment", "evaluate.source_run", "visualize.source_experiment",
                 "judge.source_experiment")  # fmt: skip
-SET_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs", "judge.source_dirs")
+SET_AT_SUBMIT = ("evaluate.source_dir", "evaluate.source_judged", "visualize.source_dirs", "judge.source_dirs")
 
 
 def is_name(value: Any) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import judge_plan, manifest, status, submitit_compat, time_guard
+from orchestrator import judge_plan, manifest, snapshot_source, status, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.plan import LaunchError, Plan, decide, replan
@@ -290,6 +290,7 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                 f"{len(cells)} cell(s): {', '.join(c.run_id for c in cells[:DRY_RUN_IDS])}"
                 + (f", ... and {len(cells) - DRY_RUN_IDS} more" if len(cells) > DRY_RUN_IDS else "")
             )
+            head += "".join(f"\n{line}" for line in snapshot_source.describe(cells, root))
             if p.grid.executor == "local":
                 tasks = params["tasks_per_node"]
                 out += [

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import manifest, status
+from orchestrator import manifest, snapshot_source, status
 from orchestrator.errors import UserError
 from orchestrator.grid import Grid
 from workloads import layout
@@ -28,7 +28,7 @@ from workloads.spec import RunSpec, kind_settings
 
 # Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
 # root): the spec.json comparison leaves them out, since the settings they follow from are compared.
-RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs", "judge.source_dirs")
+RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "evaluate.source_judged", "visualize.source_dirs", "judge.source_dirs")
 _ABSENT = object()  # a setting the recorded spec.json does not have (written before the setting existed)
 
 
@@ -155,7 +155,8 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
         if p.exp_dir not in statuses:
             ids = {c.run_id for q in plans if q.exp_dir == p.exp_dir for c in q.grid.cells}
             statuses[p.exp_dir] = {s.run_id: s for s in status.poll(p.exp_dir, ids)}
-    active, retry = [], []
+    active, retry, refused = [], [], []
+    every_cell = [c for p in plans for c in p.grid.cells]
     for p in plans:
         entries = seen[p.exp_dir]
         for cell in p.grid.cells:
@@ -170,9 +171,12 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
                 retry.append(f"{where} ({st})")
             else:
                 under_root(manifest.run_dir(p.exp_dir, cell.run_id), root, f"{where}: run directory")
-                p.submit.append(resolve_sources(cell, root))
+                try:
+                    p.submit.append(snapshot_source.resolve(resolve_sources(cell, root), every_cell, root))
+                except ValueError as exc:  # evaluate.source_snapshot on a run without snapshots or a judge
+                    refused.append(str(exc))
                 p.seen_jobs[cell.run_id] = entries[cell.run_id].job_id if cell.run_id in entries else None
-    problems = []
+    problems = refused
     if active and not only_missing:
         problems.append(
             f"{len(active)} cell(s) already running or pending, not submitted twice: {', '.join(active)}; "

@@ -108,7 +108,8 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, meta, path, errors)
+        fits = [a for a in inner if isinstance(a, type) and _plain_fit(a, value)]  # e.g. int | str: the value's
+        return _convert((fits or inner)[0], value, meta, path, errors)
     if origin is list:
         if not isinstance(value, list):
             errors.append(SpecError(path, f"expected {_type_name(tp)}; got {show(value)}"))
@@ -132,6 +133,13 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
     value = float(value) if tp is float else value
     _check_range(value, meta, path, errors)
     return value
+
+
+def _plain_fit(tp: type, value: Any) -> bool:
+    """Whether `value` is of the plain type `tp` (bool is not an int here, as in _convert)."""
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if tp is float else isinstance(value, tp)
 
 
 def _from_dict(cls: type[T], data: Any, path: str, errors: list[SpecError]) -> T:

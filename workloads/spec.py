@@ -119,6 +119,10 @@ class Evaluate:
     source_run: str | None = None  # run_id inside it
     source_dir: str | None = None  # that run's directory (absolute): set by the orchestrator at submit time
     checkpoint: str = "best"  # best | last | a path to a .pt file
+    # a judged snapshot of the source run instead of its checkpoint: "best" (highest judged robust accuracy on
+    # its validation data, ties to the earliest epoch) or an epoch; chosen at run time (workloads.snapshot_choice)
+    source_snapshot: int | str | None = None
+    source_judged: str | None = None  # the judged.csv of the judge following the source run: set at submit time
     norm: str = field(default="l2", metadata=choices(*NORMS))
     eps_list: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0], metadata=at_least(0))
     steps: int = field(default=20, metadata=at_least(0))
@@ -315,7 +319,20 @@ def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
                 f"got {spec.global_batch_size}",
             )
         )
-    return errors + check_optimizer(spec, path) + _check_recipes(spec, path)
+    return errors + check_optimizer(spec, path) + _check_recipes(spec, path) + _check_source_snapshot(spec, path)
+
+
+def _check_source_snapshot(spec: RunSpec, path: str = "") -> list[SpecError]:
+    which, where = spec.evaluate.source_snapshot, join_path(path, "evaluate.source_snapshot")
+    if which is None:
+        return []
+    if isinstance(which, str) and which != "best":
+        return [SpecError(where, f"expected best or an epoch (an integer >= 1); got {which!r}")]
+    if isinstance(which, int) and which < 1:
+        return [SpecError(where, f"expected best or an epoch (an integer >= 1); got {which}")]
+    if spec.kind == "evaluate" and not spec.evaluate.source_run:
+        return [SpecError(where, "reads the judged snapshots of evaluate.source_run; set source_run")]
+    return []
 
 
 def _check_recipes(spec: RunSpec, path: str = "") -> list[SpecError]:

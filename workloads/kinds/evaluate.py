@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from workloads import checkpoint, distributed, layout
+from workloads import checkpoint, distributed, layout, snapshot_choice
 from workloads.accuracy import batch_accuracy
 from workloads.attacks import attack_mode
 from workloads.catalog import dataset_info
@@ -58,6 +58,8 @@ CSV_COLUMNS = (
     # (aa_acc: after all four), worst_acc: per example the worst case over AutoAttack and the PGD runs
     "aa_apgd_ce_acc", "aa_apgd_t_acc", "aa_fab_t_acc", "aa_acc", "worst_acc",
     "aa_version", "aa_steps", "aa_queries", "aa_targets", "aa_package", "aa_package_version",
+    # evaluate.source_snapshot only: which was asked, the judge's robust accuracy and n of the snapshot, its file
+    "source_snapshot", "snapshot_judged_adv_acc", "snapshot_judged_n", "snapshot_file",
 )  # fmt: skip
 STRONG_COLUMNS = ("aa_apgd_ce_acc", "aa_apgd_t_acc", "aa_fab_t_acc", "aa_acc", "worst_acc")
 PROGRESS = "evaluate-progress-rank{rank}.json"
@@ -269,6 +271,7 @@ class Source:
     model: str  # architecture name
     attack_eps: float | None  # the training eps (Fig. 2's dotted line); None for standard training
     epoch: int | None  # the checkpoint's epoch
+    snapshot: snapshot_choice.Chosen | None = None  # the judged snapshot read (evaluate.source_snapshot)
 
 
 def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
@@ -297,10 +300,35 @@ def checkpoint_file(spec: RunSpec, run_dir: Path) -> tuple[Path, str | None]:
     return path, ev.source_experiment
 
 
-def load_source(spec: RunSpec, run_dir: Path, map_location: Any = "cpu") -> tuple[RobustModel, Source]:
+def choose_snapshot(spec: RunSpec, dist: Dist | None = None) -> snapshot_choice.Chosen | None:
+    """The judged snapshot spec.evaluate asks for (None: a checkpoint), chosen by rank 0 for every rank (the
+    judge's rows are read once, so all ranks load one file); a ValueError on every rank when there is none."""
+    ev, dist = spec.evaluate, dist or Dist()
+    chosen, problem = None, None
+    if dist.is_main:
+        try:
+            chosen = snapshot_choice.of_evaluate(ev.source_snapshot, ev.source_judged, ev.source_dir, ev.source_run)
+        except ValueError as exc:
+            problem = str(exc)
+    if dist.distributed:
+        chosen, problem = distributed.all_gather_object(dist, (chosen, problem))[0]
+    if problem is not None:
+        raise ValueError(problem)
+    return chosen
+
+
+def load_source(
+    spec: RunSpec, run_dir: Path, map_location: Any = "cpu", chosen: snapshot_choice.Chosen | None = None
+) -> tuple[RobustModel, Source]:
     """The model to evaluate (eval mode) and where it came from: a fastrobust checkpoint (its own spec gives
-    dataset, subset, method) or a robustness-library checkpoint (this run's spec gives them)."""
-    path, experiment = checkpoint_file(spec, run_dir)
+    dataset, subset, method) or a robustness-library checkpoint (this run's spec gives them). With
+    evaluate.source_snapshot, `chosen` (choose_snapshot) is the snapshot read."""
+    ev = spec.evaluate
+    if ev.source_snapshot is not None and chosen is None:
+        chosen = choose_snapshot(spec)
+    path, experiment = (
+        (chosen.path, ev.source_experiment or spec.experiment) if chosen else checkpoint_file(spec, run_dir)
+    )
     state = madry.read_checkpoint(path, map_location, allow_pickle=spec.evaluate.allow_pickle)
     if isinstance(state, dict) and state.get("format") == checkpoint.FORMAT:
         epoch = state.get("epoch")
@@ -311,6 +339,7 @@ def load_source(spec: RunSpec, run_dir: Path, map_location: Any = "cpu") -> tupl
         source = Source(
             path=path, run_id=spec.evaluate.source_run or src.run_id, experiment=experiment, method=src.method,
             spec=src, model=src.model, attack_eps=src.attack.eps if src.method != "standard" else None, epoch=epoch,
+            snapshot=chosen,
         )  # fmt: skip
         return model, source
     if madry.is_madry_checkpoint(state):
@@ -373,13 +402,21 @@ def _load_progress(run_dir: Path, fingerprint: dict[str, Any]) -> dict[int, list
     return done
 
 
+def _snapshot_result(spec: RunSpec, snap: snapshot_choice.Chosen) -> dict[str, Any]:
+    return {"source_snapshot": spec.evaluate.source_snapshot, "snapshot_epoch": snap.epoch,
+            "snapshot_judged_adv_acc": snap.judged_adv_acc, "snapshot_judge_finished": snap.judge_finished}  # fmt: skip
+
+
 def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     elapsed = lambda: round(time.perf_counter() - t0, 3)  # noqa: E731
     if spec.evaluate.autoattack:
         strong.require()
-    model, source = load_source(spec, run_dir, map_location=dist.device)
+    model, source = load_source(spec, run_dir, map_location=dist.device, chosen=choose_snapshot(spec, dist))
+    if source.snapshot is not None and not source.snapshot.judge_finished and dist.is_main:
+        warning = f"the judge of {source.run_id} has not finished: the snapshot is chosen among those judged so far"
+        print(json.dumps({"event": "warning", "message": warning}), file=sys.stderr, flush=True)
     data = val_dataset(source, spec.evaluate.max_examples)
     s = settings_of(spec)
     n = len(data)  # type: ignore[arg-type]  # torch's Dataset declares no __len__; ours are map-style
@@ -416,13 +453,17 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     label = {
         "run_id": source.run_id,
         "method": source.method,
-        "checkpoint": spec.evaluate.checkpoint,
+        "checkpoint": "snapshot" if source.snapshot else spec.evaluate.checkpoint,
         "checkpoint_epoch": source.epoch,
         "source_experiment": source.experiment,
         "dataset": source.spec.dataset,
         "model": source.model,
         "attack_eps": source.attack_eps,
     }
+    snap = source.snapshot
+    if snap is not None:
+        label.update(source_snapshot=spec.evaluate.source_snapshot, snapshot_judged_adv_acc=snap.judged_adv_acc,
+                     snapshot_judged_n=snap.judged_n, snapshot_file=str(snap.path))  # fmt: skip
     rows = [{**label, **row} for row in rows]
     distributed.barrier(dist)  # every rank has finished its progress writes
     if dist.is_main:
@@ -437,6 +478,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         "clean_acc": rows[0]["clean_acc"] if rows else None,
         "adv_acc": {str(r["eps"]): r["adv_acc"] for r in rows},
         "checkpoint_epoch": source.epoch,
+        **(_snapshot_result(spec, snap) if snap else {}),
         "eval_s": elapsed(),
         "world_size": dist.world_size,
     }
