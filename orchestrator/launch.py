@@ -25,10 +25,10 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import manifest, status, submitit_compat, time_guard
+from orchestrator import folder_checks, manifest, status, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
-from orchestrator.plan import LaunchError, Plan, decide, replan
+from orchestrator.plan import RETRY_FLAG, LaunchError, Plan, decide, replan
 from orchestrator.profiles import executor_kwargs, slurm_parameters
 from orchestrator.progress import LocalProgress
 from workloads import layout
@@ -162,7 +162,7 @@ def _submit_array(
         layout.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / layout.SPEC, cell.to_dict())
     said = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep it for the one-line error
     try:
-        with clean_submission_env(), contextlib.redirect_stderr(said):
+        with clean_submission_env(), submitit_compat.local_jobs_in_own_session(), contextlib.redirect_stderr(said):
             executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
             with executor.batch():
                 jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / layout.SPEC)) for c in cells]
@@ -179,7 +179,7 @@ def _submit_array(
 def _rejection(p: Plan, label: str, cells: list[RunSpec], message: str, before: int) -> LaunchError:
     kept = (
         f"the {before} cell(s) submitted before it are in the manifest: fix the grid or profile, then rerun with "
-        "--only-missing"
+        f"{RETRY_FLAG}"
         if before
         else "nothing was submitted"
     )
@@ -227,7 +227,11 @@ def submit(
     t0 = time.perf_counter()
     grids = load_grids(grid_path, executor)
     plans = decide(grids, root, only_missing)
+    folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
     _guard(plans, bench, strict, log)
+    for p in plans:  # local cells wait their turn here: `status EXPERIMENT` lists those not submitted yet
+        if p.grid.executor == "local":
+            manifest.record_planned(p.exp_dir, p.submit, p.grid.executor, p.grid.kind, p.grid.document)
     result = SubmitResult(plans)
     n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
     if n_local:
@@ -274,6 +278,7 @@ def submit(
 def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only_missing: bool = False) -> str:
     """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
     plans = decide(load_grids(grid_path, executor), root, only_missing)
+    folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     out: list[str] = []
     for i, p in enumerate(plans):

@@ -16,6 +16,7 @@ from typing import Any
 
 from workloads import catalog
 from workloads.schema import SpecError, at_least, choices, join_path, parse
+from workloads.subsets import subset_problems
 
 KINDS = ("train", "evaluate", "bench", "visualize")
 NORMS = ("l2", "linf")
@@ -283,7 +284,7 @@ def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
                 f"got {spec.global_batch_size}",
             )
         )
-    return errors + check_optimizer(spec, path) + _check_recipes(spec, path)
+    return errors + check_optimizer(spec, path) + _check_recipes(spec, path) + subset_problems(spec, path)
 
 
 def _check_recipes(spec: RunSpec, path: str = "") -> list[SpecError]:
