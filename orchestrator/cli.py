@@ -24,7 +24,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import folder_checks, grid_report, launch, manifest, progress
+from orchestrator import deferred_stop, folder_checks, grid_report, launch, local_queue, manifest, progress
 from orchestrator import status as cell_status
 from orchestrator.errors import UserError
 from orchestrator.plan import Plan
@@ -86,6 +86,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace, root: Path) -> int:
     if args.dry_run:
         sys.stdout.write(launch.dry_run(args.grid, root, args.executor, args.only_missing))
+        return 0
+    if args.queue_runner:
+        deferred_stop.install()
+    elif not args.wait and (queued := local_queue.queue_submission(args, root, _bench_path(args.bench, root))):
+        print(queued)  # local cells: a background runner submits them
         return 0
     bench = _bench_path(args.bench, root)
     result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll,
@@ -165,6 +170,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if len(targets) > 1:
             print(f"== {exp_dir.name}")
         print(cell_status.format_table(cell_status.poll(exp_dir, ids)))
+        queue = local_queue.describe(exp_dir)
+        if queue:
+            print(queue)
     return 0
 
 
@@ -264,6 +272,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    runner = local_queue.stop(exp_dir)  # first: it would start the next cell
+    if runner is not None:
+        print(f"stopped the local queue (pid {runner}): its waiting cells stay unsubmitted")
     n = launch.cancel(exp_dir)
     print(f"cancelled {n} cell(s)")
     return 0
@@ -300,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse (exit 2) when a cell's predicted time exceeds timeout_min x (max_requeues + 1)",
     )
     p.add_argument("--poll", type=float, default=float(os.environ.get("FASTROBUST_POLL_S", 10)), help=argparse.SUPPRESS)
+    p.add_argument("--queue-runner", action="store_true", help=argparse.SUPPRESS)  # the detached local queue
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[common], help="one table of cells: state, job id, attempts, epoch")

@@ -25,7 +25,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import folder_checks, manifest, status, submitit_compat, time_guard
+from orchestrator import deferred_stop, folder_checks, manifest, status, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.plan import RETRY_FLAG, LaunchError, Plan, decide, replan
@@ -189,7 +189,7 @@ def _rejection(p: Plan, label: str, cells: list[RunSpec], message: str, before: 
     )
 
 
-def _guard(plans: list[Plan], bench: Path | None, strict: bool, log: Callable[[str], None]) -> None:
+def guard(plans: list[Plan], bench: Path | None, strict: bool, log: Callable[[str], None]) -> None:
     """Cells predicted to outlast timeout_min x (max_requeues + 1): a warning each; --strict refuses them all."""
     late = time_guard.over_budget(((p.exp_dir, c) for p in plans for c in p.submit), bench)
     if late and strict:
@@ -228,7 +228,7 @@ def submit(
     grids = load_grids(grid_path, executor)
     plans = decide(grids, root, only_missing)
     folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
-    _guard(plans, bench, strict, log)
+    guard(plans, bench, strict, log)
     for p in plans:  # local cells wait their turn here: `status EXPERIMENT` lists those not submitted yet
         if p.grid.executor == "local":
             manifest.record_planned(p.exp_dir, p.submit, p.grid.executor, p.grid.kind, p.grid.document)
@@ -258,7 +258,8 @@ def submit(
                     if result.local is not None and p.grid.executor == "local":
                         result.local.wait()  # the previous local cell
                     try:
-                        ids = _submit_array(p, array_name, group, dependency, entries, job)
+                        with deferred_stop.submitting():  # a runner's stop waits until the job is recorded
+                            ids = _submit_array(p, array_name, group, dependency, entries, job)
                     except Rejected as exc:
                         raise _rejection(p, label, group, str(exc), len(result.job_ids)) from None
                     result.job_ids.update({f"{p.grid.name}/{r}": j for r, j in ids.items()})

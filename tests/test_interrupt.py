@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, launch, manifest, scheduler
+from orchestrator import cli, launch, local_queue, manifest, scheduler
 from orchestrator import status as cell_state
 from tests.fixtures import quiet, wait_until
 from tests.slurm_stub import StubCell
+from workloads import layout
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = "name: ctrlc\nkind: train\nexecutor: local\ngrid:\n  seed: [0, 1]\n"
@@ -87,3 +88,86 @@ def test_ctrl_c_leaves_the_running_local_cell_running(
     assert list(result.job_ids) == [f"ctrlc/{SECOND}"]
     processes.extend(int(j) for j in result.job_ids.values())
     assert result.local is not None and result.local.wait(poll_s=0.2)
+
+
+# -- submit without --wait: the local queue runs in the background -------------------------------------------------
+
+TINY = """\
+name: {name}
+kind: train
+executor: local
+defaults:
+  model: small_cnn
+  dataset: fashion_mnist
+  epochs: 1
+  train_subset: 128
+  val_subset: 64
+  global_batch_size: 64
+  eval: {{every: 1, steps: 1, restarts: 1}}
+  resources: {{timeout_min: 5}}
+grid:
+  seed: [0, 1]
+"""
+TINY_IDS = ["standard-n1g1-b64-s0", "standard-n1g1-b64-s1"]
+
+
+def _submit_in_background(tmp_path: Path, results: Path, name: str) -> tuple[Path, int]:
+    """`orchestrate submit GRID` (no --wait) as a real process: it returns at once; (experiment, runner pid)."""
+    grid = tmp_path / f"{name}.yaml"
+    grid.write_text(TINY.format(name=name))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "submit", str(grid), "--results", str(results),
+                          "--poll", "0.5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out
+    exp_dir = results / name
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("2 local cell(s) queued: a background runner (pid "), out.stdout
+    assert f"log: {exp_dir / '.submitit' / 'queue.log'}" in line and f"stop: orchestrate cancel {name}" in line
+    record = layout.read_json(exp_dir / "queue.json")
+    return exp_dir, int(record["pid"])
+
+
+def _cleanup_queue(exp_dir: Path, runner: int) -> None:
+    """End the runner and any controller of the experiment still alive (checked by command line)."""
+    if local_queue._alive(runner):
+        os.killpg(runner, signal.SIGKILL)
+    for entry in manifest.load(exp_dir).values():
+        if entry.job_id and scheduler._local_alive(entry.job_id):
+            os.killpg(int(entry.job_id), signal.SIGKILL)
+
+
+def test_submit_without_wait_runs_the_local_queue_in_the_background(
+    tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp_dir, runner = _submit_in_background(tmp_path, results, "bg")
+    try:
+        assert cli.main(["status", "bg", "--results", str(results)]) == 0
+        table = capsys.readouterr().out
+        if local_queue._alive(runner):  # it may have ended on a fast machine: then the cells say it all
+            assert f"local queue: running as pid {runner} since " in table, table
+        cells = wait_until(lambda: (c := cell_state.poll(exp_dir)) and all(x.state in cell_state.TERMINAL for x in c)
+                           and c, 600, "both cells to end")  # fmt: skip
+        assert [(c.run_id, c.state) for c in cells] == [(r, "finished") for r in TINY_IDS], cells
+        wait_until(lambda: not local_queue._alive(runner), 60, "the runner to exit")
+        log = (exp_dir / ".submitit" / "queue.log").read_text()
+        assert all(f": {r} as local job" in log for r in TINY_IDS), log
+        assert cli.main(["status", "bg", "--results", str(results)]) == 0
+        assert "local queue" not in capsys.readouterr().out
+    finally:
+        _cleanup_queue(exp_dir, runner)
+
+
+def test_cancel_stops_the_local_queue_first(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exp_dir, runner = _submit_in_background(tmp_path, results, "stopq")
+    try:
+        wait_until(lambda: cell_state.poll(exp_dir, [TINY_IDS[0]])[0].state == "running", 120, "the first cell")
+        assert cli.main(["cancel", "stopq", "--results", str(results)]) == 0
+        out = capsys.readouterr().out
+        assert f"stopped the local queue (pid {runner}): its waiting cells stay unsubmitted" in out, out
+        assert not local_queue._alive(runner)
+        second = cell_state.poll(exp_dir, [TINY_IDS[1]])[0]
+        wait_until(lambda: cell_state.poll(exp_dir, [TINY_IDS[0]])[0].state != "running", 60, "the cancel")
+        assert second.state == "missing" and not manifest.load(exp_dir)[TINY_IDS[1]].job_ids, second
+        assert "interrupted: " in (exp_dir / ".submitit" / "queue.log").read_text()
+    finally:
+        _cleanup_queue(exp_dir, runner)
