@@ -234,9 +234,15 @@ def submit(
             manifest.record_planned(p.exp_dir, p.submit, p.grid.executor, p.grid.kind, p.grid.document)
     result = SubmitResult(plans)
     n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
+    # a local cell still running from an earlier submission (one stopped by Ctrl-C) is waited for like our own
+    earlier = [
+        (p.exp_dir, r) for p in plans if p.grid.executor == "local" for r, why in p.skipped.items() if why == "running"
+    ]
     if n_local:
-        result.local = LocalProgress(n_local, log, bar)
+        result.local = LocalProgress(n_local + len(earlier[:1]), log, bar)
         log = result.local.write
+        if earlier:
+            result.local.start(*earlier[0])
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):

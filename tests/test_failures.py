@@ -280,3 +280,27 @@ def test_status_of_a_folder_that_is_not_an_experiment(tmp_path: Path, capsys: py
     empty.mkdir()
     assert f"{empty} is not an experiment folder" in one_line_error(capsys, ["status", str(empty)])
     assert cli.main(["status", str(root / "fail")]) == 0
+
+
+def test_a_resubmission_waits_for_a_local_cell_still_running(tmp_path: Path) -> None:
+    """After a Ctrl-C the interrupted submission's cell still runs: --retry-failed starts the next one only after
+    it ended (local cells run one at a time, whoever submitted them)."""
+    root = tmp_path / "results"
+    grid = tmp_path / "fail.yaml"
+    grid.write_text(GRID.replace("[0, 1, 2]", "[0, 1]"))
+    exp_dir = root / "fail"
+    ended = tmp_path / "ended"
+    code = f"import time, pathlib; time.sleep(2); pathlib.Path({str(ended)!r}).write_text(repr(time.time()))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "submitit"])  # stands in for the earlier local cell
+    try:
+        entries = manifest.load(exp_dir)
+        manifest.record(entries, IDS[0], str(proc.pid), str(proc.pid), "local", "train", 1)
+        manifest.save(exp_dir, entries)
+        result = launch.submit(grid, root, only_missing=True, log=quiet, job=StubCell())
+        assert list(result.job_ids) == [f"fail/{IDS[1]}"]
+        assert result.local is not None and result.local.wait(poll_s=0.2)
+        started = layout.read_json(manifest.run_dir(exp_dir, IDS[1]) / layout.RESULT)["started"]
+        assert started >= float(ended.read_text()), "the next cell started while the earlier one still ran"
+    finally:
+        proc.kill()
+        proc.wait()
