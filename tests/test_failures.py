@@ -200,6 +200,21 @@ def test_a_subset_larger_than_its_split_is_refused(
     assert load_grids(grid)[0].cells[0].train_subset == 50000  # the whole split is fine
 
 
+def test_a_held_out_split_shrinks_the_training_split(tmp_path: Path) -> None:
+    grid = tmp_path / "held.yaml"
+    grid.write_text("name: held\nkind: train\ndefaults:\n  val_split: 10000\n  train_subset: 50001\n")
+    with pytest.raises(GridError) as info:
+        load_grids(grid)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{grid}:5: defaults.train_subset: expected at most 50000 "), problem
+    assert "once val_split holds out 10000" in problem, problem
+    grid.write_text("name: held\nkind: train\ndefaults:\n  val_split: 60000\n")
+    with pytest.raises(GridError) as info:
+        load_grids(grid)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{grid}:4: defaults.val_split: expected fewer than the 60000 images"), problem
+
+
 # -- plain resubmission after a failure ---------------------------------------------------------------------------
 
 
