@@ -220,7 +220,9 @@ def grid_variant(out: Path, cfg: Config, name: str, shape: list[dict[str, int]] 
     """The paper grid with another shape list, and (--quick) the quick model and eval steps: a file in out."""
     import yaml
 
-    grid = yaml.safe_load(PAPER_GRID.read_text())
+    from orchestrator import yaml12
+
+    grid = yaml12.safe_load(PAPER_GRID.read_text())
     grid["name"] = f"{grid['name']}-{name}"
     grid["defaults"] |= {"model": cfg.model, "eval": {**grid["defaults"]["eval"], "steps": cfg.eval_steps}}
     if shape is not None:

@@ -1,6 +1,6 @@
 """`orchestrate`: submit grid files to Slurm (or this machine), follow them, and turn run directories into tables.
 
-    orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--only-missing] [--results DIR]
+    orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--retry-failed] [--results DIR]
                        [--bench BENCH_CSV|EXPERIMENT] [--strict]
     orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT]
     orchestrate logs [EXPERIMENT/]RUN_ID [--rank N] [--attempt K] [-f]
@@ -8,6 +8,7 @@
     orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
+    orchestrate clean EXPERIMENT [RUN_ID...] [--failed] [--dry-run]
     orchestrate cancel EXPERIMENT
 
 EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import grid_report, launch, manifest, progress
+from orchestrator import deferred_stop, folder_checks, grid_report, launch, local_queue, manifest, progress
 from orchestrator import status as cell_status
 from orchestrator.errors import UserError
 from orchestrator.plan import Plan
@@ -32,6 +33,7 @@ from workloads import layout
 
 EXIT_FAILED_CELLS = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def _is_grid_file(text: str) -> bool:
@@ -63,10 +65,32 @@ def _grid_experiments(grid_path: str, root: Path, executor: str | None = None) -
 # Commands
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _results_root(args: argparse.Namespace) -> Path:
+    """The results root of a command that writes there, checked writable before anything runs."""
     root = launch.results_root(args.results)
+    folder_checks.require_writable([root], f"results root ({folder_checks.root_origin(args.results)})")
+    return root
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    root = _results_root(args)
+    try:
+        return _submit(args, root)
+    except KeyboardInterrupt:
+        from orchestrator import interrupt
+
+        print(f"orchestrate: {interrupt.message(_grid_experiments(args.grid, root, args.executor))}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _submit(args: argparse.Namespace, root: Path) -> int:
     if args.dry_run:
         sys.stdout.write(launch.dry_run(args.grid, root, args.executor, args.only_missing))
+        return 0
+    if args.queue_runner:
+        deferred_stop.install()
+    elif not args.wait and (queued := local_queue.queue_submission(args, root, _bench_path(args.bench, root))):
+        print(queued)  # local cells: a background runner submits them
         return 0
     bench = _bench_path(args.bench, root)
     result = launch.submit(args.grid, root, args.executor, args.only_missing, poll_s=args.poll,
@@ -134,7 +158,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif _is_grid_file(args.target):
         targets = dict(_grid_experiments(args.target, root))
     else:
-        targets = {experiment_dir(args.target, root): None}
+        exp_dir = experiment_dir(args.target, root)
+        folder_checks.require_experiment(exp_dir)
+        targets = {exp_dir: None}
     if args.watch is not None:
         if args.watch <= 0:
             raise UserError(f"--watch: expected a positive number of seconds; got {args.watch:g}")
@@ -144,6 +170,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if len(targets) > 1:
             print(f"== {exp_dir.name}")
         print(cell_status.format_table(cell_status.poll(exp_dir, ids)))
+        queue = local_queue.describe(exp_dir)
+        if queue:
+            print(queue)
     return 0
 
 
@@ -181,6 +210,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from orchestrator import collect
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    folder_checks.require_writable([exp_dir], "experiment folder")
     for path in collect.collect(exp_dir).values():
         print(path)
     return 0
@@ -198,8 +228,12 @@ def _collect_first(exp_dir: Path) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import build_report  # reads CSVs only
+    from orchestrator.report.table1 import parse_baseline
+    from orchestrator.report.time_to_target import parse_target
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    parse_baseline(args.baseline), parse_target(args.target_adv_acc)  # refused before any CSV is rewritten
+    folder_checks.require_writable([exp_dir], "experiment folder")
     _collect_first(exp_dir)
     print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
     return 0
@@ -221,8 +255,26 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from orchestrator import clean
+
+    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    folder_checks.require_experiment(exp_dir)
+    if not args.dry_run:
+        folder_checks.require_writable([exp_dir], "experiment folder")
+    done = clean.clean(exp_dir, args.run_ids, failed=args.failed, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(done.removed)} run director{'y' if len(done.removed) == 1 else 'ies'}")
+    if done.refused:
+        raise UserError(done.refused)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    runner = local_queue.stop(exp_dir)  # first: it would start the next cell
+    if runner is not None:
+        print(f"stopped the local queue (pid {runner}): its waiting cells stay unsubmitted")
     n = launch.cancel(exp_dir)
     print(f"cancelled {n} cell(s)")
     return 0
@@ -245,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print each array's sbatch script; submit nothing")
     p.add_argument("--executor", choices=("local", "slurm"), help="override the grid's executor")
     p.add_argument("--wait", action="store_true", help="wait for every cell; exit 1 if any failed")
-    p.add_argument("--only-missing", action="store_true", help="(re)submit failed, cancelled and missing cells only")
+    p.add_argument("--retry-failed", "--only-missing", dest="only_missing", action="store_true",
+                   help="also resubmit failed and cancelled cells (missing cells are submitted without it; "
+                   "running ones are skipped); --only-missing is its old name")  # fmt: skip
     p.add_argument(
         "--bench",
         metavar="BENCH_CSV|EXPERIMENT",
@@ -257,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse (exit 2) when a cell's predicted time exceeds timeout_min x (max_requeues + 1)",
     )
     p.add_argument("--poll", type=float, default=float(os.environ.get("FASTROBUST_POLL_S", 10)), help=argparse.SUPPRESS)
+    p.add_argument("--queue-runner", action="store_true", help=argparse.SUPPRESS)  # the detached local queue
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[common], help="one table of cells: state, job id, attempts, epoch")
@@ -310,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_estimate)
 
+    p = sub.add_parser("clean", parents=[common], help="remove run directories (never one a live job holds)")
+    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="the cells whose run directories to remove")
+    p.add_argument("--failed", action="store_true", help="also every failed or cancelled cell")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    p.set_defaults(func=cmd_clean)
+
     p = sub.add_parser("cancel", parents=[common], help="cancel every running/pending cell of an experiment")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.set_defaults(func=cmd_cancel)
@@ -329,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("orchestrate: interrupted (submitted jobs keep running; see `orchestrate status`)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from orchestrator.grid_names import NAME_RE
 from orchestrator.grid_report import ReportSettings
 from orchestrator.profiles import Profile
 from orchestrator.run_ids import format_value
+from orchestrator.yaml12 import SafeLoader12
 from workloads.spec import RunSpec
 
 __all__ = ["EXECUTORS", "MAX_CELLS", "NAME_RE", "Grid", "GridError", "load_grid", "load_grids", "resolve_executor"]
@@ -100,10 +101,11 @@ class _TooLarge(yaml.YAMLError):
         self.problem, self.problem_mark = message, mark
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that counts what a document expands to while composing it: every node's size is 1 + the sizes
-    of its children, an alias weighs what it refers to, and composing stops at the first node past MAX_NODES
-    (time and memory stay linear in the file's size, where plain YAML is exponential in the number of aliases)."""
+class _BoundedLoader(SafeLoader12):
+    """SafeLoader12 (YAML 1.2 floats: orchestrator.yaml12) that counts what a document expands to while composing
+    it: every node's size is 1 + the sizes of its children, an alias weighs what it refers to, and composing stops
+    at the first node past MAX_NODES (time and memory stay linear in the file's size, where plain YAML is
+    exponential in the number of aliases)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)

@@ -26,10 +26,19 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import judge_plan, manifest, snapshot_source, status, submitit_compat, time_guard
+from orchestrator import (
+    deferred_stop,
+    folder_checks,
+    judge_plan,
+    manifest,
+    snapshot_source,
+    status,
+    submitit_compat,
+    time_guard,
+)
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
-from orchestrator.plan import LaunchError, Plan, decide, replan
+from orchestrator.plan import RETRY_FLAG, LaunchError, Plan, decide, replan
 from orchestrator.profiles import executor_kwargs, slurm_parameters
 from orchestrator.progress import LocalProgress
 from workloads import layout
@@ -168,7 +177,7 @@ def _submit_array(
         layout.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / layout.SPEC, cell.to_dict())
     said = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep it for the one-line error
     try:
-        with clean_submission_env(), contextlib.redirect_stderr(said):
+        with clean_submission_env(), submitit_compat.local_jobs_in_own_session(), contextlib.redirect_stderr(said):
             executor = make_executor(p.grid.executor, submitit_folder(p.exp_dir), params, ctor)
             with executor.batch():
                 jobs = [executor.submit(job, str(manifest.run_dir(p.exp_dir, c.run_id) / layout.SPEC)) for c in cells]
@@ -185,7 +194,7 @@ def _submit_array(
 def _rejection(p: Plan, label: str, cells: list[RunSpec], message: str, before: int) -> LaunchError:
     kept = (
         f"the {before} cell(s) submitted before it are in the manifest: fix the grid or profile, then rerun with "
-        "--only-missing"
+        f"{RETRY_FLAG}"
         if before
         else "nothing was submitted"
     )
@@ -195,7 +204,7 @@ def _rejection(p: Plan, label: str, cells: list[RunSpec], message: str, before: 
     )
 
 
-def _guard(plans: list[Plan], bench: Path | None, strict: bool, log: Callable[[str], None]) -> None:
+def guard(plans: list[Plan], bench: Path | None, strict: bool, log: Callable[[str], None]) -> None:
     """Cells predicted to outlast timeout_min x (max_requeues + 1): a warning each; --strict refuses them all."""
     late = time_guard.over_budget(((p.exp_dir, c) for p in plans for c in p.submit), bench)
     if late and strict:
@@ -233,12 +242,22 @@ def submit(
     t0 = time.perf_counter()
     grids = load_grids(grid_path, executor)
     plans = decide(grids, root, only_missing)
-    _guard(plans, bench, strict, log)
+    folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
+    guard(plans, bench, strict, log)
+    for p in plans:  # local cells wait their turn here: `status EXPERIMENT` lists those not submitted yet
+        if p.grid.executor == "local":
+            manifest.record_planned(p.exp_dir, p.submit, p.grid.executor, p.grid.kind, p.grid.document)
     result = SubmitResult(plans)
     n_local = sum(len(p.submit) for p in plans if p.grid.executor == "local")
+    # a local cell still running from an earlier submission (one stopped by Ctrl-C) is waited for like our own
+    earlier = [
+        (p.exp_dir, r) for p in plans if p.grid.executor == "local" for r, why in p.skipped.items() if why == "running"
+    ]
     if n_local:
-        result.local = LocalProgress(n_local, log, bar)
+        result.local = LocalProgress(n_local + len(earlier[:1]), log, bar)
         log = result.local.write
+        if earlier:
+            result.local.start(*earlier[0])
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):
@@ -260,7 +279,8 @@ def submit(
                     if result.local is not None and p.grid.executor == "local":
                         result.local.wait()  # the previous local cell
                     try:
-                        ids = _submit_array(p, array_name, group, dependency, entries, job)
+                        with deferred_stop.submitting():  # a runner's stop waits until the job is recorded
+                            ids = _submit_array(p, array_name, group, dependency, entries, job)
                     except Rejected as exc:
                         raise _rejection(p, label, group, str(exc), len(result.job_ids)) from None
                     result.job_ids.update({f"{p.grid.name}/{r}": j for r, j in ids.items()})
@@ -280,6 +300,7 @@ def submit(
 def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only_missing: bool = False) -> str:
     """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
     plans = decide(load_grids(grid_path, executor), root, only_missing)
+    folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     out: list[str] = []
     for i, p in enumerate(plans):

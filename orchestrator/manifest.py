@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workloads import layout
+from workloads.spec import RunSpec
 
 MANIFEST = "manifest.json"
 LOCK = ".submit.lock"
@@ -65,6 +66,17 @@ def record(
     entry.submitted_ts = time.time()
     entry.submitted_at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(entry.submitted_ts))
     entry.executor, entry.kind, entry.document = executor, kind, document
+
+
+def record_planned(exp_dir: Path, cells: Iterable[RunSpec], executor: str, kind: str, document: int) -> None:
+    """An entry without job ids for each cell about to be submitted that the manifest lacks: the experiment then
+    knows its cells before their jobs exist (a local queue interrupted halfway leaves them `missing`)."""
+    with locked(exp_dir):
+        entries = load(exp_dir)
+        new = [c.run_id for c in cells if c.run_id not in entries]
+        if new:
+            entries.update({r: Entry(executor=executor, kind=kind, document=document) for r in new})
+            save(exp_dir, entries)
 
 
 @contextlib.contextmanager

@@ -5,9 +5,10 @@ under the experiment's lock, right before they are submitted, so two submissions
 cell. Rules, checked for every cell of every document of a grid file:
 - finished cells are skipped; when the recorded spec.json differs from the grid in a setting the cell's kind
   reads (workloads.spec.kind_settings), the skip note names those settings;
-- running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
-- failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
-- missing cells (never submitted, or unknown to the scheduler) are submitted.
+- running/pending cells are never submitted twice: without --retry-failed their presence refuses the submission;
+- failed/cancelled cells are resubmitted only with --retry-failed (alias --only-missing; it also skips
+  running/pending ones); without it they are skipped, and the skip note names the flag;
+- missing cells (never submitted, or unknown to the scheduler) are submitted, with or without the flag.
 The cells to submit leave here resolved: an evaluate cell's source run and a visualize or judge cell's source runs
 become absolute run directories under the results root (evaluate.source_dir, visualize/judge.source_dirs), so a job
 reads only its own spec.json.
@@ -29,6 +30,7 @@ from workloads.spec import RunSpec, kind_settings
 # Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
 # root): the spec.json comparison leaves them out, since the settings they follow from are compared.
 RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "evaluate.source_judged", "visualize.source_dirs", "judge.source_dirs")
+RETRY_FLAG = "--retry-failed"  # also submits failed/cancelled cells; --only-missing is its old name
 _ABSENT = object()  # a setting the recorded spec.json does not have (written before the setting existed)
 
 
@@ -108,14 +110,15 @@ def _finished_note(cell: RunSpec, exp_dir: Path) -> str:
     if not differ:
         return "finished"
     return (
-        f"finished (its spec.json differs from the grid in {', '.join(differ)}: delete the run directory to rerun it)"
+        f"finished (its spec.json differs from the grid in {', '.join(differ)}: `orchestrate clean {exp_dir.name} "
+        f"{cell.run_id}` removes its run directory, then resubmit to rerun it)"
     )
 
 
 def replan(p: Plan, only_missing: bool) -> Plan:
     """`p` again, under the experiment's lock (manifest.locked), just before its cells are submitted: a cell that
     another submission submitted since `decide` (two `orchestrate submit` of one grid at once) is not submitted
-    twice. Without --only-missing that refuses the submission, naming every cell the other one submitted; with it,
+    twice. Without --retry-failed that refuses the submission, naming every cell the other one submitted; with it,
     those cells are skipped. A cell counts as submitted meanwhile when the manifest holds a newer job for it than
     `decide` saw, whatever that job's state is now (one that already failed was still submitted), or when it is
     active or finished now. Updates and returns `p`."""
@@ -155,7 +158,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
         if p.exp_dir not in statuses:
             ids = {c.run_id for q in plans if q.exp_dir == p.exp_dir for c in q.grid.cells}
             statuses[p.exp_dir] = {s.run_id: s for s in status.poll(p.exp_dir, ids)}
-    active, retry, refused = [], [], []
+    active, refused = [], []
     every_cell = [c for p in plans for c in p.grid.cells]
     for p in plans:
         entries = seen[p.exp_dir]
@@ -168,7 +171,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
                 p.skipped[cell.run_id] = st
                 active.append(f"{where} ({st})")
             elif st in ("failed", "cancelled") and not only_missing:
-                retry.append(f"{where} ({st})")
+                p.skipped[cell.run_id] = f"{st} earlier; not resubmitted without {RETRY_FLAG}"
             else:
                 under_root(manifest.run_dir(p.exp_dir, cell.run_id), root, f"{where}: run directory")
                 try:
@@ -180,12 +183,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
     if active and not only_missing:
         problems.append(
             f"{len(active)} cell(s) already running or pending, not submitted twice: {', '.join(active)}; "
-            "wait for them (orchestrate status), cancel them (orchestrate cancel), or pass --only-missing"
-        )
-    if retry:
-        problems.append(
-            f"{len(retry)} cell(s) failed or were cancelled earlier: {', '.join(retry)}; "
-            "resubmit them with --only-missing"
+            f"wait for them (orchestrate status), cancel them (orchestrate cancel), or pass {RETRY_FLAG}"
         )
     if problems:
         raise LaunchError(problems)

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import yaml12
 from orchestrator.errors import UserError
 from workloads.schema import at_least, choices, parse
 from workloads.spec import RunSpec
@@ -120,7 +121,7 @@ def load_profile(name_or_path: str, grid_dir: Path | None = None) -> Profile:
     """Read and validate a profile; raises ProfileError listing every problem (one line each)."""
     path = find_profile(name_or_path, grid_dir)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml12.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -203,7 +203,7 @@ def checkpoint_line(run_dir: Path, problem: str) -> str:
     """What `status` says of a finished run with an unreadable checkpoint, and what to do, in one line."""
     return (
         f"finished, checkpoint unreadable: {problem}; evaluate cells reading it would fail: remove {run_dir} and "
-        "resubmit with --only-missing to train it again"
+        "resubmit with --retry-failed to train it again"
     )
 
 

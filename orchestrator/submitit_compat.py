@@ -7,7 +7,9 @@ submitit has no public way to do three things the orchestrator needs:
 - build a SlurmExecutor on a machine without srun (dry runs anywhere): SlurmExecutor.affinity is overridden
   while the script is built;
 - requeue a job with an `scontrol` that survives slurmstepd's SIGTERM: SlurmJobEnvironment._requeue is replaced
-  in every job process (orchestrator.job installs it).
+  in every job process (orchestrator.job installs it);
+- start a local job's controller in its own session (submitit.local.local.start_controller's Popen), so the
+  Ctrl-C that stops `orchestrate submit --wait` does not reach the cell it started: `local_jobs_in_own_session`.
 `missing_private_names` lists what the installed submitit lacks of these; tests/test_launch.py fails naming it,
 so a submitit release that drops one is caught by the suite, not by a dry run on a cluster.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import submitit
 from submitit.core import logger
+from submitit.local import local as submitit_local
 from submitit.slurm import slurm as submitit_slurm
 from submitit.slurm.slurm import SlurmExecutor, SlurmJobEnvironment
 
@@ -36,6 +39,30 @@ CLASS_NAMES = (
 )
 INSTANCE_NAMES = (("AutoExecutor", "_executor"), ("SlurmExecutor", "max_num_timeout"), ("SlurmExecutor", "folder"))
 ARRAY_PARAMETER = "map_count"  # a keyword of submitit.slurm.slurm._make_sbatch_string
+MODULE_NAMES = ((submitit_local, "start_controller"), (submitit_local, "subprocess"))
+
+
+class _SessionSubprocess:
+    """The subprocess module as start_controller sees it while patched: Popen starts a new session."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> Any:  # subprocess's own name
+        return subprocess.Popen(*args, start_new_session=True, **kwargs)
+
+
+@contextlib.contextmanager
+def local_jobs_in_own_session() -> Iterator[None]:
+    """Local jobs submitted meanwhile get a controller in a session (and process group) of its own: a terminal's
+    SIGINT/SIGHUP to the submitting command's group leaves them running; `orchestrate cancel` still stops them."""
+    saved = submitit_local.__dict__["subprocess"]
+    setattr(submitit_local, "subprocess", _SessionSubprocess())  # noqa: B010 - the patch itself (a module global)
+    try:
+        yield
+    finally:
+        setattr(submitit_local, "subprocess", saved)  # noqa: B010
 
 
 @contextlib.contextmanager
@@ -93,6 +120,7 @@ def missing_private_names() -> list[str]:
     """Dotted names this module relies on that the installed submitit lacks (empty when all are there)."""
     missing = [f"{owner.__module__}.{owner.__qualname__}.{name}" for owner, name in CLASS_NAMES
                if not hasattr(owner, name)]  # fmt: skip
+    missing += [f"{owner.__name__}.{name}" for owner, name in MODULE_NAMES if not hasattr(owner, name)]
     if ARRAY_PARAMETER not in inspect.signature(submitit_slurm._make_sbatch_string).parameters:
         missing.append(f"submitit.slurm.slurm._make_sbatch_string({ARRAY_PARAMETER}=...)")
     if missing:

@@ -96,7 +96,7 @@ def test_a_rejected_array_is_one_line_and_earlier_cells_stay(
         (line,) = info.value.problems
         assert "\n" not in line and "sbatch rejected rejected [train] array n1g1 (2 cell(s)" in line
         assert "invalid partition" in line.lower()  # sbatch's own words
-        assert "the 1 cell(s) submitted before it are in the manifest" in line and "--only-missing" in line
+        assert "the 1 cell(s) submitted before it are in the manifest" in line and "--retry-failed" in line
         assert capsys.readouterr().err == ""  # submitit's echo of sbatch's stderr is folded into that line
         print(f"\n{line}")
         entries = manifest.load(exp_dir)

@@ -130,7 +130,7 @@ def test_a_full_disk_leaves_files_whole_and_a_retry_resumes(tiny_disk: Path) -> 
     assert info.value.errno == errno.ENOSPC
     first = (run_dir / layout.ERROR).read_text().splitlines()[0]
     assert first.startswith(f"no space left on device writing {run_dir}/checkpoint-"), first
-    assert "resubmit with --only-missing" in first
+    assert "resubmit with --retry-failed" in first
     # every file is its old or its new version
     assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")], "temporary files left behind"
     assert _epochs(run_dir) in ([1, 2], [1, 2, 3])

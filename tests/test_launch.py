@@ -170,15 +170,16 @@ def test_finished_cell_names_the_settings_its_spec_differs_in(tmp_path: Path, re
     layout.write_json_atomic(run_dir / layout.SPEC, recorded)
     (decided,) = plan.decide(load_grids(grid), results, only_missing=False)
     assert decided.skipped[cell.run_id] == (
-        "finished (its spec.json differs from the grid in epochs, optimizer.lr: delete the run directory to rerun it)"
+        "finished (its spec.json differs from the grid in epochs, optimizer.lr: `orchestrate clean differs "
+        f"{cell.run_id}` removes its run directory, then resubmit to rerun it)"
     )
     grid.write_text(
         LOCAL_GRID.replace("tinylocal", "differs").replace("  epochs: 1\n", "  epochs: 1\n  precision: bf16\n")
     )
     (decided,) = plan.decide(load_grids(grid), results, only_missing=False)  # the file lacks it; the grid wants bf16
     assert decided.skipped[cell.run_id] == (
-        "finished (its spec.json differs from the grid in epochs, precision, optimizer.lr: "
-        "delete the run directory to rerun it)"
+        "finished (its spec.json differs from the grid in epochs, precision, optimizer.lr: `orchestrate clean "
+        f"differs {cell.run_id}` removes its run directory, then resubmit to rerun it)"
     )
 
 
@@ -233,7 +234,7 @@ def test_resubmission_rules(tmp_path: Path, results: Path) -> None:
             plan.decide(grids, results, only_missing=False)
         text = str(info.value)
         assert "already running or pending" in text and running in text
-        assert "--only-missing" in text and failed in text
+        assert "--retry-failed" in text and failed not in text  # failed cells are skipped, not refused
         (decided,) = plan.decide(grids, results, only_missing=True)
         assert [c.run_id for c in decided.submit] == [failed]
         assert decided.skipped[finished].startswith("finished") and decided.skipped[running] == "running"

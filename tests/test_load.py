@@ -224,4 +224,4 @@ def test_status_of_10000_cells_asks_the_scheduler_once(
                 f"cell-00240 {said} checkpoint-last.pt (not a torch.save file (a plain pickle))",
                 f"cell-00360 {said} checkpoint-best.pt (missing)"]  # fmt: skip
     assert all(line.startswith(start) for line, start in zip(torn, expected, strict=True)), torn
-    assert all(line.endswith("resubmit with --only-missing to train it again") for line in torn), torn
+    assert all(line.endswith("resubmit with --retry-failed to train it again") for line in torn), torn

@@ -190,7 +190,7 @@ def test_requeue_resumes_from_checkpoint(tmp_path: Path, results: Path) -> None:
     assert log.count('"epoch": 1,') == 1, log
 
 
-def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cancel_then_retry_failed(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # long enough (4 epochs of 2048 examples) that scancel always lands while the job still trains
     grid = write_grid(tmp_path, "cancel", [(1, 1)], epochs=4, train_subset=2048)
     launch.submit(grid, results, log=quiet)
@@ -211,9 +211,13 @@ def test_cancel_then_only_missing(tmp_path: Path, results: Path, capsys: pytest.
     table = capsys.readouterr().out
     assert re.search(rf"fast-n1g1-b64-s0\s+cancelled\s+{first}\b", table), table
 
-    # without --only-missing a cancelled cell is not resubmitted; with it, it runs to the end
-    assert cli.main(["submit", str(grid), "--results", str(results)]) == 2
-    assert "--only-missing" in capsys.readouterr().err
+    # without --retry-failed a cancelled cell is skipped, and the note names the flag; with its old name,
+    # --only-missing, it is resubmitted and runs to the end
+    assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
+    assert "skip cancel/fast-n1g1-b64-s0: cancelled earlier; not resubmitted without --retry-failed" in (
+        capsys.readouterr().out
+    )
+    assert manifest.load(exp_dir)["fast-n1g1-b64-s0"].job_ids == [first]
     code = cli.main(["submit", str(grid), "--results", str(results), "--only-missing", "--wait", "--poll", "1"])
     assert code == 0, capsys.readouterr()
     entry = manifest.load(exp_dir)["fast-n1g1-b64-s0"]

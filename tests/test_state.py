@@ -205,7 +205,7 @@ def test_finished_run_with_an_unreadable_checkpoint_says_so(
     expected = f"{name} ({why.format(half=size // 2, size=size, other=len(other))})"
     assert cell.checkpoint == (
         f"finished, checkpoint unreadable: {expected}; evaluate cells reading it would fail: remove {run_dir} and "
-        "resubmit with --only-missing to train it again"
+        "resubmit with --retry-failed to train it again"
     )
     table = cell_state.format_table([cell])
     assert "1 cells: 1 finished (1 with an unreadable checkpoint)" in table

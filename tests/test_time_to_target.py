@@ -197,7 +197,7 @@ def test_grid_target_is_used_unless_the_flag_overrides_it(tmp_path: Path, capsys
 
 
 def test_submit_records_the_grid_report_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import grid_report, launch
+    from orchestrator import grid_report, launch, local_queue
     from orchestrator.grid import load_grids
     from orchestrator.plan import Plan
 
@@ -210,6 +210,7 @@ def test_submit_records_the_grid_report_section(tmp_path: Path, monkeypatch: pyt
         return launch.SubmitResult(plans=[Plan(g, root / g.name) for g in load_grids(path)])
 
     monkeypatch.setattr(launch, "submit", fake_submit)
+    monkeypatch.setattr(local_queue, "queue_submission", lambda *args: None)  # submit in this process (the fake)
     results = tmp_path / "results"
     assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
     assert grid_report.load(results / "rep") == grid_report.ReportSettings(target_adv_acc=0.6555)

@@ -42,7 +42,7 @@ def summary_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return (
             f"no space left on device writing {exc.filename or '(a file of the run)'}: every file of the run is "
-            "its old or its new version; free space, then resubmit with --only-missing (the run resumes from its "
+            "its old or its new version; free space, then resubmit with --retry-failed (the run resumes from its "
             "last complete checkpoint)"
         )
     return " ".join(f"{type(exc).__name__}: {exc}".split())

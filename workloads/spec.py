@@ -17,6 +17,7 @@ from typing import Any
 
 from workloads import catalog
 from workloads.schema import SpecError, at_least, choices, join_path, parse
+from workloads.subsets import subset_problems
 
 KINDS = ("train", "evaluate", "bench", "visualize", "judge")
 NORMS = ("l2", "linf")
@@ -319,7 +320,13 @@ def check_spec(spec: RunSpec, path: str = "") -> list[SpecError]:
                 f"got {spec.global_batch_size}",
             )
         )
-    return errors + check_optimizer(spec, path) + _check_recipes(spec, path) + _check_source_snapshot(spec, path)
+    return (
+        errors
+        + check_optimizer(spec, path)
+        + _check_recipes(spec, path)
+        + _check_source_snapshot(spec, path)
+        + subset_problems(spec, path)
+    )
 
 
 def _check_source_snapshot(spec: RunSpec, path: str = "") -> list[SpecError]:

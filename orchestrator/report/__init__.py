@@ -27,12 +27,19 @@ REPORT_DIR = "report"  # results/<experiment>/report/
 
 def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str | float | None = None) -> Path:
     """Write exp_dir/report/{table1.csv,.md,.tex, fig1.*, fig2.*, time_to_target.*, report.md}; returns report.md's
-    path. target_adv_acc: the time-to-target table's target (None: its stated default rule)."""
+    path. target_adv_acc: the time-to-target table's target (None: its stated default rule). An explicit `baseline`
+    that no train run has is refused (ReportError) before anything is written."""
     target = ttt.parse_target(target_adv_acc)
     tables = tables_.load_tables(Path(exp_dir))
+    chosen = table1.parse_baseline(baseline)
+    cells = table1.table1_cells(tables, chosen)
+    if baseline and cells and not any(c.method == chosen.method and chosen.gpus in (None, c.gpus) for c in cells):
+        present = ", ".join(dict.fromkeys(f"{c.method}@{c.gpus}" for c in cells))
+        raise tables_.ReportError(
+            f"--baseline {baseline}: no train run of {tables.exp_dir.name} has it; present: {present}"
+        )
     out = tables.exp_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    cells = table1.table1_cells(tables, table1.parse_baseline(baseline))
     table_md = ""
     if cells:
         write_csv_atomic(out / "table1.csv", table1.TABLE1_COLUMNS, table1.table1_rows(cells))
