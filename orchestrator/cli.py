@@ -9,6 +9,7 @@
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
     orchestrate cancel EXPERIMENT
+    orchestrate keys [--markdown]
 
 EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
 path of an experiment folder. Exit codes: 0 ok, 1 a cell failed (submit --wait), 2 a user error (one line per
@@ -228,6 +229,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from orchestrator import grid_keys
+
+    sys.stdout.write(grid_keys.markdown() if args.markdown else grid_keys.plain())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parser
 
@@ -313,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel every running/pending cell of an experiment")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("keys", help="every grid key: type, default, valid values, the kinds that read it, meaning")
+    p.add_argument("--markdown", action="store_true", help="the reference page docs/grid-keys.md, as markdown")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 
