@@ -4,7 +4,8 @@
 Precedence: later wins. `extends: [A, B]` applies A, then B, then the document's own keys; mappings merge key by
 key at every depth, anything else (a value, a list, null) replaces what came before. A base may extend bases.
 Refused, one `FILE:LINE: key: what was expected` line each: a base name that is not a name, two bases of one
-name, an unknown base, a cycle, a base that no document extends, a base that also has a `name`. Merging never
+name, an unknown base, a cycle, a base that no document extends. A base may hold any document key (`name`
+included): only the documents without `base:` run. Merging never
 copies more than the documents hold: every value of a merged document was written once in the file, so the
 bounded loader's limits (orchestrator.grid) still bound what is validated. Torch-free, no YAML: plain data in.
 """
@@ -65,8 +66,6 @@ def resolve(label: str, documents: list[tuple[int, Any, dict[str, int]]]) -> tup
             say(lines, "base", f"expected a name for this base ({NAME_HELP}); got {show(name)}")
         elif name in bases:
             say(lines, "base", f"a second base named {name!r} (the first is document {bases[name][0]})")
-        elif "name" in data:
-            say(lines, "name", f"a base document is not run: give it either name or base ({name!r}), not both")
         else:
             bases[name] = (number, data, lines)
     extended: set[str] = set()

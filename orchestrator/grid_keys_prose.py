@@ -75,7 +75,8 @@ grid: {method: [fast, nfgsm]}
 Precedence: later wins. `extends: [A, B]` applies A, then B, then the document's own keys; mappings merge key by
 key at every depth (`defaults.optimizer`, `grid`), anything else (a value, a list) replaces what came before,
 `null` included. A base may extend other bases. Refused, one line each: an unknown base, a cycle of bases, a base
-no document extends, a document that names neither `name` nor `base`. Within one document YAML's own anchors and
+no document extends. A base may hold any document key (`name` included); only the documents without `base:`
+run. Within one document YAML's own anchors and
 merge keys (`<<: *common`) work too, within the same limits on aliases as the rest of the file.
 
 ## An evaluate document (PGD and AutoAttack)

@@ -11,6 +11,9 @@ import pytest
 
 from orchestrator.grid import GridError, load_grids
 from orchestrator.grid_bases import merge
+from orchestrator.plan import resolve_sources, spec_differences
+
+REPO = Path(__file__).resolve().parent.parent
 
 BASES = """\
 base: common
@@ -70,6 +73,12 @@ grid:
     )
 
 
+def test_a_base_may_give_the_name_and_kind(tmp_path: Path) -> None:
+    text = "base: named\nname: s\nkind: bench\nexecutor: local\n---\nextends: named\ngrid: {seed: [0, 1]}\n"
+    (grid,) = load_grids(grid_file(tmp_path, text))  # the base itself is not run
+    assert (grid.name, grid.kind, len(grid.cells)) == ("s", "bench", 2)
+
+
 def test_a_document_may_drop_a_base_value_with_null(tmp_path: Path) -> None:
     (grid,) = load_grids(grid_file(tmp_path, BASES + "name: s\nextends: cyclic\ndefaults: {train_subset: null}\n"))
     assert grid.cells[0].train_subset is None and grid.cells[0].epochs == 4
@@ -95,11 +104,12 @@ def test_a_bad_key_in_a_base_is_reported_at_its_line(tmp_path: Path) -> None:
         ("base: me\nextends: me\n", 22, "extends: a cycle of bases: me -> me"),
         ("base: spare\nexecutor: local\n---\nname: s\nextends: common\n", 21,
          "base: base 'spare' is extended by no document (extends: spare)"),
-        ("base: both\nname: s\n", 22, "name: a base document is not run: give it either name or base"),
+        ("base: named\nname: s\n---\nextends: named\nkind: bench\n---\nextends: cyclic\n", 27,
+         "name: required: the experiment name"),
         ("base: common\n", 21, "base: a second base named 'common' (the first is document 1)"),
         ("base: ../x\n", 21, "base: expected a name for this base"),
     ],
-    ids=["unknown", "repeated", "not-a-list", "cycle", "self", "unused", "base-and-name", "twice", "bad-name"],
+    ids=["unknown", "repeated", "not-a-list", "cycle", "self", "unused", "no-name", "twice", "bad-name"],
 )  # fmt: skip
 def test_refusals_are_one_line_each(tmp_path: Path, text: str, line: int, message: str) -> None:
     path = grid_file(tmp_path, BASES + "name: used\nextends: cyclic\n---\n" + text)
@@ -144,3 +154,14 @@ def test_merge_key_alias_bomb_is_refused(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 5
     (problem,) = info.value.problems
     assert "alias bomb" in problem, problem
+
+
+def test_fast_recipes_grid_with_bases_is_what_its_reference_run_ran() -> None:
+    """experiments/fast_recipes.yaml writes its shared settings once (base documents): every cell is still the
+    spec.json its committed reference run recorded, and no cell is missing or new."""
+    root = REPO / "results" / "reference"
+    cells = [resolve_sources(c, root) for g in load_grids(REPO / "experiments" / "fast_recipes.yaml") for c in g.cells]
+    runs = root / "fast-recipes" / "runs"
+    assert sorted(c.run_id for c in cells) == sorted(p.name for p in runs.iterdir() if p.is_dir())
+    differences = {c.run_id: spec_differences(c, runs / c.run_id / "spec.json") for c in cells}
+    assert not {run: keys for run, keys in differences.items() if keys}
