@@ -75,7 +75,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     grid_report.record((p.exp_dir, p.grid.report) for p in result.plans)  # what `orchestrate report` reads
     n = len(result.job_ids)
     say = result.local.write if result.local else print
-    say(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
+    say(f"submitted {n} cell(s) in {result.n_arrays} array(s) in {result.seconds:.1f} s")
     if not args.wait:
         if result.local is not None:
             result.local.close()
@@ -250,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", parents=[common], help="submit a grid file (one array per resource shape)")
     p.add_argument("grid", metavar="GRID.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print each array's sbatch script; submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted (Slurm: each array's "
+                   "sbatch script; local: the cells it would run); submit nothing")  # fmt: skip
     p.add_argument("--executor", choices=("local", "slurm"), help="override the grid's executor")
     p.add_argument("--wait", action="store_true", help="wait for every cell; exit 1 if any failed")
     p.add_argument("--only-missing", action="store_true", help="(re)submit failed, cancelled and missing cells only")

@@ -25,7 +25,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import manifest, status, submitit_compat, time_guard
+from orchestrator import manifest, status, submit_summary, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.plan import LaunchError, Plan, decide, replan
@@ -47,7 +47,8 @@ KEEP_NAMES = ("SLURM_CONF", "SUBMITIT_PREEMPT_SIGNAL")  # user settings, not inh
 class SubmitResult:
     plans: list[Plan]
     job_ids: dict[str, str] = field(default_factory=dict)  # "<experiment>/<run_id>" -> job id
-    arrays: list[str] = field(default_factory=list)  # one line per submitted array
+    arrays: list[str] = field(default_factory=list)  # one line per submission (a local cell, a Slurm array)
+    n_arrays: int = 0  # arrays as the scheduler sees them: a local shape is one, run cell by cell
     seconds: float = 0.0
     local: LocalProgress | None = None  # local cells: the last one may still run when submit returns
 
@@ -234,6 +235,9 @@ def submit(
         result.local = LocalProgress(n_local, log, bar)
         log = result.local.write
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
+    for line in submit_summary.plan_lines(plans, limit):  # before the first local cell runs and prints
+        log(line)
+    result.n_arrays = sum(submit_summary.arrays_of(p, limit) for p in plans if p.submit)
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):
             log(f"skip {p.grid.name}/{run_id}: {why}")
@@ -288,7 +292,8 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                 tasks = params["tasks_per_node"]
                 out += [
                     head,
-                    f"# local executor: cells run one at a time here, {tasks} process(es) each (no sbatch script)",
+                    f"# local executor: would run these cells one at a time on this machine, each as {tasks} "
+                    f"process(es) of workloads.entry reading its runs/<run_id>/spec.json (no sbatch script, no Slurm)",
                     "",
                 ]
                 continue

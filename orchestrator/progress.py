@@ -62,7 +62,10 @@ class LocalProgress:
                 self._show(f"{run_id} epoch {cell.epoch or 0}/{cell.epochs}")
             time.sleep(poll_s)
         if cell.state == "finished":
-            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s")
+            # the wall time includes what elapsed_s (the cell's own clock, Table I's) leaves out
+            inside = "" if cell.elapsed_s is None else (f" (elapsed_s {cell.elapsed_s:.1f} s: training and evaluation; "
+                                                        "the rest is process start and data loading)")  # fmt: skip
+            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s{inside}")
         else:
             error = manifest.run_dir(exp_dir, run_id) / layout.ERROR
             where = error if error.exists() else exp_dir / layout.SUBMITIT
