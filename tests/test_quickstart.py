@@ -60,6 +60,7 @@ def test_readme_and_docs_hold_the_same_block() -> None:
     assert block(REPO / "README.md") == block(REPO / "docs" / "quickstart.md")
 
 
+@pytest.mark.slow  # ~40 s: two cells, a report
 def test_quick_start_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "checkout"
     work.mkdir()
