@@ -207,7 +207,7 @@ def watch_rows(exp_dir: Path, cells: list[status.CellStatus], predictions: Predi
     rows: list[tuple[str, ...]] = []
     for c in cells:
         view = epoch_view(manifest.run_dir(exp_dir, c.run_id))
-        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else str(c.epoch or "-")
+        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else c.stage or str(c.epoch or "-")
         elapsed = _duration(c.elapsed_s) if c.elapsed_s is not None else c.scheduler_elapsed or "-"
         eta = eta_s(c, view, functools.partial(predictions.seconds, exp_dir, c.run_id))
         loss = "-" if view.train_loss is None else f"{view.train_loss:.4f}"

@@ -27,6 +27,7 @@ ERROR = "error.txt"
 CKPT_LAST = "checkpoint-last.pt"
 CKPT_BEST = "checkpoint-best.pt"
 ROBUSTNESS = "robustness.csv"
+STAGE = "stage.json"  # what a running evaluate cell is doing (workloads.stage); `status` shows it
 BENCH = "bench.csv"
 
 EPOCH_COLUMNS = (
