@@ -2,10 +2,11 @@
 
     orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--only-missing] [--results DIR]
                        [--bench BENCH_CSV|EXPERIMENT] [--strict]
-    orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT]
+    orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT] [--json]
+    orchestrate list
     orchestrate logs [EXPERIMENT/]RUN_ID [--rank N] [--attempt K] [-f]
     orchestrate collect EXPERIMENT
-    orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
+    orchestrate report EXPERIMENT [EXPERIMENT ...] [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
     orchestrate cancel EXPERIMENT
@@ -136,6 +137,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         targets = dict(_grid_experiments(args.target, root))
     else:
         targets = {experiment_dir(args.target, root): None}
+    if args.json:
+        from orchestrator import listing
+
+        sys.stdout.write(listing.status_json(targets))
+        return 0
     if args.watch is not None:
         if args.watch <= 0:
             raise UserError(f"--watch: expected a positive number of seconds; got {args.watch:g}")
@@ -200,9 +206,15 @@ def _collect_first(exp_dir: Path) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import build_report  # reads CSVs only
 
-    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
-    _collect_first(exp_dir)
-    print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
+    root = launch.results_root(args.results)
+    exp_dirs = [experiment_dir(name, root) for name in args.experiment]
+    for exp_dir in exp_dirs:
+        _collect_first(exp_dir)
+        print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
+    if len(exp_dirs) > 1:
+        from orchestrator.report.side_by_side import compare
+
+        print(compare(exp_dirs, root))
     return 0
 
 
@@ -226,6 +238,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
     n = launch.cancel(exp_dir)
     print(f"cancelled {n} cell(s)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from orchestrator import listing
+
+    sys.stdout.write(listing.list_table(launch.results_root(args.results)))
     return 0
 
 
@@ -278,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BENCH_CSV|EXPERIMENT",
         help="--watch: bench data for the ETA of cells without a finished epoch",
     )
+    p.add_argument("--json", action="store_true", help="every cell's fields as JSON (for scripts); no table")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", parents=[common], help="the experiments under the results root, cells per state")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("logs", parents=[common], help="a cell's job output: stdout, then stderr")
     p.add_argument("cell", metavar="[EXPERIMENT/]RUN_ID")
@@ -292,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", parents=[common], help="collect, then tables and figures under results/<exp>/report/")
-    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("experiment", metavar="EXPERIMENT", nargs="+",
+                   help="one or more; several also get a side-by-side page under <results>/comparisons/")  # fmt: skip
     p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
     p.add_argument("--target-adv-acc", metavar="ACC", help="time-to-target table's target: 0.6 or 60%% (default: "
                    "the grid's report.target_adv_acc, else 95%% of the best validation robust accuracy any run of "
