@@ -5,6 +5,7 @@ that n (orchestrator.report.masking): closed forms at n = 32 and n = 1000."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from orchestrator.report import time_to_target as ttt
 from orchestrator.report.tables import Tables
 
 THRESHOLD = ttt.MASKING_POINTS  # 3 points
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -81,3 +83,18 @@ def test_evaluate_only_report_has_its_table(tmp_path: Path) -> None:
     csv = pd.read_csv(exp / "report" / "robustness_table.csv")
     assert list(csv.columns) == list(robustness_table.COLUMNS)
     assert list(csv["masking_flag"].fillna("")) == ["", "yes"]  # sorted by run_id
+
+
+def test_every_report_with_train_runs_has_training_curves(tmp_path: Path) -> None:
+    exp = tmp_path / "demo"
+    exp.mkdir()
+    for name in ("runs.csv", "epochs.csv"):  # the committed demo run's: 6 train runs, 9 epochs each
+        shutil.copyfile(REPO / "results" / "reference" / "demo" / name, exp / name)
+    report = build_report(exp).read_text(encoding="utf-8")
+    assert "## Training curves" in report and (exp / "report" / "curves.png").stat().st_size > 0
+    assert (exp / "report" / "curves.pdf").exists()
+    judge = tmp_path / "judge"  # evaluate only: no curves to draw
+    judge.mkdir()
+    pd.DataFrame([_rob(100, 0.5, 0.45)]).to_csv(judge / "robustness.csv", index=False)
+    assert "## Training curves" not in build_report(judge).read_text(encoding="utf-8")
+    assert not (judge / "report" / "curves.png").exists()

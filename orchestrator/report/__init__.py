@@ -12,6 +12,7 @@ runs' fig3-5.png where their run directories hold them) and never collects: `orc
     time_to_target  per train run: wall-clock and GPU-hours until validation robust accuracy reaches a target,
                beside its AutoAttack accuracy (time_to_target.csv/.md/.tex); ttt_plot draws its figure
     robustness_table  every evaluated run's clean, PGD and AutoAttack numbers with n and SE (robustness_table.*)
+    curves_plot  training curves of every train run (loss, lr, clean and PGD accuracy vs epoch and vs time)
     masking    the gradient-masking flag's rule (the gap over a threshold and over 2 SE at that n)
 """
 
@@ -19,6 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
+from orchestrator import collect
 from orchestrator.report import markdown, robustness_table, table1
 from orchestrator.report import tables as tables_
 from orchestrator.report import time_to_target as ttt
@@ -50,6 +54,12 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
     robustness = tables_.robustness_by_dataset(tables)  # None exactly when there is no robustness.csv
     if robustness is not None and not robustness.empty:
         figures += plots.fig2(robustness, out, tables_.training_eps(tables))
+    train_ids = tables_.train_runs(tables.runs)["run_id"].astype(str).tolist()
+    if train_ids and (tables.exp_dir / collect.EPOCHS_CSV).exists():
+        from orchestrator.report import curves_plot
+
+        epochs = pd.read_csv(tables.exp_dir / collect.EPOCHS_CSV, dtype={"run_id": str})
+        figures += curves_plot.figure(epochs, train_ids, out)
     robust = robustness_table.rows(tables.robustness, ttt.MASKING_POINTS)
     robust_md = robustness_table.markdown(robust, ttt.MASKING_POINTS)
     if robust:

@@ -137,6 +137,10 @@ def report_markdown(
             "",
         ]
     lines += estimate_lines(estimates)
+    if "curves.png" in names:  # orchestrator.report.curves_plot
+        lines += ["## Training curves", "", "![Training curves](curves.png)", "",
+                  "One line per train run: training loss, learning rate, clean and PGD validation accuracy against "
+                  "the epoch (top) and against elapsed time, evaluation included (bottom).", ""]  # fmt: skip
     if robust_md:  # orchestrator.report.robustness_table
         lines += [
             "## Robustness",
