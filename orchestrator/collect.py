@@ -1,4 +1,4 @@
-"""Run directories (+ scheduler state) -> results/<experiment>/{runs,epochs,bench,robustness,features}.csv.
+"""Run directories (+ scheduler state) -> results/<experiment>/{runs,epochs,bench,robustness,features,snapshots}.csv.
 
 Rows are sorted and every value is formatted deterministically, so collecting twice gives byte-identical files
 (as long as no cell changed state in between). Files are written atomically. Only the CSV/JSON files of a run
@@ -7,7 +7,8 @@ directory are read (never its checkpoints), so a copy without the .pt files coll
 runs.csv has one row per cell of every kind. The training settings (method, attack_*, eval_*) are filled for
 train cells only: a bench cell times several methods, an evaluate cell's model is named by robustness.csv's
 run_id and method columns, a visualize cell compares several runs (features.csv names them); RunSpec's defaults
-would only mislead there.
+would only mislead there. snapshots.csv (layout.SNAPSHOT_COLUMNS) holds the judge cells' judged.csv rows, one per
+judged (run, snapshot), sorted by run_id and epoch.
 """
 
 from __future__ import annotations
@@ -174,4 +175,9 @@ def collect(exp_dir: Path) -> dict[str, Path]:
         if rows:
             written[key] = exp_dir / name
             layout.write_csv_atomic(written[key], columns, rows)
+    _, judged = _concat(run_dirs, layout.JUDGED)
+    if judged:
+        written["snapshots"] = exp_dir / layout.SNAPSHOTS_CSV
+        judged.sort(key=lambda r: (r["run_id"], int(r["epoch"]), r.get("judge_run", "")))
+        layout.write_csv_atomic(written["snapshots"], layout.SNAPSHOT_COLUMNS, judged)
     return written

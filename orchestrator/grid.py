@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator import grid_bases
+from orchestrator import grid_bases, judge_plan
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
@@ -222,7 +222,22 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
                 break  # one line per document is enough to point at the clash
     if problems:
         raise GridError(problems)
-    return grids
+    return _with_judges(grids)
+
+
+def _with_judges(grids: list[Grid]) -> list[Grid]:
+    """Each train document with snapshots followed by its judge document (orchestrator.judge_plan)."""
+    judged = [g for g in grids if g.kind == "train" and judge_plan.followed(g.cells)]
+    several = {g.name for g in judged if sum(h.name == g.name for h in judged) > 1}
+    ids = {id(g) for g in judged}
+    out: list[Grid] = []
+    for g in grids:
+        out.append(g)
+        if id(g) in ids:
+            cells = judge_plan.judge_cells(g.name, g.arrays(), f"d{g.document}-" if g.name in several else "")
+            what = f"the judge of document {g.document}'s snapshots"
+            out.append(dataclasses.replace(g, kind="judge", cells=cells, description=what, report=None))
+    return out
 
 
 def _read_text(path: Path, label: str) -> str:

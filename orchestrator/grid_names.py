@@ -13,8 +13,9 @@ from workloads.spec import RunSpec
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 NAME_HELP = "letters, digits, '_', '.' or '-' only, not starting with '.' or '-', at most 128 ([A-Za-z0-9_.-]+)"
-SOURCE_NAMES = ("evaluate.source_experiment", "evaluate.source_run", "visualize.source_experiment")
-SET_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs")
+SOURCE_NAMES = ("evaluate.source_experiment", "evaluate.source_run", "visualize.source_experiment",
+                "judge.source_experiment")  # fmt: skip
+SET_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs", "judge.source_dirs")
 
 
 def is_name(value: Any) -> bool:
@@ -37,9 +38,10 @@ def name_problems(spec: RunSpec, written: set[str] | dict[str, str]) -> list[tup
         value = _get(spec, key)
         if value is not None and not is_name(value):
             problems.append((key, f"expected a run or experiment name: {NAME_HELP}; got {show(value)}"))
-    for i, run in enumerate(spec.visualize.source_runs):
-        if not is_name(run):
-            problems.append((f"visualize.source_runs[{i}]", f"expected a run name: {NAME_HELP}; got {show(run)}"))
+    for section in ("visualize", "judge"):
+        for i, run in enumerate(getattr(spec, section).source_runs):
+            if not is_name(run):
+                problems.append((f"{section}.source_runs[{i}]", f"expected a run name: {NAME_HELP}; got {show(run)}"))
     for key in SET_AT_SUBMIT:
         if key in written:
             problems.append(

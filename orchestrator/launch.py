@@ -2,7 +2,8 @@
 
 What is (re)submitted is decided first, for every cell of every document (orchestrator.plan). Documents are
 submitted in file order. Slurm: an evaluate/visualize document waits for the jobs of the documents before it
-(`--dependency=afterany:...`). Local executor: cells run one at a time on this machine (concurrent cells would
+(`--dependency=afterany:...`); a judge document (orchestrator.judge_plan) starts beside its train document's jobs
+(`--dependency=after:...`). Local executor: cells run one at a time on this machine (concurrent cells would
 distort each other's timings), so everything before a document has ended when it starts; LocalProgress
 (orchestrator.progress) shows them while they run.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from orchestrator import manifest, status, submit_summary, submitit_compat, time_guard
+from orchestrator import judge_plan, manifest, status, submit_summary, submitit_compat, time_guard
 from orchestrator.grid import Grid, load_grids
 from orchestrator.job import CellJob
 from orchestrator.plan import LaunchError, Plan, decide, replan
@@ -35,7 +36,7 @@ from workloads import layout
 from workloads.spec import RunSpec
 
 DRY_RUN_IDS = 10  # run_ids named in a --dry-run array header (a 10^4-cell array is a summary, not a 250 kB line)
-WAITING_KINDS = ("evaluate", "visualize")  # kinds that read what earlier documents produced
+WAITING_KINDS = ("evaluate", "visualize", "judge")  # kinds that read what earlier documents produced
 # Variables a job's environment holds that must not reach a job it submits: Slurm's per-job output variables
 # (sbatch/srun would apply the parent's allocation) and the torch.distributed rendezvous of the parent.
 SCRUB_PREFIXES = ("SLURM_", "SUBMITIT_")
@@ -124,6 +125,11 @@ def _dependency_ids(plans: list[Plan], upto: int, submitted: dict[str, str]) -> 
     return sorted(ids, key=int)
 
 
+def dependency_type(kind: str) -> str:
+    """A judge starts beside the training it follows (judge_plan.DEPENDENCY); the others once it has ended."""
+    return judge_plan.DEPENDENCY if kind == "judge" else "afterany"
+
+
 class Rejected(Exception):
     """sbatch refused an array; the message is sbatch's own (its stderr, on one line)."""
 
@@ -158,7 +164,7 @@ def _submit_array(
 ) -> dict[str, str]:
     params, ctor = array_parameters(p.grid, array_name, cells)
     if dependency:
-        params["slurm_dependency"] = "afterany:" + ":".join(dependency)
+        params["slurm_dependency"] = f"{dependency_type(p.grid.kind)}:" + ":".join(dependency)
     for cell in cells:  # the job reads it: written before the job can possibly start
         layout.write_json_atomic(manifest.run_dir(p.exp_dir, cell.run_id) / layout.SPEC, cell.to_dict())
     said = io.StringIO()  # submitit prints sbatch's stderr itself before raising: keep it for the one-line error
@@ -244,8 +250,8 @@ def submit(
         if not p.submit:
             continue
         dependency: list[str] = []
-        if p.grid.kind in WAITING_KINDS and p.grid.executor == "slurm":
-            dependency = _dependency_ids(plans, i, result.job_ids)
+        if p.grid.kind in WAITING_KINDS and p.grid.executor == "slurm":  # a judge: its train document's jobs only
+            dependency = _dependency_ids(plans[i - 1 : i] if p.grid.kind == "judge" else plans, i, result.job_ids)
         with manifest.locked(p.exp_dir):
             if not replan(p, only_missing).submit:  # under the lock: a concurrent submission may have taken them
                 continue
@@ -297,8 +303,10 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                     "",
                 ]
                 continue
-            if p.grid.kind in WAITING_KINDS and i > 0:
-                params["slurm_dependency"] = f"afterany:<job ids of documents 1-{i}>"
+            if p.grid.kind == "judge":
+                params["slurm_dependency"] = f"{judge_plan.DEPENDENCY}:<job ids of document {p.grid.document}>"
+            elif p.grid.kind in WAITING_KINDS and i > 0:  # file documents (a judge shares its train one's number)
+                params["slurm_dependency"] = f"afterany:<job ids of documents 1-{p.grid.document - 1}>"
             parts = split(cells, limit)  # as submit splits them at the cluster's MaxArraySize
             if len(parts) > 1:
                 head += f" (submitted as {len(parts)} arrays of at most {limit}: MaxArraySize)"

@@ -8,9 +8,9 @@ cell. Rules, checked for every cell of every document of a grid file:
 - running/pending cells are never submitted twice: without --only-missing their presence refuses the submission;
 - failed/cancelled cells are resubmitted only with --only-missing (which also skips running/pending ones);
 - missing cells (never submitted, or unknown to the scheduler) are submitted.
-The cells to submit leave here resolved: an evaluate cell's source run and a visualize cell's source runs become
-absolute run directories under the results root (evaluate.source_dir, visualize.source_dirs), so a job reads
-only its own spec.json.
+The cells to submit leave here resolved: an evaluate cell's source run and a visualize or judge cell's source runs
+become absolute run directories under the results root (evaluate.source_dir, visualize/judge.source_dirs), so a job
+reads only its own spec.json.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from workloads.spec import RunSpec, kind_settings
 
 # Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
 # root): the spec.json comparison leaves them out, since the settings they follow from are compared.
-RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs")
+RESOLVED_AT_SUBMIT = ("evaluate.source_dir", "visualize.source_dirs", "judge.source_dirs")
 _ABSENT = object()  # a setting the recorded spec.json does not have (written before the setting existed)
 
 
@@ -44,6 +44,7 @@ class Plan:
     exp_dir: Path
     submit: list[RunSpec] = field(default_factory=list)  # resolved (resolve_sources)
     skipped: dict[str, str] = field(default_factory=dict)  # run_id -> why
+    seen_jobs: dict[str, str | None] = field(default_factory=dict)  # run_id -> newest job id `decide` saw
 
     def arrays(self) -> list[tuple[str, list[RunSpec]]]:
         """Grid.arrays restricted to the cells to submit (names kept: they come from all cells); empty ones left out."""
@@ -68,10 +69,12 @@ def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
         source = layout.run_dir(root, cell.evaluate.source_experiment or cell.experiment, cell.evaluate.source_run)
         under_root(source, root, where)
         return dataclasses.replace(cell, evaluate=dataclasses.replace(cell.evaluate, source_dir=str(source)))
-    if cell.kind == "visualize" and cell.visualize.source_runs and not cell.visualize.source_dirs:
-        experiment = cell.visualize.source_experiment or cell.experiment
-        dirs = [str(under_root(layout.run_dir(root, experiment, r), root, where)) for r in cell.visualize.source_runs]
-        return dataclasses.replace(cell, visualize=dataclasses.replace(cell.visualize, source_dirs=dirs))
+    for kind in ("visualize", "judge"):  # sections with source_experiment, source_runs and source_dirs
+        section = getattr(cell, kind)
+        if cell.kind == kind and section.source_runs and not section.source_dirs:
+            experiment = section.source_experiment or cell.experiment
+            dirs = [str(under_root(layout.run_dir(root, experiment, r), root, where)) for r in section.source_runs]
+            return dataclasses.replace(cell, **{kind: dataclasses.replace(section, source_dirs=dirs)})
     return cell
 
 
@@ -112,18 +115,26 @@ def _finished_note(cell: RunSpec, exp_dir: Path) -> str:
 def replan(p: Plan, only_missing: bool) -> Plan:
     """`p` again, under the experiment's lock (manifest.locked), just before its cells are submitted: a cell that
     another submission submitted since `decide` (two `orchestrate submit` of one grid at once) is not submitted
-    twice. Without --only-missing that refuses the submission, naming what the other one submitted; with it, those
-    cells are skipped. Updates and returns `p`."""
+    twice. Without --only-missing that refuses the submission, naming every cell the other one submitted; with it,
+    those cells are skipped. A cell counts as submitted meanwhile when the manifest holds a newer job for it than
+    `decide` saw, whatever that job's state is now (one that already failed was still submitted), or when it is
+    active or finished now. Updates and returns `p`."""
     entries = manifest.load(p.exp_dir)
     now = {s.run_id: s for s in status.poll(p.exp_dir, {c.run_id for c in p.submit})}
-    taken = [c for c in p.submit if now[c.run_id].state in ("finished", "running", "pending", "unknown")]
+
+    def newer_job(run_id: str) -> bool:
+        entry = entries.get(run_id)
+        return entry is not None and entry.job_id != p.seen_jobs.get(run_id)
+
+    active = ("finished", "running", "pending", "unknown")
+    taken = [c for c in p.submit if newer_job(c.run_id) or now[c.run_id].state in active]
     if not taken:
         return p
     what = [
-        f"{p.grid.name}/{c.run_id} ({now[c.run_id].state}, job {entries[c.run_id].job_id})"
+        f"{p.grid.name}/{c.run_id} ({now[c.run_id].state}"
+        + (f", job {entries[c.run_id].job_id})" if c.run_id in entries else ")")
         for c in taken
-        if c.run_id in entries
-    ] or [f"{p.grid.name}/{c.run_id} ({now[c.run_id].state})" for c in taken]
+    ]
     if not only_missing:
         raise LaunchError(
             f"another submission submitted {len(taken)} of these cell(s) meanwhile: {', '.join(what)}; "
@@ -138,6 +149,7 @@ def replan(p: Plan, only_missing: bool) -> Plan:
 def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
     """Decide every cell; raises LaunchError (nothing submitted) when the submission must be refused."""
     plans = [Plan(g, layout.experiment_dir(root, g.name)) for g in grids]
+    seen = {p.exp_dir: manifest.load(p.exp_dir) for p in plans}  # before the states: replan compares with these
     statuses: dict[Path, dict[str, status.CellStatus]] = {}
     for p in plans:  # one scheduler query per experiment
         if p.exp_dir not in statuses:
@@ -145,6 +157,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
             statuses[p.exp_dir] = {s.run_id: s for s in status.poll(p.exp_dir, ids)}
     active, retry = [], []
     for p in plans:
+        entries = seen[p.exp_dir]
         for cell in p.grid.cells:
             st = statuses[p.exp_dir][cell.run_id].state
             where = f"{p.grid.name}/{cell.run_id}"
@@ -158,6 +171,7 @@ def decide(grids: list[Grid], root: Path, only_missing: bool) -> list[Plan]:
             else:
                 under_root(manifest.run_dir(p.exp_dir, cell.run_id), root, f"{where}: run directory")
                 p.submit.append(resolve_sources(cell, root))
+                p.seen_jobs[cell.run_id] = entries[cell.run_id].job_id if cell.run_id in entries else None
     problems = []
     if active and not only_missing:
         problems.append(

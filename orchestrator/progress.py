@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator import manifest, status
+from orchestrator import judged, manifest, status
 from workloads import layout
 
 
@@ -218,8 +218,8 @@ def watch_rows(exp_dir: Path, cells: list[status.CellStatus], predictions: Predi
 
 
 def format_watch(cells: list[status.CellStatus], rows: list[tuple[str, ...]]) -> str:
-    table = [WATCH_HEADER, *rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(WATCH_HEADER))]
+    table = judged.with_column(WATCH_HEADER, rows, [c.judged for c in cells])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in table]
     summary = ", ".join(f"{n} {s}" for s, n in status.counts(cells).items())
     return "\n".join([*lines, f"{len(cells)} cells: {summary}" if cells else "no cells"])

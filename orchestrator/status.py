@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import manifest
+from orchestrator import judged, manifest
 from orchestrator.manifest import Entry
 from orchestrator.scheduler import (
     PENDING_STATES,
@@ -67,6 +67,7 @@ class CellStatus:
     error: str = ""  # failed cells: one line, the exception's message and where the traceback is
     checkpoint: str = ""  # finished train cells whose checkpoint evaluate could not read: checkpoint_line
     stage: str = ""  # cells without epochs (evaluate): what runs now, e.g. "batch 2/4 autoattack apgd-t"
+    judged: str = ""  # train cells followed by a judge: its last judged snapshot and robust accuracy (judged.py)
 
 
 def classify(
@@ -254,7 +255,11 @@ def poll(exp_dir: Path, run_ids: Iterable[str] | None = None) -> list[CellStatus
     records.update(query_local(local_ids))
     now = time.time()
     runs = layout.runs_dir(exp_dir.parent, exp_dir.name)  # runs / run_id is layout.run_dir, one join per cell
-    return [_cell(exp_dir, runs / run_id, run_id, entries.get(run_id), records, asked, now) for run_id in ids]
+    cells = [_cell(exp_dir, runs / run_id, run_id, entries.get(run_id), records, asked, now) for run_id in ids]
+    verdicts = judged.last_judged(runs, (c.run_id for c in cells if c.kind == "judge"))
+    for c in cells:
+        c.judged = verdicts.get(c.run_id, "")
+    return cells
 
 
 def _cell(
@@ -295,12 +300,13 @@ def counts(cells: Iterable[CellStatus]) -> dict[str, int]:
 def format_table(cells: list[CellStatus]) -> str:
     """One line per cell: run_id, state, job id, attempts, epoch, elapsed."""
     header = ("run_id", "state", "job_id", "attempts", "epoch", "elapsed")
-    rows = [header]
+    body = []
     for c in cells:
         epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else c.stage or str(c.epoch or "-")
         elapsed = f"{c.elapsed_s:.1f}s" if c.elapsed_s is not None else c.scheduler_elapsed or "-"
-        rows.append((c.run_id, c.state, c.job_id or "-", str(c.attempts), epoch, elapsed))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        body.append((c.run_id, c.state, c.job_id or "-", str(c.attempts), epoch, elapsed))
+    rows = judged.with_column(header, body, [c.judged for c in cells])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     summary = ", ".join(f"{n} {s}" for s, n in counts(cells).items())
     torn = [c for c in cells if c.state == "finished" and c.checkpoint]

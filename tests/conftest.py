@@ -62,6 +62,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(message)
 
 
+LONG_MARKERS = ("slurm", "slow", "cuda")  # what the quick lane leaves out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test without a long marker is `quick`: `bash scripts/test.sh --quick` (pytest -m quick) runs them
+    without the cluster, for the edit-test loop; CI runs everything."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in LONG_MARKERS):
+            item.add_marker(pytest.mark.quick)
+
+
 @pytest.fixture
 def one_thread() -> None:
     """One torch thread: the machine is shared and the test tensors and models are tiny.

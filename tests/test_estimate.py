@@ -633,8 +633,10 @@ def test_estimate_of_the_gpu_grid_prices_every_cell(tmp_path: Path, capsys: pyte
     df = estimate.estimate_grid(grid, tmp_path / "bench.csv")
     from orchestrator.grid import load_grids
 
-    train = [c for g in load_grids(grid) for c in g.cells if c.kind == "train"]
-    assert sorted(df["run_id"]) == sorted(c.run_id for c in train) and len(df) == 48
+    cells = [c for g in load_grids(grid) for c in g.cells]
+    train, judges = [c for c in cells if c.kind == "train"], [c for c in cells if c.kind == "judge"]
+    assert sorted(df["run_id"]) == sorted(c.run_id for c in train + judges) and len(train) == 48 and len(judges) == 15
+    assert list(df["method"]).count("judge") == 15
     assert df["predicted_s"].notna().all() and (df["predicted_s"] > 0).all()
     by_id = df.set_index("run_id")
     for cell in train:
@@ -648,9 +650,9 @@ def test_estimate_of_the_gpu_grid_prices_every_cell(tmp_path: Path, capsys: pyte
             k = (9 * 2.1 + 6 * 8.1) / 15
         per_batch = factor * k * scale * t_pass(b) + (ALLREDUCE_2 * (8 if cell.method == "free" else 1) if g == 8
                                                        else 0.0)  # fmt: skip
-        steps = math.ceil(math.ceil(50000 / g) / b)
-        evals = math.ceil(cell.epochs / cell.eval.every)
-        expected = cell.epochs * steps * per_batch + evals * math.ceil(math.ceil(10000 / g) / b) * (
+        steps = math.ceil(math.ceil(48000 / g) / b)  # 2000 of the 50000 held out (val_split)
+        evals = math.ceil(cell.epochs / cell.eval.every) if cell.eval.every else 0
+        expected = cell.epochs * steps * per_batch + evals * math.ceil(math.ceil(2000 / g) / b) * (
             factor * 20.7 * scale * t_pass(b)
         )
         assert r["predicted_s"] == pytest.approx(expected, rel=1e-9), cell.run_id
@@ -658,9 +660,12 @@ def test_estimate_of_the_gpu_grid_prices_every_cell(tmp_path: Path, capsys: pyte
         basis = {"nfgsm": "train_step(fast)", "free": "8xtrain_step"}.get(cell.method, "train_step")
         basis += ("+allreduce" if g == 8 else "") + ("[fast=60%,pgd7=40%]" if cell.method_schedule else "")
         assert (r["basis"], bool(r["extrapolated"])) == (basis, g == 8), cell.run_id  # 8: the 2-rank all-reduce
+    # a judge's work is its snapshots' (paper: 3 methods x 30 snapshots per model; nfgsm: 1 x 30), at one cost each
+    assert by_id.loc["judge-d1-n1g1", "predicted_s"] == pytest.approx(3 * by_id.loc["judge-d3-n1g1", "predicted_s"])
+    assert (by_id.loc[[c.run_id for c in judges], "predicted_s"] > 0).all()
     assert cli.main(["estimate", str(grid), "--bench", str(tmp_path / "bench.csv")]) == 0
     out = capsys.readouterr().out
-    assert "total:" in out and "over 48 cells" in out
+    assert "total:" in out and "over 63 cells" in out and "judges: 15 job(s)" in out
     row_re = r"^(\S+)(?: \*)?\s+(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+ (?:h|min|s))\s+([\d.e+]+)\s+(\S+)$"
     parsed = [m[1] for line in out.splitlines()[2:] if (m := re.match(row_re, line))]
     assert sorted(parsed) == sorted(df["run_id"])  # one line per cell, the basis one word

@@ -121,18 +121,31 @@ def real_run(method: str, norm: str, eps: float, alpha: float, lr: float, epochs
 
 
 def test_guard_fires_on_catastrophic_overfitting(tmp_path: Path) -> None:
-    """Linf FGSM-RS with alpha = 2 eps (pure FGSM: the step saturates the clamp) at eps 0.4 and lr 0.15: PGD
-    accuracy on the guard subset climbs to 0.40 (epoch 6) and falls to 0.12 at epoch 7 while the FGSM training
-    accuracy keeps 0.62: the model beats its own one-step attack, not PGD. action stop ends the run there."""
-    result = quiet_train(from_dict(real_run("fgsm_rs", "linf", 0.4, 0.8, 0.15, 20, "stop")), tmp_path)
-    assert result["co_flag"] is True and result["stop_reason"]
-    rows = layout.read_csv(tmp_path / layout.EPOCHS)
-    assert len(rows) == result["co_epoch"] < 20  # stopped at the first flagged epoch
-    flagged, before = rows[-1], rows[:-1]
-    best = max(float(r["guard_adv_acc"]) for r in before)
-    assert best - float(flagged["guard_adv_acc"]) > 0.2
-    assert float(flagged["train_acc"]) - float(flagged["guard_adv_acc"]) > 0.3  # robust to FGSM only
-    assert all(r["co_flag"] == "0" for r in before) and flagged["adv_acc"] != ""
+    """Linf FGSM-RS with alpha = 2 eps (pure FGSM: the step saturates the clamp) at eps 0.4 and lr 0.15: the guard
+    subset's PGD accuracy climbs, then collapses while the FGSM training accuracy stays high: the model beats its
+    own one-step attack, not PGD. action stop ends the run there.
+
+    Whether and when a run overfits catastrophically depends on its exact numerics (the training seed, and the CPU's
+    kernels, which change the trajectory as a seed does): over training seeds 0-3, three overfitted within 20 epochs
+    (epochs 7-17) and one did not. So the claim is tested on up to four seeds, stopping at the first that overfits:
+    the guard must fire in a run that collapses, and must not fire in one that does not."""
+    for seed in (0, 1, 3, 4):
+        spec = {**real_run("fgsm_rs", "linf", 0.4, 0.8, 0.15, 20, "stop"), "seed": seed}
+        result = quiet_train(from_dict(spec), tmp_path / f"s{seed}")
+        rows = layout.read_csv(tmp_path / f"s{seed}" / layout.EPOCHS)
+        if not result["co_flag"]:
+            accs = [float(r["guard_adv_acc"]) for r in rows]
+            assert all(max(accs[: i + 1]) - a <= 0.2 for i, a in enumerate(accs)), accs  # no collapse missed
+            continue
+        assert result["stop_reason"]
+        assert len(rows) == result["co_epoch"] < 20  # stopped at the first flagged epoch
+        flagged, before = rows[-1], rows[:-1]
+        best = max(float(r["guard_adv_acc"]) for r in before)
+        assert best - float(flagged["guard_adv_acc"]) > 0.2
+        assert float(flagged["train_acc"]) - float(flagged["guard_adv_acc"]) > 0.3  # robust to FGSM only
+        assert all(r["co_flag"] == "0" for r in before) and flagged["adv_acc"] != ""
+        return
+    pytest.fail("no catastrophic overfitting in four seeds: make the recipe harsher (eps, lr)")
 
 
 def test_healthy_fast_run_does_not_fire(tmp_path: Path) -> None:

@@ -47,18 +47,20 @@ def refused(capsys: pytest.CaptureFixture[str], grid: Path, results: Path, dry_r
 # -- bounded time and memory ------------------------------------------------------------------------------------
 
 
-def test_alias_bomb_is_refused_within_1s_and_200mb() -> None:
+def test_alias_bomb_is_refused_within_a_cpu_second_budget_and_200mb() -> None:
+    """CPU time, not wall-clock (other work on the machine does not count): an unbounded expansion would take
+    minutes and gigabytes; the bounded one takes milliseconds, so 5 CPU-seconds holds on any CPU of this kind."""
     path = BAD / "hostile_alias_bomb.yaml"
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(GridError) as info:
         load_grids(path)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     (problem,) = info.value.problems
     assert "alias bomb" in problem and problem.startswith(f"{path}:10: ")
-    assert seconds < 1.0 and peak < 200e6, (seconds, peak)
+    assert seconds < 5.0 and peak < 200e6, (seconds, peak)
 
 
 def test_alias_bomb_through_the_cli_stays_under_200mb() -> None:
@@ -81,10 +83,10 @@ def test_wide_alias_fanout_and_huge_lists_are_bounded(tmp_path: Path) -> None:
     path.write_text(
         HEAD + "a: &a [" + ", ".join(["1"] * 1000) + "]\ngrid: {seed: [" + ", ".join(["*a"] * 1000) + "]}\n"
     )
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: other work on the machine does not count
     with pytest.raises(GridError, match="alias bomb"):
         load_grids(path)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 5.0
 
 
 # -- files that are not (small) text ------------------------------------------------------------------------------
@@ -232,9 +234,9 @@ def _cells_grid(path: Path, seeds: int, lrs: int) -> Path:
 
 
 def test_ten_thousand_cells_dry_run_is_a_summary(tmp_path: Path, results: Path) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time: bounded work (a quadratic plan of 10 000 cells would take minutes)
     text = launch.dry_run(_cells_grid(tmp_path / "big.yaml", 100, 100), results)
-    assert time.perf_counter() - t0 < 30
+    assert time.process_time() - t0 < 60
     lines = text.splitlines()
     assert max(len(line) for line in lines) < 2000, max(len(line) for line in lines)
     assert "10000 cell(s): " in text and "and 9990 more" in text

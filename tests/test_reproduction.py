@@ -178,13 +178,13 @@ FAST_RECIPES_BENCH = REPO / "experiments" / "bench" / "cpu_fast_recipes_cifar10.
 
 def test_estimate_of_the_fast_recipes_grid_follows_from_its_committed_bench(capsys: pytest.CaptureFixture[str]) -> None:
     """experiments/fast_recipes_cifar10.yaml's hours from the committed CPU bench (13 min on the 2-vCPU Xeon): every
-    one of its 48 train cells priced, the paper recipes in their order at each shape, and the printed table the
-    committed one byte for byte (the estimate is a pure function of the grid and the bench)."""
+    one of its 48 train cells and 15 judge jobs priced, the paper recipes in their order at each shape, and the
+    printed table the committed one byte for byte (the estimate is a pure function of the grid and the bench)."""
     grid = REPO / "experiments" / "fast_recipes_cifar10.yaml"
     assert cli.main(["estimate", str(grid), "--bench", str(FAST_RECIPES_BENCH)]) == 0
     out = capsys.readouterr().out
     assert out == FAST_RECIPES_BENCH.with_suffix(".estimate.txt").read_text(), "regenerate the .estimate.txt"
-    assert re.search(r"total: [\d.e+]+ GPU-hours over 48 cells", out), out
+    assert re.search(r"total: [\d.e+]+ GPU-hours over 63 cells", out), out  # 48 train cells, 15 judges
     hours = {}
     for line in out.splitlines()[2:]:
         if match := re.match(

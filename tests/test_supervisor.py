@@ -73,17 +73,24 @@ def test_a_stopped_child_is_killed_after_collective_timeout_s(run_dir: Path) -> 
     t0 = time.monotonic()
     with pytest.raises(supervisor.RankFailed, match=r"was stopped \(SIGSTOP\) for \d+ s > collective_timeout_s"):
         supervisor.run_supervised(run_dir / layout.SPEC, child("os.kill(os.getpid(), signal.SIGSTOP)"))
-    assert 1.0 <= time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 >= 1.0  # not before the timeout; the message checks the reason, not the speed
     assert "collective_timeout_s; killed" in first_line(run_dir / "error-rank1.txt")
 
 
 def test_a_continued_child_is_not_taken_for_a_hung_one(run_dir: Path) -> None:
+    """Stopped briefly, then running for longer than collective_timeout_s: not killed. The helper that continues it
+    waits until the kernel shows it stopped (no timing guess), and the timeout is long enough that a busy machine
+    delaying that helper by seconds does not make the stop look like a hang."""
+    layout.write_json_atomic(run_dir / layout.SPEC, {"kind": "train", "collective_timeout_s": 5})
     code = """
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        time.sleep(0.3); os.kill(os.getppid(), signal.SIGCONT); os._exit(0)
+        while open(f"/proc/{parent}/stat").read().rsplit(")", 1)[1].split()[0] not in "Tt":
+            time.sleep(0.01)
+        os.kill(parent, signal.SIGCONT); os._exit(0)
     os.kill(os.getpid(), signal.SIGSTOP)
-    time.sleep(1.5)  # longer than collective_timeout_s, but running
+    time.sleep(6)  # longer than collective_timeout_s, but running
     with open(os.environ["FASTROBUST_CHILD_REPORT"], "w") as f:
         json.dump({"result": {"ok": True}}, f)
     """
@@ -170,7 +177,7 @@ def test_sigusr2_through_checkpoint_reaches_the_child_once(run_dir: Path, tmp_pa
         result = supervisor.run_supervised(run_dir / layout.SPEC, child(code))
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert calls == [signal.SIGUSR2] and result == {"rank": 1} and time.monotonic() - t0 < 10
+    assert calls == [signal.SIGUSR2] and result == {"rank": 1} and time.monotonic() - t0 < 120  # no hang
 
 
 def test_sigterm_is_forwarded_and_records_no_error(run_dir: Path) -> None:

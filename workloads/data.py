@@ -275,21 +275,55 @@ def stratified_indices(targets: torch.Tensor, n: int, seed: int) -> torch.Tensor
 
 # The validation subset ignores spec.seed: runs that differ only in seed are evaluated on the same examples.
 VAL_SUBSET_SEED = 0
+# So does the held-out split (val_split): every cell with the same N holds out the same training images.
+VAL_SPLIT_SEED = 1
+
+
+def _read(spec: RunSpec, train: bool) -> tuple[np.ndarray, torch.Tensor]:
+    dataset_info(spec.dataset)  # unknown name -> ValueError listing the valid ones
+    root = Path(spec.data_root).expanduser() if spec.data_root is not None else None
+    items, labels = _SOURCES[spec.dataset].read(root, train)
+    return items, torch.from_numpy(labels).long()
+
+
+def held_out_indices(targets: torch.Tensor, n: int) -> torch.Tensor:
+    """The val_split: `n` stratified training indices (sorted), the same for every cell with that n."""
+    if n >= len(targets):
+        raise DataError(f"val_split: expected fewer than the {len(targets)} training images; got {n}")
+    return stratified_indices(targets, n, VAL_SPLIT_SEED)
 
 
 def build_split(spec: RunSpec, train: bool) -> ImageDataset:
-    """One split of spec.dataset with spec's subset and augmentation settings."""
-    dataset_info(spec.dataset)  # unknown name -> ValueError listing the valid ones
-    source = _SOURCES[spec.dataset]
-    root = Path(spec.data_root).expanduser() if spec.data_root is not None else None
-    items, labels = source.read(root, train)
-    targets = torch.from_numpy(labels).long()
+    """One split of spec.dataset with spec's subset and augmentation settings. With spec.val_split the training
+    split is what remains of the training images once the held-out split is taken out (train_subset is then
+    drawn from that remainder)."""
+    items, targets = _read(spec, train)
+    if train and spec.val_split is not None:
+        rest = torch.ones(len(targets), dtype=torch.bool)
+        rest[held_out_indices(targets, spec.val_split)] = False
+        items, targets = items[rest.numpy()], targets[rest]
     subset = spec.train_subset if train else spec.val_subset
     if subset is not None:
         keep = stratified_indices(targets, subset, spec.seed if train else VAL_SUBSET_SEED)
         items, targets = items[keep.numpy()], targets[keep]
+    source = _SOURCES[spec.dataset]
     return ImageDataset(items, targets, source.load, make_transform(spec.dataset, train and spec.augment))
 
 
+def build_held_out(spec: RunSpec) -> ImageDataset:
+    """The val_split images (training images, never augmented)."""
+    assert spec.val_split is not None, "build_held_out needs spec.val_split"
+    items, targets = _read(spec, True)
+    keep = held_out_indices(targets, spec.val_split)
+    source = _SOURCES[spec.dataset]
+    return ImageDataset(items[keep.numpy()], targets[keep], source.load, make_transform(spec.dataset, False))
+
+
+def build_validation(spec: RunSpec) -> ImageDataset:
+    """The run's validation data (on-clock evaluation, best epoch, the judge): the held-out split when val_split
+    is set, else the test split (val_subset of it)."""
+    return build_held_out(spec) if spec.val_split is not None else build_split(spec, False)
+
+
 def build_datasets(spec: RunSpec) -> DataBundle:
-    return DataBundle(build_split(spec, True), build_split(spec, False), dataset_info(spec.dataset))
+    return DataBundle(build_split(spec, True), build_validation(spec), dataset_info(spec.dataset))

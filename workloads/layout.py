@@ -29,6 +29,20 @@ CKPT_BEST = "checkpoint-best.pt"
 ROBUSTNESS = "robustness.csv"
 STAGE = "stage.json"  # what a running evaluate cell is doing (workloads.stage); `status` shows it
 BENCH = "bench.csv"
+# Snapshots (kind train, snapshot_every): RUN_DIR/snapshots/snapshot-e<epoch>.pt (weights only) + index.csv, one row
+# per snapshot, written after its file; the judge reads the index.
+SNAPSHOTS = "snapshots"
+SNAPSHOT_INDEX = "index.csv"
+SNAPSHOT_INDEX_COLUMNS = ("run_id", "epoch", "train_s", "elapsed_s", "file")
+# The judge's rows (kind judge: RUN_DIR/judged.csv) and the experiment's (collect: results/<exp>/snapshots.csv):
+# one per judged (run, snapshot); train_s the run's cumulative train clock at the snapshot, elapsed_s its
+# cumulative wall-clock, accuracies as fractions; then the split judged, the judging seconds and the judge's run.
+JUDGED = "judged.csv"
+SNAPSHOTS_CSV = "snapshots.csv"
+SNAPSHOT_COLUMNS = (
+    "run_id", "epoch", "train_s", "elapsed_s", "clean_acc", "adv_acc", "n", "attack",
+    "split", "judge_s", "judge_run",
+)  # fmt: skip
 
 EPOCH_COLUMNS = (
     "run_id", "epoch", "train_s", "eval_s", "elapsed_s", "lr", "train_loss", "train_acc",
@@ -48,6 +62,18 @@ def runs_dir(results_root: str | os.PathLike[str], experiment: str) -> Path:
 
 def run_dir(results_root: str | os.PathLike[str], experiment: str, run_id: str) -> Path:
     return runs_dir(results_root, experiment) / run_id
+
+
+def snapshot_dir(run_directory: str | os.PathLike[str]) -> Path:
+    return Path(run_directory) / SNAPSHOTS
+
+
+def snapshot_index(run_directory: str | os.PathLike[str]) -> Path:
+    return snapshot_dir(run_directory) / SNAPSHOT_INDEX
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"snapshot-e{epoch:04d}.pt"
 
 
 def results_root_of(run_directory: str | os.PathLike[str]) -> Path:

@@ -105,3 +105,19 @@ def release(lock: RunLock | None) -> None:
     """Let the next attempt in (the file stays: it records the last holder)."""
     if lock is not None:
         os.close(lock.fd)
+
+
+def held(run_dir: Path) -> bool:
+    """Whether a live job holds `run_dir` now (a judge asks this of the runs it follows). A shared lock taken and
+    dropped at once: a job starting in that instant finds the lock busy and retries (acquire's wait)."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock when it was taken
+    return False

@@ -4,7 +4,8 @@ This module is the one source of truth for parameter names, defaults and choices
 validator (orchestrator.grid) and the workloads (reading spec.json) both parse through
 `from_dict`, so a key means the same thing everywhere and unknown keys are always errors.
 The parser itself is workloads.schema; dataset, model and method names and the methods' attack rules come
-from workloads.catalog. KIND_SECTIONS says which settings each kind reads. Torch-free.
+from workloads.catalog. KIND_SECTIONS says which settings each kind reads. Torch-free. (Some 420 lines as one
+concept: every setting of every kind, in one place.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from workloads import catalog
 from workloads.schema import SpecError, at_least, choices, join_path, parse
 
-KINDS = ("train", "evaluate", "bench", "visualize")
+KINDS = ("train", "evaluate", "bench", "visualize", "judge")
 NORMS = ("l2", "linf")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "onecycle", "cyclic", "cosine")  # workloads.schedules
@@ -64,9 +65,10 @@ class Attack:
 
 @dataclass
 class Eval:
-    """Validation during training: clean accuracy and PGD accuracy every `every` epochs and at the end."""
+    """Validation during training: clean accuracy and PGD accuracy every `every` epochs and at the end (every 0:
+    none at all, e.g. when a judge job evaluates the run's snapshots off the training clock)."""
 
-    every: int = field(default=5, metadata=at_least(1))  # validate every N epochs (and after the last)
+    every: int = field(default=5, metadata=at_least(0))  # validate every N epochs (and after the last); 0 never
     norm: str | None = field(default=None, metadata=choices(*NORMS))  # None: attack.norm
     eps: float | None = field(default=None, metadata=at_least(0))  # None: attack.eps
     steps: int = field(default=20, metadata=at_least(0))  # PGD steps of the validation attack (0: clean accuracy only)
@@ -164,6 +166,30 @@ class Visualize:
 
 
 @dataclass
+class Judge:
+    """kind: judge: follows train runs (their snapshot_every snapshots) and evaluates every new snapshot on their
+    validation data (the val_split held out of training when they set it, else their validation set), off their
+    training clock; ends when every followed run has ended (workloads.kinds.judge)."""
+
+    source_experiment: str | None = None  # experiment holding the runs (None: this grid's experiment)
+    source_runs: list[str] = field(default_factory=list)  # run_ids it follows (the grid's train cells: submit)
+    source_dirs: list[str] = field(default_factory=list)  # their run directories (absolute), set at submit time
+    examples: int = field(default=2000, metadata=at_least(1))  # first N of the validation data
+    steps: int = field(default=10, metadata=at_least(0))  # PGD steps, alpha = alpha_factor * eps / steps
+    restarts: int = field(default=1, metadata=at_least(1))  # random-start PGD runs per example
+    zero_start: bool = False  # one more PGD run from delta = 0 besides the random starts
+    alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))  # alpha = f * eps / steps
+    eps: float | None = field(default=None, metadata=at_least(0))  # None: the followed run's attack.eps
+    batch_size: int = field(default=256, metadata=at_least(1))  # examples per attacked batch
+    poll_s: float = field(default=10.0, metadata=at_least(0, strict=True))  # seconds between looks for snapshots
+    # a followed run that neither finished nor failed and whose run lock nobody held for this long is taken as
+    # gone (cancelled, killed, or waiting in the queue that long): the judge never waits on a dead run
+    idle_timeout_min: float = field(default=15.0, metadata=at_least(0, strict=True))
+    keep_every: int = field(default=1, metadata=at_least(1))  # after judging keep every N-th snapshot (+ last, best)
+    ranks: int = field(default=1, metadata=at_least(1))  # processes of a judge job the orchestrator plans (one node)
+
+
+@dataclass
 class Phase:
     """One entry of method_schedule: `method` trains the epochs before the fraction `until` of the run (both
     required); the run's `method` trains the rest."""
@@ -209,6 +235,11 @@ class RunSpec:
     threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank (None: torch's)
     tensorboard: bool = False  # TensorBoard event files in the run directory (extra [tensorboard])
     checkpoint_every_min: float = field(default=0.0, metadata=at_least(0))  # minutes between mid-epoch saves; 0 off
+    # kind train: a weights-only snapshot every K epochs and at the last (workloads.snapshots); 0 off
+    snapshot_every: int = field(default=0, metadata=at_least(0))
+    # N stratified training images held out of training (seeded, the same for every cell with that N): the run's
+    # validation data (on-clock evaluation, best epoch, judge) instead of the test set; None: the test set
+    val_split: int | None = field(default=None, metadata=at_least(1))
     collective_timeout_s: float = field(default=600.0, metadata=at_least(1))  # s a hung rank's peers wait
     optimizer: Optimizer = field(default_factory=Optimizer)
     attack: Attack = field(default_factory=Attack)
@@ -219,6 +250,7 @@ class RunSpec:
     bench: Bench = field(default_factory=Bench)
     evaluate: Evaluate = field(default_factory=Evaluate)
     visualize: Visualize = field(default_factory=Visualize)
+    judge: Judge = field(default_factory=Judge)
 
     @property
     def world_size(self) -> int:
@@ -377,11 +409,11 @@ def from_dict(data: Any, path: str = "") -> RunSpec:
 # compares only these between a run's spec.json and the grid (a new bench default is no news to a train run).
 
 _COMMON = ("experiment", "run_id", "kind", "seed", "threads", "shape", "resources", "collective_timeout_s")
-_DATA = ("dataset", "data_root", "train_subset", "val_subset", "augment")
+_DATA = ("dataset", "data_root", "train_subset", "val_subset", "augment", "val_split")
 KIND_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": (*_COMMON, *_DATA, "model", "method", "epochs", "global_batch_size", "precision", "channels_last",
               "compile", "optimizer", "attack", "eval", "tensorboard", "method_schedule", "guard",
-              "checkpoint_every_min"),
+              "checkpoint_every_min", "snapshot_every"),
     # resolve_eval_attack reads method/attack/eval; prime_model the optimizer
     "bench": (*_COMMON, *_DATA, "model", "method", "precision", "channels_last", "optimizer", "attack", "eval",
               "bench"),
@@ -389,6 +421,8 @@ KIND_SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": (*_COMMON, "dataset", "data_root", "val_subset", "method", "attack", "evaluate"),
     # the dataset is the source runs'; the ranking attack is resolve_eval_attack(this cell)
     "visualize": (*_COMMON, "data_root", "method", "attack", "eval", "visualize"),
+    # the data, model and attack eps are the followed runs' (their snapshots carry their specs)
+    "judge": (*_COMMON, "data_root", "judge"),
 }  # fmt: skip
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestrator.estimate import judging
 from orchestrator.estimate.bench_costs import (
     BenchCosts,
     EstimateError,
@@ -66,6 +67,7 @@ BASES = ("train_step", "lower_bound")
 ESTIMATE_COLUMNS = (
     "run_id", "method", "gpus", "batch_per_gpu", "predicted_s", "predicted_hours", "gpu_hours", "extrapolated",
     "basis", "device", "bench_world_size",
+    "snapshot_s",  # train cells: writing their snapshots (orchestrator.estimate.judging), beside predicted_s
 )  # fmt: skip
 
 
@@ -74,15 +76,22 @@ ESTIMATE_COLUMNS = (
 
 
 def eval_epochs(epochs: int, every: int) -> int:
-    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30)."""
+    """Evaluated epochs: every `every` epochs and always the last one (paper: 150 / 5 = 30); none with every 0."""
+    if every == 0:
+        return 0
     return epochs // every + (1 if epochs % every else 0)
 
 
-def split_sizes(dataset: str, train_subset: int | None = None, val_subset: int | None = None) -> tuple[int, int]:
-    """(N_train, N_val) of a dataset (workloads.catalog's standard split sizes), reduced to the subsets when given."""
+def split_sizes(
+    dataset: str, train_subset: int | None = None, val_subset: int | None = None, val_split: int | None = None
+) -> tuple[int, int]:
+    """(N_train, N_val) of a dataset (workloads.catalog's standard split sizes), reduced to the subsets when given;
+    a val_split is held out of the training images and validates instead of the test set."""
     if dataset not in DATASETS:
         raise EstimateError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     n_train, n_val = DATASETS[dataset].train_size, DATASETS[dataset].val_size
+    if val_split is not None:
+        n_train, n_val, val_subset = max(0, n_train - val_split), val_split, None
     return min(n_train, train_subset or n_train), min(n_val, val_subset or n_val)
 
 
@@ -133,6 +142,7 @@ class RunSettings:
     eval_batch: int | None = None  # per GPU; None: the training batch per GPU
     train_subset: int | None = None
     val_subset: int | None = None
+    val_split: int | None = None  # training images held out to validate on (workloads.data)
     replays: int | None = None  # free's m (None: the catalog's)
     method_schedule: tuple[tuple[str, float], ...] = ()  # (method, until) phases before the run's method
 
@@ -150,6 +160,7 @@ class RunSettings:
             eval_batch=spec.eval.batch_size,
             train_subset=spec.train_subset,
             val_subset=spec.val_subset,
+            val_split=spec.val_split,
         )
 
 
@@ -175,6 +186,7 @@ def predict(
     eval_batch_per_gpu: int | None = None,
     train_subset: int | None = None,
     val_subset: int | None = None,
+    val_split: int | None = None,
     basis: str = "train_step",
     allreduce_s: float | None = None,
     replays: int | None = None,
@@ -196,7 +208,7 @@ def predict(
     if (loading := costs.data("val", b_eval, data_world)) is not None:
         d_val, e3 = data_cost(loading[0], t_eval, overlapped=is_gpu_device(costs.device)), loading[1]
         e2 = e2 or e3
-    n_train, n_val = split_sizes(dataset, train_subset, val_subset)
+    n_train, n_val = split_sizes(dataset, train_subset, val_subset, val_split)
     seconds = total_time(
         epochs=epochs,
         n_train=n_train,
@@ -236,6 +248,7 @@ def predict_run(
         eval_batch_per_gpu=settings.eval_batch,
         train_subset=settings.train_subset,
         val_subset=settings.val_subset,
+        val_split=settings.val_split,
         basis=basis,
         allreduce_s=allreduce_s,
         replays=settings.replays,
@@ -252,7 +265,12 @@ def estimate_cells(
     allreduce_s: float | None = None,
 ) -> pd.DataFrame:
     rows = []
+    cells = list(cells)
+    trains = {c.run_id: c for c in cells if c.kind == "train"}
     for spec in cells:
+        if spec.kind == "judge":
+            rows.append(judge_row(spec, [trains[r] for r in spec.judge.source_runs if r in trains], bench, device,
+                                  basis))  # fmt: skip
         if spec.kind != "train":
             continue
         costs = select_costs(
@@ -278,11 +296,32 @@ def estimate_cells(
                 "basis": pred.basis,
                 "device": costs.device,
                 "bench_world_size": pred.bench_world_size,
+                "snapshot_s": judging.snapshot_seconds(spec),
             }
         )
     if not rows:
         raise EstimateError("the grid has no train cells to estimate (estimate predicts kind: train grids)")
     return pd.DataFrame(rows, columns=list(ESTIMATE_COLUMNS))
+
+
+def judge_row(judge: RunSpec, followed: list[RunSpec], bench: pd.DataFrame, device: str | None, basis: str
+              ) -> dict[str, object]:  # fmt: skip
+    """A judge cell's row: its work on every followed cell's snapshots (orchestrator.estimate.judging)."""
+    seconds, extrapolated, devices = 0.0, False, set()
+    for cell in followed:
+        costs = select_costs(bench, model=cell.model, dataset=cell.dataset, device=device, precision=cell.precision,
+                             channels_last=cell.channels_last)  # fmt: skip
+        n_val = split_sizes(cell.dataset, cell.train_subset, cell.val_subset, cell.val_split)[1]
+        s, e = judging.judge_seconds(judge, cell, costs, n_val, basis)
+        seconds, extrapolated = seconds + s, extrapolated or e
+        devices.add(costs.device)
+    ranks = judge.judge.ranks
+    return {
+        "run_id": judge.run_id, "method": "judge", "gpus": ranks, "batch_per_gpu": judge.judge.batch_size,
+        "predicted_s": seconds, "predicted_hours": seconds / 3600, "gpu_hours": seconds * ranks / 3600,
+        "extrapolated": extrapolated, "basis": f"judge:eval({judge.judge.steps}x{judge.judge.restarts})",
+        "device": ", ".join(sorted(devices)) or "-", "bench_world_size": 1, "snapshot_s": 0.0,
+    }  # fmt: skip
 
 
 def estimate_grid(
@@ -310,6 +349,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def judging_notes(df: pd.DataFrame) -> list[str]:
+    """The summary lines of snapshots and judge jobs (none when the grid has neither)."""
+    lines = []
+    snap = float(df["snapshot_s"].sum()) if len(df) else 0.0
+    if snap:
+        lines.append(f"snapshots: {_duration(snap)} of writes in all (off the train clock; "
+                     f"{judging.SNAPSHOT_MB_S:g} MB/s assumed)")  # fmt: skip
+    judges = df[df["method"] == "judge"] if len(df) else df
+    if len(judges):
+        lines.append(f"judges: {len(judges)} job(s), {float(judges['gpu_hours'].sum()):.3g} GPU-hours of judging, "
+                     "beside the training (included in the total)")  # fmt: skip
+    return lines
+
+
 def format_estimate(df: pd.DataFrame) -> str:
     """A fixed-width table of the per-cell predictions and the total GPU-hours."""
     header = ("run_id", "method", "gpus", "batch/gpu", "predicted", "GPU-hours", "basis")
@@ -331,6 +384,7 @@ def format_estimate(df: pd.DataFrame) -> str:
     devices = ", ".join(sorted(df["device"].astype(str).unique())) if len(df) else "-"
     total = float(df["gpu_hours"].sum()) if len(df) else 0.0
     lines.append(f"total: {total:.3g} GPU-hours over {len(df)} cells (bench device: {devices})")
+    lines += judging_notes(df)
     if len(df) and df["extrapolated"].any():
         lines.append("* extrapolated beyond the measured batch sizes or GPU counts (bench a wider range to confirm)")
     lines += recipe_notes(df["basis"].astype(str).tolist() if len(df) else [])

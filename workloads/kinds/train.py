@@ -17,7 +17,8 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from workloads import catalog, checkpoint, distributed, entry, layout, preempt, resume_point
+from workloads import catalog, checkpoint, distributed, entry, layout, preempt, resume_point, snapshots
 from workloads.accuracy import dataset_accuracy
 from workloads.checkpoint import derive_seed
 from workloads.curves import EpochCurves
@@ -114,14 +115,51 @@ def summary(run_dir: Path, spec: RunSpec, metric_name: str) -> dict[str, Any]:
     }
 
 
-def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None = None) -> dict[str, Any]:
-    """Train (or resume) the run in run_dir; every rank calls it. `data` overrides build_datasets(spec)."""
-    run_dir = Path(run_dir)
+@dataclass
+class Trainer:
+    """What build() makes for one attempt: the data, the model and its wrappers, the optimizer and the streams."""
+
+    spec: RunSpec
+    dist: Dist
+    data: DataBundle
+    batch: int
+    model: RobustModel
+    train_model: torch.nn.Module
+    attack_model: torch.nn.Module
+    sampler: DistributedSampler[Any]
+    loader: DataLoader[Any]
+    loader_gen: torch.Generator
+    opt: torch.optim.SGD
+    sched: Schedule
+    scaler: torch.amp.GradScaler | None
+    gen: torch.Generator  # this rank's attack stream
+    recipe: Recipe
+    stepper: Stepper
+    amp: torch.dtype | None
+    attack_amp: torch.dtype | None
+
+    def state(self, **extra: Any) -> dict[str, Any]:
+        """checkpoint.save's keywords that every checkpoint of the run shares."""
+        return dict(model=self.model, optimizer=self.opt, scheduler=self.sched, spec=self.spec, scaler=self.scaler,
+                    **extra)  # fmt: skip
+
+
+@dataclass
+class Position:
+    """Where the run stands: epochs completed, their wall-clock and train clock, the best so far, and the partial
+    epoch a mid-epoch checkpoint left (None at an epoch boundary)."""
+
+    completed: int = 0
+    elapsed: float = 0.0  # wall-clock of the earlier attempts (checkpointed)
+    best: dict[str, Any] | None = None
+    partial: Partial | None = None
+    train_clock: float = 0.0  # sum of the completed epochs' train_s (epochs.csv)
+
+
+def build(spec: RunSpec, dist: Dist, data: DataBundle | None = None) -> Trainer:
+    """Data, model (identical initial weights on every rank), loader, optimizer, schedule and random streams."""
     assert spec.global_batch_size % dist.world_size == 0, "check_spec rejects a global batch not divisible by world"
     batch = spec.global_batch_size // dist.world_size
-    eval_attack = resolve_eval_attack(spec)
-    metric_name = catalog.method_info(spec.method).best_metric
-    amp, attack_amp = amp_dtype(spec), attack_amp_dtype(spec)
     check_device(spec, dist.device)
     memory_format = torch.channels_last if spec.channels_last else torch.preserve_format
     if dist.device.type == "cuda":
@@ -144,110 +182,166 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     attack_model, train_model = compile_models(model, ddp_model, spec.compile)
     torch.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_GLOBAL))  # augmentation stream of this rank
     gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_ATTACK))
+    recipe, stepper = Recipe(spec, len(loader)), Stepper()  # the attack of (epoch, iteration); free's replays
+    return Trainer(spec, dist, data, batch, model, train_model, attack_model, sampler, loader, loader_gen, opt, sched,
+                   scaler, gen, recipe, stepper, amp_dtype(spec), attack_amp_dtype(spec))  # fmt: skip
 
-    start, elapsed, best, partial = 0, 0.0, None, None
+
+def resume(t: Trainer, run_dir: Path) -> Position:
+    """The newest checkpoint that loads, into the trainer; rows and snapshots past it dropped (rank 0)."""
+    dist, at = t.dist, Position()
     if (latest := checkpoint.load_latest(run_dir, warn=dist.is_main)) is not None:  # newest that loads
         state, state_path = latest
-        check_resumable(spec, state["spec"], state_path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, elapsed, best = state["epoch"], state["elapsed_s"], state["best"]
-        partial = resume_point.from_checkpoint(state, dist)  # None at an epoch boundary
-        if partial is None and len(state["rng"]) == dist.world_size:
-            checkpoint.restore_rng(state["rng"][dist.rank], gen)
-        elif partial is None and dist.is_main:
+        check_resumable(t.spec, state["spec"], state_path)
+        t.model.load_state_dict(state["model"])
+        t.opt.load_state_dict(state["optimizer"])
+        t.sched.load_state_dict(state["scheduler"])
+        if t.scaler is not None and state.get("scaler"):
+            t.scaler.load_state_dict(state["scaler"])
+        at.completed, at.elapsed, at.best = state["epoch"], state["elapsed_s"], state["best"]
+        at.partial = resume_point.from_checkpoint(state, dist)  # None at an epoch boundary
+        if at.partial is None and len(state["rng"]) == dist.world_size:
+            checkpoint.restore_rng(state["rng"][dist.rank], t.gen)
+        elif at.partial is None and dist.is_main:
             print(f"warning: checkpoint from {len(state['rng'])} ranks, now {dist.world_size}: fresh RNG streams",
                   file=sys.stderr)  # fmt: skip
     if dist.is_main:
-        truncate_epochs_csv(run_dir, start)
+        truncate_epochs_csv(run_dir, at.completed)
+        snapshots.truncate(run_dir, at.completed)
         if latest is not None:  # where this attempt starts: `step` optimizer steps into epoch completed + 1
-            resume = {"event": "resume", "completed": start, "step": partial.step if partial else 0}
-            print(json.dumps(resume), flush=True)
-    # rank 0 only; the same run directory, so a resumed run continues the same curves (from its checkpoint)
-    curves = EpochCurves(run_dir, start) if spec.tensorboard and dist.is_main else None
+            event = {"event": "resume", "completed": at.completed, "step": at.partial.step if at.partial else 0}
+            print(json.dumps(event), flush=True)
+    return at
 
-    show_progress = dist.is_main and sys.stderr.isatty()
-    recipe, stepper = Recipe(spec, len(loader)), Stepper()  # the attack of (epoch, iteration); free's replays
-    rows = layout.read_csv(run_dir / layout.EPOCHS) if start and (run_dir / layout.EPOCHS).exists() else []
-    guard = Guard(spec, data.train, dist, spec.eval.batch_size or batch, History.from_rows(rows, start))
+
+@dataclass
+class EpochStats:
+    """One epoch's training: its starting lr, its train clock (steps and data loading; mid-epoch checkpoint writes
+    excluded) and the all-reduced loss sum, correct count and examples."""
+
+    lr: float
+    train_s: float
+    loss_sum: float
+    correct: float
+    n: float
+
+
+def train_one_epoch(t: Trainer, run_dir: Path, epoch: int, at: Position, cadence: Cadence, attempt_start: float,
+                    show_progress: bool) -> EpochStats:  # fmt: skip
+    """The epoch's optimizer steps (the rest of them, when a mid-epoch checkpoint left it partly done); saves
+    mid-epoch on the cadence's decision and stops on SIGUSR2 (after saving)."""
+    spec, dist = t.spec, t.dist
+    t.stepper.new_epoch()
+    t.sampler.set_epoch(epoch - 1)
+    t.loader_gen.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_LOADER, epoch))
+    resumed = at.partial if at.partial is not None and at.partial.epoch == epoch else None
+    at.partial = None if resumed else at.partial
+    lr = resumed.lr if resumed else t.opt.param_groups[0]["lr"]
+    t0 = clock(dist) - (resumed.train_s if resumed else 0.0)
+    t.train_model.train()
+    stats = resumed.stats if resumed else resume_point.stats_zeros(dist.device)
+    batches: Iterable[Any] = tqdm(t.loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
+    first = resumed.step if resumed else 0
+    n_steps = len(t.loader)
+    with preempt.steps():  # a SIGUSR2 in here is acted on at the next step boundary (preempt docstring)
+        todo = resumed.remaining(batches, n_steps) if resumed else iter(batches)
+        if resumed:
+            resume_point.restore(resumed, t.gen, t.stepper)
+        for i, (x, y) in enumerate(todo, start=first):
+            x, y = to_device(x, y, dist.device, spec.channels_last)
+            attack = t.recipe.attack(epoch, i)
+            loss, correct = t.stepper(t.attack_model, t.train_model, t.opt, x, y, attack, t.gen,
+                                      mode=spec.attack.mode, amp=t.amp, attack_amp=t.attack_amp, scaler=t.scaler,
+                                      freeze=spec.compile)  # fmt: skip
+            t.sched.step()
+            stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
+            decision = cadence.decide()  # collective when distributed
+            if decision == STOP or (decision == SAVE and i + 1 < n_steps):  # else the epoch end saves
+                paused = clock(dist)
+                position = Partial(epoch, i + 1, lr, paused - t0, stats, None, None)
+                elapsed_now = at.elapsed + paused - attempt_start
+                save_mid_epoch(run_dir, dist, position, t.gen, t.stepper, decision, elapsed_now,
+                               t.state(best=at.best))  # fmt: skip
+                cadence.saved()
+                if decision == STOP:
+                    preempt.stop()
+                t0 += clock(dist) - paused  # the checkpoint write is off the train clock
+    loss_sum, correct_sum, n = distributed.all_reduce_sum(dist, stats.tolist())
+    return EpochStats(lr, clock(dist) - t0, loss_sum, correct_sum, n)
+
+
+def evaluated(spec: RunSpec, epoch: int, stopped: bool) -> bool:
+    """Whether epoch `epoch` ends with on-clock validation: every eval.every epochs, the last, a guard stop;
+    never with eval.every 0."""
+    every = spec.eval.every
+    return every > 0 and (epoch % every == 0 or epoch == spec.epochs or stopped)
+
+
+def end_epoch(t: Trainer, run_dir: Path, epoch: int, at: Position, e: EpochStats, guard: Guard,
+              elapsed_s: Callable[[], float], curves: EpochCurves | None) -> None:  # fmt: skip
+    """Guard, on-clock validation, the epochs.csv row, the snapshot, the checkpoints; `at` advanced to `epoch`."""
+    spec, dist = t.spec, t.dist
+    guard_row = guard.measure(t.model, epoch, t.amp, clock)  # collective when guard.action is not none
+    clean_acc = adv_acc = None
+    eval_s = 0.0
+    if evaluated(spec, epoch, guard.stopped):
+        t1 = clock(dist)
+        eval_gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_EVAL, epoch))
+        clean_acc, adv_acc, _ = dataset_accuracy(
+            t.model, t.data.val, dist, resolve_eval_attack(spec), batch_size=spec.eval.batch_size or t.batch,
+            restarts=spec.eval.restarts, generator=eval_gen, amp=t.amp, channels_last=spec.channels_last,
+        )  # fmt: skip
+        eval_s = clock(dist) - t1
+    train_s = round(e.train_s, 4)
+    row = {
+        "run_id": spec.run_id, "epoch": epoch, "train_s": train_s, "eval_s": round(eval_s, 4),
+        "elapsed_s": round(elapsed_s(), 4), "lr": e.lr,
+        "train_loss": e.loss_sum / e.n, "train_acc": e.correct / e.n, "clean_acc": clean_acc, "adv_acc": adv_acc,
+        "batch_per_rank": t.batch, "world_size": dist.world_size, **guard_row,
+    }  # fmt: skip
+    metric = clean_acc if catalog.method_info(spec.method).best_metric == "clean_acc" else adv_acc
+    improved = metric is not None and (at.best is None or metric > at.best["metric"])
+    if improved:
+        at.best = {"epoch": epoch, "metric": metric}
+    at.completed, at.train_clock = epoch, at.train_clock + train_s
+    rng = distributed.all_gather_object(dist, checkpoint.capture_rng(t.gen))  # collective
+    if dist.is_main:
+        # Row first: a crash before the checkpoint below leaves a row (and a snapshot) that the resume drops.
+        layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
+        print(json.dumps({"event": "epoch", **row}), flush=True)
+        if curves is not None:
+            curves.epoch(row)
+        if snapshots.due(spec, epoch):
+            snapshots.save(run_dir, t.model, spec, epoch, round(at.train_clock, 4), row["elapsed_s"])
+        ckpt = t.state(epoch=epoch, elapsed_s=row["elapsed_s"], best=at.best, rng=rng)
+        if improved:
+            checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
+        checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
+    distributed.barrier(dist)
+
+
+def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None = None) -> dict[str, Any]:
+    """Train (or resume) the run in run_dir; every rank calls it. `data` overrides build_datasets(spec)."""
+    run_dir = Path(run_dir)
+    t = build(spec, dist, data)
+    at = resume(t, run_dir)
+    rows = layout.read_csv(run_dir / layout.EPOCHS) if at.completed and (run_dir / layout.EPOCHS).exists() else []
+    at.train_clock = sum(float(r["train_s"]) for r in rows)
+    # rank 0 only; the same run directory, so a resumed run continues the same curves (from its checkpoint)
+    curves = EpochCurves(run_dir, at.completed) if spec.tensorboard and dist.is_main else None
+    guard = Guard(spec, t.data.train, dist, spec.eval.batch_size or t.batch, History.from_rows(rows, at.completed))
     attempt_start = clock(dist)
     cadence = Cadence(spec.checkpoint_every_min, dist, spec.collective_timeout_s)
-    for epoch in range(start + 1, spec.epochs + 1):  # 1-based: epoch e is the e-th completed epoch
+    show_progress = dist.is_main and sys.stderr.isatty()
+    for epoch in range(at.completed + 1, spec.epochs + 1):  # 1-based: epoch e is the e-th completed epoch
         if guard.stopped:
             break
-        stepper.new_epoch()
-        sampler.set_epoch(epoch - 1)
-        loader_gen.manual_seed(derive_seed(spec.seed, dist.rank, STREAM_LOADER, epoch))
-        resumed, partial = (partial, None) if partial is not None and partial.epoch == epoch else (None, partial)
-        lr = resumed.lr if resumed else opt.param_groups[0]["lr"]
-        t0 = clock(dist) - (resumed.train_s if resumed else 0.0)
-        train_model.train()
-        stats = resumed.stats if resumed else resume_point.stats_zeros(dist.device)
-        batches: Iterable[Any] = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not show_progress)
-        first = resumed.step if resumed else 0
-        with preempt.steps():  # a SIGUSR2 in here is acted on at the next step boundary (preempt docstring)
-            todo = resumed.remaining(batches, len(loader)) if resumed else iter(batches)
-            if resumed:
-                resume_point.restore(resumed, gen, stepper)
-            for i, (x, y) in enumerate(todo, start=first):
-                x, y = to_device(x, y, dist.device, spec.channels_last)
-                attack = recipe.attack(epoch, i)
-                loss, correct = stepper(attack_model, train_model, opt, x, y, attack, gen, mode=spec.attack.mode,
-                                        amp=amp, attack_amp=attack_amp, scaler=scaler, freeze=spec.compile)  # fmt: skip
-                sched.step()
-                stats += torch.stack([loss * len(y), correct, torch.tensor(len(y), device=dist.device)]).double()
-                decision = cadence.decide()  # collective when distributed
-                if decision == STOP or (decision == SAVE and i + 1 < len(loader)):  # else the epoch end saves
-                    position = Partial(epoch, i + 1, lr, clock(dist) - t0, stats, None, None)
-                    elapsed_now = elapsed + clock(dist) - attempt_start
-                    save_mid_epoch(run_dir, dist, position, gen, stepper, decision, elapsed_now, dict(
-                        model=model, optimizer=opt, scheduler=sched, best=best, spec=spec, scaler=scaler))  # fmt: skip
-                    cadence.saved()
-                    if decision == STOP:
-                        preempt.stop()
-        loss_sum, correct_sum, n = distributed.all_reduce_sum(dist, stats.tolist())
-        train_s = clock(dist) - t0
-
-        guard_row = guard.measure(model, epoch, amp, clock)  # collective when guard.action is not none
-        clean_acc = adv_acc = None
-        eval_s = 0.0
-        if epoch % spec.eval.every == 0 or epoch == spec.epochs or guard.stopped:
-            t1 = clock(dist)
-            eval_gen = torch.Generator(dist.device).manual_seed(derive_seed(spec.seed, dist.rank, STREAM_EVAL, epoch))
-            clean_acc, adv_acc, _ = dataset_accuracy(
-                model, data.val, dist, eval_attack, batch_size=spec.eval.batch_size or batch,
-                restarts=spec.eval.restarts, generator=eval_gen, amp=amp, channels_last=spec.channels_last,
-            )  # fmt: skip
-            eval_s = clock(dist) - t1
-        row = {
-            "run_id": spec.run_id, "epoch": epoch, "train_s": round(train_s, 4), "eval_s": round(eval_s, 4),
-            "elapsed_s": round(elapsed + clock(dist) - attempt_start, 4), "lr": lr,
-            "train_loss": loss_sum / n, "train_acc": correct_sum / n, "clean_acc": clean_acc, "adv_acc": adv_acc,
-            "batch_per_rank": batch, "world_size": dist.world_size, **guard_row,
-        }  # fmt: skip
-        metric = clean_acc if metric_name == "clean_acc" else adv_acc
-        improved = metric is not None and (best is None or metric > best["metric"])
-        if improved:
-            best = {"epoch": epoch, "metric": metric}
-        rng = distributed.all_gather_object(dist, checkpoint.capture_rng(gen))  # collective
-        if dist.is_main:
-            # Row first: a crash before the checkpoint below leaves a row that the resume truncates.
-            layout.append_csv_row_atomic(run_dir / layout.EPOCHS, layout.EPOCH_COLUMNS, row)
-            print(json.dumps({"event": "epoch", **row}), flush=True)
-            if curves is not None:
-                curves.epoch(row)
-            ckpt = dict(model=model, optimizer=opt, scheduler=sched, epoch=epoch, elapsed_s=row["elapsed_s"],
-                        best=best, rng=rng, spec=spec, scaler=scaler)  # fmt: skip
-            if improved:
-                checkpoint.save(run_dir / layout.CKPT_BEST, **ckpt)
-            checkpoint.save(run_dir / layout.CKPT_LAST, **ckpt)
-        distributed.barrier(dist)
+        stats = train_one_epoch(t, run_dir, epoch, at, cadence, attempt_start, show_progress)
+        end_epoch(t, run_dir, epoch, at, stats, guard, lambda: at.elapsed + clock(dist) - attempt_start, curves)
         cadence.saved()
     if curves is not None:
         curves.close()
+    metric_name = catalog.method_info(spec.method).best_metric
     return {**summary(run_dir, spec, metric_name), **guard.summary()} if dist.is_main else {"rank": dist.rank}
 
 
