@@ -2,14 +2,16 @@
 
     orchestrate submit GRID.yaml [--dry-run] [--executor local|slurm] [--wait] [--retry-failed] [--results DIR]
                        [--bench BENCH_CSV|EXPERIMENT] [--strict]
-    orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT]
+    orchestrate status [EXPERIMENT|GRID.yaml] [--watch [SECONDS]] [--bench BENCH_CSV|EXPERIMENT] [--json]
+    orchestrate list
     orchestrate logs [EXPERIMENT/]RUN_ID [--rank N] [--attempt K] [-f]
     orchestrate collect EXPERIMENT
-    orchestrate report EXPERIMENT [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
+    orchestrate report EXPERIMENT [EXPERIMENT ...] [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
     orchestrate clean EXPERIMENT [RUN_ID...] [--failed] [--dry-run]
     orchestrate cancel EXPERIMENT
+    orchestrate keys [--markdown]
 
 EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
 path of an experiment folder. Exit codes: 0 ok, 1 a cell failed (submit --wait), 2 a user error (one line per
@@ -98,7 +100,7 @@ def _submit(args: argparse.Namespace, root: Path) -> int:
     grid_report.record((p.exp_dir, p.grid.report) for p in result.plans)  # what `orchestrate report` reads
     n = len(result.job_ids)
     say = result.local.write if result.local else print
-    say(f"submitted {n} cell(s) in {len(result.arrays)} array(s) in {result.seconds:.1f} s")
+    say(f"submitted {n} cell(s) in {result.n_arrays} array(s) in {result.seconds:.1f} s")
     if not args.wait:
         if result.local is not None:
             result.local.close()
@@ -161,6 +163,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         exp_dir = experiment_dir(args.target, root)
         folder_checks.require_experiment(exp_dir)
         targets = {exp_dir: None}
+    if args.json:
+        from orchestrator import listing
+
+        sys.stdout.write(listing.status_json(targets))
+        return 0
     if args.watch is not None:
         if args.watch <= 0:
             raise UserError(f"--watch: expected a positive number of seconds; got {args.watch:g}")
@@ -231,11 +238,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report.table1 import parse_baseline
     from orchestrator.report.time_to_target import parse_target
 
-    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    root = launch.results_root(args.results)
+    exp_dirs = [experiment_dir(name, root) for name in args.experiment]
     parse_baseline(args.baseline), parse_target(args.target_adv_acc)  # refused before any CSV is rewritten
-    folder_checks.require_writable([exp_dir], "experiment folder")
-    _collect_first(exp_dir)
-    print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
+    folder_checks.require_writable(exp_dirs, "experiment folder")
+    for exp_dir in exp_dirs:
+        _collect_first(exp_dir)
+        print(build_report(exp_dir, baseline=args.baseline, target_adv_acc=args.target_adv_acc))
+    if len(exp_dirs) > 1:
+        from orchestrator.report.side_by_side import compare
+
+        print(compare(exp_dirs, root))
     return 0
 
 
@@ -280,6 +293,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from orchestrator import listing
+
+    sys.stdout.write(listing.list_table(launch.results_root(args.results)))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from orchestrator import grid_keys
+
+    sys.stdout.write(grid_keys.markdown() if args.markdown else grid_keys.plain())
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parser
 
@@ -294,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", parents=[common], help="submit a grid file (one array per resource shape)")
     p.add_argument("grid", metavar="GRID.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print each array's sbatch script; submit nothing")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted (Slurm: each array's "
+                   "sbatch script; local: the cells it would run); submit nothing")  # fmt: skip
     p.add_argument("--executor", choices=("local", "slurm"), help="override the grid's executor")
     p.add_argument("--wait", action="store_true", help="wait for every cell; exit 1 if any failed")
     p.add_argument("--retry-failed", "--only-missing", dest="only_missing", action="store_true",
@@ -324,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BENCH_CSV|EXPERIMENT",
         help="--watch: bench data for the ETA of cells without a finished epoch",
     )
+    p.add_argument("--json", action="store_true", help="every cell's fields as JSON (for scripts); no table")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", parents=[common], help="the experiments under the results root, cells per state")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("logs", parents=[common], help="a cell's job output: stdout, then stderr")
     p.add_argument("cell", metavar="[EXPERIMENT/]RUN_ID")
@@ -338,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", parents=[common], help="collect, then tables and figures under results/<exp>/report/")
-    p.add_argument("experiment", metavar="EXPERIMENT")
+    p.add_argument("experiment", metavar="EXPERIMENT", nargs="+",
+                   help="one or more; several also get a side-by-side page under <results>/comparisons/")  # fmt: skip
     p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
     p.add_argument("--target-adv-acc", metavar="ACC", help="time-to-target table's target: 0.6 or 60%% (default: "
                    "the grid's report.target_adv_acc, else 95%% of the best validation robust accuracy any run of "
@@ -375,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", parents=[common], help="cancel every running/pending cell of an experiment")
     p.add_argument("experiment", metavar="EXPERIMENT")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("keys", help="every grid key: type, default, valid values, the kinds that read it, meaning")
+    p.add_argument("--markdown", action="store_true", help="the reference page docs/grid-keys.md, as markdown")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -29,6 +29,7 @@ files) and the experiment name (NAME_RE).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator import judge_plan, snapshot_source
+from orchestrator import grid_bases, judge_plan, snapshot_source
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
@@ -138,6 +139,15 @@ class _BoundedLoader(SafeLoader12):
         return node
 
 
+def _top_lines(node: yaml.Node) -> dict[str, int]:
+    """A document's top-level key -> its line ("" -> the document's first line)."""
+    lines = {"": node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, _ in node.value:
+            lines.setdefault(str(key.value), key.start_mark.line + 1)
+    return lines
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [n for pair in node.value for n in pair]
@@ -179,15 +189,19 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
     if not any(d is not None for d in documents):
         raise GridError([f"{label}: empty grid file; expected a mapping with keys {', '.join(TOP_LEVEL)}"])
 
-    problems: list[str] = []
+    tops = [(i, data, _top_lines(node)) for i, (node, data) in enumerate(zip(nodes, documents, strict=True), start=1)
+            if data is not None]  # fmt: skip  # an empty document (after a trailing ---) is none
+    resolved, problems = grid_bases.resolve(label, tops)
+    problems = [one_line(p) for p in problems]
     grids: list[Grid] = []
     docs: dict[int, Document] = {}
     owners: dict[tuple[str, str], tuple[int, int]] = {}  # (name, run_id) -> (document, line of its name)
     reports: dict[str, tuple[ReportSettings, int]] = {}  # name -> (its report section, the document giving it)
-    for number, (node, size, data) in enumerate(zip(nodes, sizes, documents, strict=True), start=1):
-        if data is None:  # an empty document, e.g. after a trailing ---
-            continue
-        doc = Document(label, path, number, node, data, executor, size)
+    for entry in resolved:
+        number, data = entry.number, entry.data
+        inherited = [nodes[i - 1] for i in reversed(entry.sources)]  # nearest base first: its lines win
+        size = sizes[number - 1] + sum(sizes[i - 1] for i in entry.sources)
+        doc = Document(label, path, number, nodes[number - 1], data, executor, size, inherited)
         parts = doc.load()
         problems += [p for p in doc.problems if p not in problems]
         if parts is None:
@@ -271,7 +285,10 @@ def _read_yaml(text: str) -> tuple[list[yaml.Node], list[int], list[Any]]:
             if node is not None:  # check_node() said a document follows
                 nodes.append(node)
         sizes = [loader._sizes.get(id(n), 1) for n in nodes]
-        return nodes, sizes, [_construct(loader, n) for n in nodes]
+        # Constructing a document flattens its merge keys (<<: *x) into the nodes themselves: the lines and the
+        # duplicate-key check read the nodes as written.
+        written = copy.deepcopy(nodes)
+        return written, sizes, [_construct(loader, n) for n in nodes]
     finally:
         loader.dispose()
 

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,11 +25,12 @@ from orchestrator.grid_names import NAME_HELP, is_name, name_problems
 from orchestrator.grid_report import ReportSettings, parse_section
 from orchestrator.profiles import Profile, ProfileError, load_profile
 from orchestrator.run_ids import derive_run_ids
-from workloads.schema import join_path, parse, show
+from workloads.schema import join_path, parse, show, unknown_key
 from workloads.spec import KINDS, RunSpec, check_spec
 
 EXECUTORS = ("auto", "slurm", "local")
-TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid", "report")
+TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid", "report", "base", "extends")
+EXTENSION = "x-"  # top-level keys with this prefix are ignored: a place for YAML anchors (&common)
 SET_BY_FILE = ("experiment", "run_id", "kind")  # RunSpec fields the file sets from name/kind and expansion
 MAX_CELLS = 10_000  # a typo like a 100-value list in five keys should fail fast, not hang
 MAX_CELLS_ENV = "FASTROBUST_MAX_CELLS"  # raises it for one submission
@@ -73,14 +75,15 @@ def max_cells() -> int:
 class Document:
     """Validation and expansion of one YAML document; problems collect in `self.problems`."""
 
-    def __init__(
-        self, label: str, path: Path, number: int, node: yaml.Node, data: Any, executor: str | None, size: int = 1
-    ) -> None:
+    def __init__(self, label: str, path: Path, number: int, node: yaml.Node, data: Any, executor: str | None,
+                 size: int = 1, inherited: Sequence[yaml.Node] = ()) -> None:  # fmt: skip
         self.label, self.path, self.number, self.data, self.size = label, path, number, data, size
         self.executor_override = executor
         self.problems: list[str] = []
         self.lines: dict[str, int] = {"": node.start_mark.line + 1}
         self._index_lines(node, "")
+        for base in inherited:  # a key the document took from a base (orchestrator.grid_bases) is found there
+            self._index_lines(base, "")
 
     # -- reporting ------------------------------------------------------------------------------------
 
@@ -125,8 +128,8 @@ class Document:
             self.report("", f"expected a mapping with keys {', '.join(TOP_LEVEL)}; got {_describe(data)}")
             return None
         for key in data:
-            if key not in TOP_LEVEL:
-                self.report(str(key), f"unknown key; valid keys: {', '.join(TOP_LEVEL)}")
+            if key not in TOP_LEVEL and not str(key).startswith(EXTENSION):
+                self.report(str(key), unknown_key(key, TOP_LEVEL))
         name = self._name(data.get("name"))
         kind = self._choice(data, "kind", KINDS, "train")
         executor = self._executor(data)
@@ -226,11 +229,11 @@ class Document:
         if section in SET_BY_FILE:
             self.report(path, "set by the grid file itself (top-level name/kind); it cannot vary")
         elif section not in SETTINGS:
-            self.report(path, f"unknown key; valid keys: {', '.join(SETTINGS)}, or section.field (e.g. attack.eps)")
+            self.report(path, unknown_key(key, [*SETTINGS, *_section_fields()]))
         elif sub and section not in SECTIONS:
             self.report(path, f"{section} has no fields; sections: {', '.join(SECTIONS)}")
         elif sub and sub not in (fields := [f.name for f in dataclasses.fields(SECTIONS[section])]):
-            self.report(path, f"unknown key; valid keys of {section}: {', '.join(fields)}")
+            self.report(path, unknown_key(sub, fields, f"of {section}"))
         else:
             return True
         return False
@@ -378,6 +381,11 @@ def _user_path(origins: dict[str, str], spec_path: str) -> str:
         suffix = path[len(parent) :] + suffix
         path = parent
     return _join("defaults", spec_path)
+
+
+def _section_fields() -> list[str]:
+    """Every section.field a grid list may vary (attack.eps, optimizer.schedule, ...)."""
+    return [f"{name}.{f.name}" for name, tp in SECTIONS.items() for f in dataclasses.fields(tp)]
 
 
 def _describe(value: Any) -> str:

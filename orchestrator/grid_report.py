@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from workloads import layout
-from workloads.schema import show
+from workloads.schema import show, unknown_key
 
 REPORT_KEYS = ("target_adv_acc",)
 REPORT_SETTINGS = "report-settings.json"  # in the experiment folder, beside manifest.json
@@ -51,7 +51,7 @@ def parse_section(value: Any, problem: Callable[[str, str], None]) -> ReportSett
     ok = True
     for key in value:
         if key not in REPORT_KEYS:
-            problem(f"report.{key}", f"unknown key; valid keys of report: {', '.join(REPORT_KEYS)}")
+            problem(f"report.{key}", unknown_key(key, REPORT_KEYS, "of report"))
             ok = False
     target = value.get("target_adv_acc")
     if "target_adv_acc" in value and (message := target_problem(target)) is not None:

@@ -33,6 +33,7 @@ from orchestrator import (
     manifest,
     snapshot_source,
     status,
+    submit_summary,
     submitit_compat,
     time_guard,
 )
@@ -57,7 +58,8 @@ KEEP_NAMES = ("SLURM_CONF", "SUBMITIT_PREEMPT_SIGNAL")  # user settings, not inh
 class SubmitResult:
     plans: list[Plan]
     job_ids: dict[str, str] = field(default_factory=dict)  # "<experiment>/<run_id>" -> job id
-    arrays: list[str] = field(default_factory=list)  # one line per submitted array
+    arrays: list[str] = field(default_factory=list)  # one line per submission (a local cell, a Slurm array)
+    n_arrays: int = 0  # arrays as the scheduler sees them: a local shape is one, run cell by cell
     seconds: float = 0.0
     local: LocalProgress | None = None  # local cells: the last one may still run when submit returns
 
@@ -259,6 +261,9 @@ def submit(
         if earlier:
             result.local.start(*earlier[0])
     limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
+    for line in submit_summary.plan_lines(plans, limit):  # before the first local cell runs and prints
+        log(line)
+    result.n_arrays = sum(submit_summary.arrays_of(p, limit) for p in plans if p.submit)
     for i, p in enumerate(plans):
         for run_id, why in sorted(p.skipped.items()):
             log(f"skip {p.grid.name}/{run_id}: {why}")
@@ -316,7 +321,8 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
                 tasks = params["tasks_per_node"]
                 out += [
                     head,
-                    f"# local executor: cells run one at a time here, {tasks} process(es) each (no sbatch script)",
+                    f"# local executor: would run these cells one at a time on this machine, each as {tasks} "
+                    f"process(es) of workloads.entry reading its runs/<run_id>/spec.json (no sbatch script, no Slurm)",
                     "",
                 ]
                 continue

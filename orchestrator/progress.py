@@ -62,7 +62,10 @@ class LocalProgress:
                 self._show(f"{run_id} epoch {cell.epoch or 0}/{cell.epochs}")
             time.sleep(poll_s)
         if cell.state == "finished":
-            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s")
+            # the wall time includes what elapsed_s (the cell's own clock, Table I's) leaves out
+            inside = "" if cell.elapsed_s is None else (f" (elapsed_s {cell.elapsed_s:.1f} s: training and evaluation; "
+                                                        "the rest is process start and data loading)")  # fmt: skip
+            self.write(f"{run_id} finished in {time.monotonic() - t0:.0f} s{inside}")
         else:
             error = manifest.run_dir(exp_dir, run_id) / layout.ERROR
             where = error if error.exists() else exp_dir / layout.SUBMITIT
@@ -204,7 +207,7 @@ def watch_rows(exp_dir: Path, cells: list[status.CellStatus], predictions: Predi
     rows: list[tuple[str, ...]] = []
     for c in cells:
         view = epoch_view(manifest.run_dir(exp_dir, c.run_id))
-        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else str(c.epoch or "-")
+        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else c.stage or str(c.epoch or "-")
         elapsed = _duration(c.elapsed_s) if c.elapsed_s is not None else c.scheduler_elapsed or "-"
         eta = eta_s(c, view, functools.partial(predictions.seconds, exp_dir, c.run_id))
         loss = "-" if view.train_loss is None else f"{view.train_loss:.4f}"

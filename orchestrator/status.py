@@ -66,6 +66,7 @@ class CellStatus:
     scheduler_elapsed: str = ""
     error: str = ""  # failed cells: one line, the exception's message and where the traceback is
     checkpoint: str = ""  # finished train cells whose checkpoint evaluate could not read: checkpoint_line
+    stage: str = ""  # cells without epochs (evaluate): what runs now, e.g. "batch 2/4 autoattack apgd-t"
     judged: str = ""  # train cells followed by a judge: its last judged snapshot and robust accuracy (judged.py)
 
 
@@ -163,6 +164,20 @@ class RunFiles:
     elapsed_s: float | None = None
     attempts: int = 0
     job_ids: tuple[str, ...] = ()
+    stage: str = ""  # evaluate cells: the batch and attack running now (workloads.stage)
+
+
+def _stage(stage: dict[str, Any], result: dict[str, Any]) -> tuple[str, float | None]:
+    """(what a cell without epochs is doing, its elapsed seconds): a running evaluation's stage.json, else the
+    evaluation time its result.json recorded."""
+    if stage:
+        step = f"batch {stage.get('batch', '?')}/{stage.get('batches', '?')} {stage.get('step', '')}".strip()
+        return step, _float(stage.get("elapsed_s"))
+    return ("done" if result else ""), _float(result.get("eval_s"))
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def read_run(run_dir: Path) -> RunFiles:
@@ -180,6 +195,9 @@ def read_run(run_dir: Path) -> RunFiles:
     kind, epochs = _spec_fields(read(layout.SPEC))
     env = _json(read(layout.ENV))
     epoch, elapsed = _epoch_progress(read(layout.EPOCHS))
+    step = ""
+    if kind == "evaluate":
+        step, elapsed = _stage(_json(read(layout.STAGE)), _json(read(layout.RESULT)))
     return RunFiles(
         names=names,
         kind=kind,
@@ -188,6 +206,7 @@ def read_run(run_dir: Path) -> RunFiles:
         elapsed_s=elapsed,
         attempts=len(env.get("attempts", [])),
         job_ids=tuple(str(j) for j in env.get("job_ids", [])),
+        stage=step,
     )
 
 
@@ -263,6 +282,7 @@ def _cell(
         epoch=files.epoch,
         epochs=files.epochs,
         elapsed_s=files.elapsed_s,
+        stage=files.stage,
         scheduler_state=record.state if record else "",
         scheduler_elapsed=record.elapsed if record else "",
         error=failure_line(rd, exp_dir, record) if state == "failed" else "",
@@ -282,7 +302,7 @@ def format_table(cells: list[CellStatus]) -> str:
     header = ("run_id", "state", "job_id", "attempts", "epoch", "elapsed")
     body = []
     for c in cells:
-        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else str(c.epoch or "-")
+        epoch = f"{c.epoch or 0}/{c.epochs}" if c.epochs is not None else c.stage or str(c.epoch or "-")
         elapsed = f"{c.elapsed_s:.1f}s" if c.elapsed_s is not None else c.scheduler_elapsed or "-"
         body.append((c.run_id, c.state, c.job_id or "-", str(c.attempts), epoch, elapsed))
     rows = judged.with_column(header, body, [c.judged for c in cells])

@@ -252,7 +252,15 @@ def test_local_executor_runs_a_tiny_grid(tmp_path: Path, results: Path, capsys: 
     assert code == 0, out
     # not a terminal: plain lines, one per submitted and per ended cell, and no bar redraws
     assert "submitted tinylocal [train] n1g2: fast-n1g2-b64-s0 as local job" in out
-    assert re.search(r"^fast-n1g2-b64-s0 finished in \d+ s$", out, re.M), out
+    plan = "to submit: tinylocal document 1 (train): 1 cell(s) in 1 array(s) (n1g2), run here one at a time"
+    assert out.index(plan) < out.index("submitted tinylocal")  # said before the cell runs
+    assert "submitted 1 cell(s) in 1 array(s)" in out
+    assert re.search(
+        r"^fast-n1g2-b64-s0 finished in \d+ s \(elapsed_s [\d.]+ s: training and evaluation; the rest is "
+        r"process start and data loading\)$",
+        out,
+        re.M,
+    ), out
     assert "\r" not in out
     run_dir = results / "tinylocal" / "runs" / "fast-n1g2-b64-s0"
     assert layout.read_json(run_dir / layout.RESULT)["world_size"] == 2

@@ -27,6 +27,7 @@ ERROR = "error.txt"
 CKPT_LAST = "checkpoint-last.pt"
 CKPT_BEST = "checkpoint-best.pt"
 ROBUSTNESS = "robustness.csv"
+STAGE = "stage.json"  # what a running evaluate cell is doing (workloads.stage); `status` shows it
 BENCH = "bench.csv"
 # Snapshots (kind train, snapshot_every): RUN_DIR/snapshots/snapshot-e<epoch>.pt (weights only) + index.csv, one row
 # per snapshot, written after its file; the judge reads the index.

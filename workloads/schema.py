@@ -14,9 +14,11 @@ a log line or a table cell). Messages echo at most a short prefix of the value (
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")
 MAX_STRING = 4096  # PATH_MAX: no setting needs more
 INT64 = 2**63 - 1
+KEYS_DOC = "docs/grid-keys.md"  # every setting's type, default and meaning (orchestrator.grid_keys writes it)
+SHORT_LIST = 10  # a section with at most this many keys is listed whole in an unknown-key message
 
 
 class SpecError(ValueError):
@@ -64,6 +68,18 @@ def _sane(value: Any) -> str | None:
     return None
 
 
+def unknown_key(key: Any, valid: Sequence[str], where: str = "", doc: str | None = KEYS_DOC) -> str:
+    """The unknown-key message: every valid key when there are few, else the closest ones (difflib), whole, and
+    where the rest are documented; `where` names the section (e.g. "of optimizer")."""
+    of = f" {where}" if where else ""
+    if len(valid) <= SHORT_LIST:
+        listed = f"valid keys{of}: {', '.join(valid)}"
+    else:
+        close = difflib.get_close_matches(str(key), valid, n=4, cutoff=0.6)
+        listed = f"closest valid keys{of}: {', '.join(close)}" if close else f"no valid key{of} is close"
+    return f"unknown key; {listed}" + (f" (every key: {doc})" if doc else "")
+
+
 def key_text(key: Any) -> str:
     """A mapping key as it appears in a key path: itself when short and printable, else shortened and escaped."""
     text = str(key)
@@ -78,13 +94,13 @@ def join_path(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return names.get(tp, getattr(tp, "__name__", str(tp)))
@@ -112,7 +128,7 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
         return _convert((fits or inner)[0], value, meta, path, errors)
     if origin is list:
         if not isinstance(value, list):
-            errors.append(SpecError(path, f"expected {_type_name(tp)}; got {show(value)}"))
+            errors.append(SpecError(path, f"expected {type_name(tp)}; got {show(value)}"))
             return value
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, meta, join_path(path, i), errors) for i, v in enumerate(value)]
@@ -125,7 +141,7 @@ def _convert(tp: Any, value: Any, meta: typing.Mapping[str, Any], path: str, err
         or (tp is str and isinstance(value, str))
     )
     if not ok:
-        errors.append(SpecError(path, f"expected {_type_name(tp)}; got {show(value)}"))
+        errors.append(SpecError(path, f"expected {type_name(tp)}; got {show(value)}"))
         return value
     if (problem := _sane(value)) is not None:
         errors.append(SpecError(path, problem))
@@ -151,8 +167,7 @@ def _from_dict(cls: type[T], data: Any, path: str, errors: list[SpecError]) -> T
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            valid = ", ".join(fields)
-            errors.append(SpecError(join_path(path, str(key)), f"unknown key; valid keys: {valid}"))
+            errors.append(SpecError(join_path(path, str(key)), unknown_key(key, list(fields))))
             continue
         kwargs[key] = _convert(hints[key], value, fields[key].metadata, join_path(path, key), errors)
     try:

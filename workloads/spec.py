@@ -36,26 +36,26 @@ class Optimizer:
     epochs, the default), onecycle, cyclic (peak max_lr at peak_fraction of the run) or cosine; each takes an
     optional linear warm-up of warmup_epochs (the rise to the peak; onecycle and cyclic then peak at its end)."""
 
-    lr: float = field(default=0.1, metadata=at_least(0, strict=True))
-    momentum: float = field(default=0.9, metadata=at_least(0))
-    weight_decay: float = field(default=5.0e-4, metadata=at_least(0))
-    step_epochs: int = field(default=50, metadata=at_least(1))
-    gamma: float = field(default=0.1, metadata=at_least(0, strict=True))
-    schedule: str = field(default="step", metadata=choices(*SCHEDULES))
-    warmup_epochs: float = field(default=0.0, metadata=at_least(0))  # linear rise to the peak (fractions ok)
-    max_lr: float | None = field(default=None, metadata=at_least(0, strict=True))  # onecycle, cyclic (None: lr)
-    peak_fraction: float = field(default=0.4, metadata=at_least(0, strict=True))  # onecycle, cyclic (no warm-up): < 1
+    lr: float = field(default=0.1, metadata=at_least(0, strict=True))  # initial lr; onecycle/cyclic: peak if no max_lr
+    momentum: float = field(default=0.9, metadata=at_least(0))  # SGD momentum
+    weight_decay: float = field(default=5.0e-4, metadata=at_least(0))  # SGD weight decay (L2)
+    step_epochs: int = field(default=50, metadata=at_least(1))  # schedule step: lr x gamma every step_epochs epochs
+    gamma: float = field(default=0.1, metadata=at_least(0, strict=True))  # step: lr factor every step_epochs
+    schedule: str = field(default="step", metadata=choices(*SCHEDULES))  # lr schedule, stepped per iteration
+    warmup_epochs: float = field(default=0.0, metadata=at_least(0))  # linear rise to the peak, epochs (fractions ok)
+    max_lr: float | None = field(default=None, metadata=at_least(0, strict=True))  # onecycle/cyclic: peak lr (None: lr)
+    peak_fraction: float = field(default=0.4, metadata=at_least(0, strict=True))  # onecycle/cyclic: peak position, < 1
 
 
 @dataclass
 class Attack:
     """Training threat model. steps/alpha left empty are derived from `method` (see resolve_attack)."""
 
-    norm: str = field(default="l2", metadata=choices(*NORMS))
-    eps: float = field(default=1.0, metadata=at_least(0))
-    steps: int | None = field(default=None, metadata=at_least(1))
-    alpha: float | None = field(default=None, metadata=at_least(0, strict=True))
-    random_start: bool = True
+    norm: str = field(default="l2", metadata=choices(*NORMS))  # the threat model's norm (a method may fix it)
+    eps: float = field(default=1.0, metadata=at_least(0))  # radius of the perturbation ball
+    steps: int | None = field(default=None, metadata=at_least(1))  # steps per batch (None: the method's; pgd7: 7)
+    alpha: float | None = field(default=None, metadata=at_least(0, strict=True))  # step size (None: the method's rule)
+    random_start: bool = True  # start each attack from a random point of the ball
     mode: str = field(default="eval", metadata=choices(*ATTACK_MODES))  # model mode while attacking
     precision: str | None = field(default=None, metadata=choices(*PRECISIONS))  # attack passes (None: precision)
     noise_factor: float | None = field(default=None, metadata=at_least(0))  # random start radius / eps (None: method's)
@@ -69,12 +69,12 @@ class Eval:
     """Validation during training: clean accuracy and PGD accuracy every `every` epochs and at the end (every 0:
     none at all, e.g. when a judge job evaluates the run's snapshots off the training clock)."""
 
-    every: int = field(default=5, metadata=at_least(0))
+    every: int = field(default=5, metadata=at_least(0))  # validate every N epochs (and after the last); 0 never
     norm: str | None = field(default=None, metadata=choices(*NORMS))  # None: attack.norm
     eps: float | None = field(default=None, metadata=at_least(0))  # None: attack.eps
-    steps: int = field(default=20, metadata=at_least(0))
+    steps: int = field(default=20, metadata=at_least(0))  # PGD steps of the validation attack (0: clean accuracy only)
     alpha: float | None = field(default=None, metadata=at_least(0, strict=True))  # None: 2.5 eps / steps
-    restarts: int = field(default=1, metadata=at_least(1))
+    restarts: int = field(default=1, metadata=at_least(1))  # random restarts of the validation attack
     batch_size: int | None = field(default=None, metadata=at_least(1))  # None: per-rank train batch
 
 
@@ -82,8 +82,8 @@ class Eval:
 class Shape:
     """Resources that make one Slurm array: nodes x GPUs (one task, i.e. one rank, per GPU)."""
 
-    nodes: int = field(default=1, metadata=at_least(1))
-    gpus_per_node: int = field(default=1, metadata=at_least(1))
+    nodes: int = field(default=1, metadata=at_least(1))  # nodes per run (executor local: 1)
+    gpus_per_node: int = field(default=1, metadata=at_least(1))  # GPUs (ranks) per node; on a CPU each is one process
 
     @property
     def world_size(self) -> int:
@@ -92,10 +92,12 @@ class Shape:
 
 @dataclass
 class Resources:
-    timeout_min: int = field(default=60, metadata=at_least(1))
-    cpus_per_task: int = field(default=1, metadata=at_least(1))
-    mem_gb: float | None = field(default=None, metadata=at_least(0, strict=True))
-    max_requeues: int = field(default=3, metadata=at_least(0))
+    """Slurm resources of a cell's job; cells with the same shape and resources share one array."""
+
+    timeout_min: int = field(default=60, metadata=at_least(1))  # minutes per attempt (default: the profile's limit)
+    cpus_per_task: int = field(default=1, metadata=at_least(1))  # CPU cores per rank
+    mem_gb: float | None = field(default=None, metadata=at_least(0, strict=True))  # GB per node (None: cluster default)
+    max_requeues: int = field(default=3, metadata=at_least(0))  # requeues after preemption or timeout (resumes)
     # Slurm's %N: at most N cells of one array run at once (None: submitit's default, min(cells, 256))
     array_parallelism: int | None = field(default=None, metadata=at_least(1))
 
@@ -104,10 +106,12 @@ class Resources:
 class Bench:
     """kind: bench (Fig. 1 left): time K-step PGD, a forward pass and one training step per method."""
 
+    # per-rank batch sizes to time
     batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256], metadata=at_least(1))
+    # methods whose attack and training step are timed
     methods: list[str] = field(default_factory=lambda: ["standard", "fast", "pgd7"], metadata=_METHOD)
-    repeats: int = field(default=10, metadata=at_least(1))
-    warmup: int = field(default=2, metadata=at_least(0))
+    repeats: int = field(default=10, metadata=at_least(1))  # timed calls per measurement (median, p10, p90)
+    warmup: int = field(default=2, metadata=at_least(0))  # untimed calls before timing
     # standard SGD steps on real training batches before timing (0: time the freshly initialised model)
     prime_steps: int = field(default=50, metadata=at_least(0))
 
@@ -124,13 +128,14 @@ class Evaluate:
     # its validation data, ties to the earliest epoch) or an epoch; chosen at run time (workloads.snapshot_choice)
     source_snapshot: int | str | None = None
     source_judged: str | None = None  # the judged.csv of the judge following the source run: set at submit time
-    norm: str = field(default="l2", metadata=choices(*NORMS))
+    norm: str = field(default="l2", metadata=choices(*NORMS))  # the attack's norm
+    # PGD accuracy at each of these eps (0: clean accuracy)
     eps_list: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0, 2.0], metadata=at_least(0))
-    steps: int = field(default=20, metadata=at_least(0))
-    restarts: int = field(default=10, metadata=at_least(1))
+    steps: int = field(default=20, metadata=at_least(0))  # PGD steps
+    restarts: int = field(default=10, metadata=at_least(1))  # random starts per example; robust = survives all
     zero_start: bool = True  # one more PGD run from delta = 0 besides the `restarts` random starts
     alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))  # alpha = f * eps / steps
-    max_examples: int | None = field(default=None, metadata=at_least(1))
+    max_examples: int | None = field(default=None, metadata=at_least(1))  # first-N stratified test images (None: all)
     batch_size: int = field(default=256, metadata=at_least(1))  # examples per attacked batch (per rank)
     # AutoAttack's standard ensemble (APGD-CE, APGD-T, FAB-T, Square; pyautoattack, extra [strong]) beside PGD.
     # Budgets other than 100 iterations / 5000 queries run (and are recorded as) version "custom".
@@ -144,19 +149,20 @@ class Evaluate:
 class Visualize:
     """kind: visualize (Figs. 3-5): feature visualisation, interpolation, large targeted perturbations."""
 
-    source_experiment: str | None = None
-    source_runs: list[str] = field(default_factory=list)
+    source_experiment: str | None = None  # experiment holding the runs (None: this grid's experiment)
+    source_runs: list[str] = field(default_factory=list)  # run_ids to visualise (one figure row each)
     source_dirs: list[str] = field(default_factory=list)  # their run directories (absolute), set at submit time
-    checkpoint: str = field(default="best", metadata=choices(*CHECKPOINTS))
-    units: int = field(default=5, metadata=at_least(1))
-    vis_eps: float = field(default=1000.0, metadata=at_least(0, strict=True))
-    vis_step: float = field(default=1.0, metadata=at_least(0, strict=True))
-    vis_iterations: int = field(default=200, metadata=at_least(1))
+    checkpoint: str = field(default="best", metadata=choices(*CHECKPOINTS))  # which checkpoint of each run
+    units: int = field(default=5, metadata=at_least(1))  # units (logits) visualised per model (Fig. 3)
+    vis_eps: float = field(default=1000.0, metadata=at_least(0, strict=True))  # L2 radius of Fig. 3's visualisation
+    vis_step: float = field(default=1.0, metadata=at_least(0, strict=True))  # its normalised L2 step
+    vis_iterations: int = field(default=200, metadata=at_least(1))  # its iterations
+    # interpolation weights between the two anchors' representations (Fig. 4)
     interp_lambdas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata=at_least(0))
-    interp_iterations: int = field(default=200, metadata=at_least(1))
-    large_eps: float = field(default=500.0, metadata=at_least(0, strict=True))
-    large_steps: int = field(default=1000, metadata=at_least(1))
-    images: int = field(default=2, metadata=at_least(1))
+    interp_iterations: int = field(default=200, metadata=at_least(1))  # iterations per interpolation point
+    large_eps: float = field(default=500.0, metadata=at_least(0, strict=True))  # L2 radius of Fig. 5's perturbations
+    large_steps: int = field(default=1000, metadata=at_least(1))  # their PGD steps
+    images: int = field(default=2, metadata=at_least(1))  # test images per figure
     vis_seed: str = field(default="image", metadata=choices("image", "noise"))  # Fig. 3 seeds: test images or noise
     interp_step: float = field(default=1.0, metadata=at_least(0, strict=True))  # normalised L2 step (Fig. 4)
     interp_pairs: int = field(default=1, metadata=at_least(1))  # anchor pairs (x1, x2) for Fig. 4
@@ -175,9 +181,9 @@ class Judge:
     source_dirs: list[str] = field(default_factory=list)  # their run directories (absolute), set at submit time
     examples: int = field(default=2000, metadata=at_least(1))  # first N of the validation data
     steps: int = field(default=10, metadata=at_least(0))  # PGD steps, alpha = alpha_factor * eps / steps
-    restarts: int = field(default=1, metadata=at_least(1))
+    restarts: int = field(default=1, metadata=at_least(1))  # random-start PGD runs per example
     zero_start: bool = False  # one more PGD run from delta = 0 besides the random starts
-    alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))
+    alpha_factor: float = field(default=2.5, metadata=at_least(0, strict=True))  # alpha = f * eps / steps
     eps: float | None = field(default=None, metadata=at_least(0))  # None: the followed run's attack.eps
     batch_size: int = field(default=256, metadata=at_least(1))  # examples per attacked batch
     poll_s: float = field(default=10.0, metadata=at_least(0, strict=True))  # seconds between looks for snapshots
@@ -217,29 +223,29 @@ class RunSpec:
     # kind train: a name for the recipe that leads the run_id (recipes of one experiment in several documents)
     recipe: str | None = field(default=None, metadata=_RECIPE)
     kind: str = field(default="train", metadata=choices(*KINDS))
-    dataset: str = field(default="fashion_mnist", metadata=choices(*catalog.DATASETS))
+    dataset: str = field(default="fashion_mnist", metadata=choices(*catalog.DATASETS))  # the data (workloads.catalog)
     data_root: str | None = None  # None: torchvision layout under ~/data, Debian files for Fashion-MNIST
-    train_subset: int | None = field(default=None, metadata=at_least(1))  # first-N stratified subset
-    val_subset: int | None = field(default=None, metadata=at_least(1))
-    augment: bool = True
-    model: str = field(default="small_cnn", metadata=choices(*catalog.MODELS))
-    method: str = field(default="standard", metadata=_METHOD)
-    method_schedule: list[Phase] = field(default_factory=list)  # earlier phases; `method` trains after the last
-    epochs: int = field(default=1, metadata=at_least(1))
-    global_batch_size: int = field(default=128, metadata=at_least(1))
-    seed: int = field(default=0, metadata=at_least(0))
-    precision: str = field(default="fp32", metadata=choices(*PRECISIONS))
-    channels_last: bool = False
+    train_subset: int | None = field(default=None, metadata=at_least(1))  # first-N stratified train images (None: all)
+    val_subset: int | None = field(default=None, metadata=at_least(1))  # first-N stratified test images (None: all)
+    augment: bool = True  # random crops and flips of the training images (the dataset's catalog rule)
+    model: str = field(default="small_cnn", metadata=choices(*catalog.MODELS))  # the network (workloads.catalog)
+    method: str = field(default="standard", metadata=_METHOD)  # standard (no attack), fast (1-step), pgdK, ...
+    method_schedule: list[Phase] = field(default_factory=list)  # phases before `method`: [{method: fast, until: 0.6}]
+    epochs: int = field(default=1, metadata=at_least(1))  # training epochs (the schedule's length)
+    global_batch_size: int = field(default=128, metadata=at_least(1))  # over all ranks (a multiple of the world size)
+    seed: int = field(default=0, metadata=at_least(0))  # seeds model, data order, attacks (replicates)
+    precision: str = field(default="fp32", metadata=choices(*PRECISIONS))  # or bf16/fp16 autocast (fp16: CUDA only)
+    channels_last: bool = False  # NHWC memory format for the model and batches
     compile: bool = False  # torch.compile the model for the training step (opt-in; compile time per attempt)
-    threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank
-    tensorboard: bool = False  # kind train: TensorBoard event files in the run directory (extra [tensorboard])
-    checkpoint_every_min: float = field(default=0.0, metadata=at_least(0))  # kind train: mid-epoch saves; 0 off
+    threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank (None: torch's)
+    tensorboard: bool = False  # TensorBoard event files in the run directory (extra [tensorboard])
+    checkpoint_every_min: float = field(default=0.0, metadata=at_least(0))  # minutes between mid-epoch saves; 0 off
     # kind train: a weights-only snapshot every K epochs and at the last (workloads.snapshots); 0 off
     snapshot_every: int = field(default=0, metadata=at_least(0))
     # N stratified training images held out of training (seeded, the same for every cell with that N): the run's
     # validation data (on-clock evaluation, best epoch, judge) instead of the test set; None: the test set
     val_split: int | None = field(default=None, metadata=at_least(1))
-    collective_timeout_s: float = field(default=600.0, metadata=at_least(1))  # s: a hung/dead rank's peers fail
+    collective_timeout_s: float = field(default=600.0, metadata=at_least(1))  # s a hung rank's peers wait
     optimizer: Optimizer = field(default_factory=Optimizer)
     attack: Attack = field(default_factory=Attack)
     eval: Eval = field(default_factory=Eval)

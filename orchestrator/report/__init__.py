@@ -11,13 +11,19 @@ runs' fig3-5.png where their run directories hold them) and never collects: `orc
     plots      Fig. 1 and Fig. 2 (matplotlib, imported only when a figure is drawn)
     time_to_target  per train run: wall-clock and GPU-hours until validation robust accuracy reaches a target,
                beside its AutoAttack accuracy (time_to_target.csv/.md/.tex); ttt_plot draws its figure
+    robustness_table  every evaluated run's clean, PGD and AutoAttack numbers with n and SE (robustness_table.*)
+    curves_plot  training curves of every train run (loss, lr, clean and PGD accuracy vs epoch and vs time)
+    masking    the gradient-masking flag's rule (the gap over a threshold and over 2 SE at that n)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.report import markdown, table1
+import pandas as pd
+
+from orchestrator import collect
+from orchestrator.report import markdown, robustness_table, table1
 from orchestrator.report import tables as tables_
 from orchestrator.report import time_to_target as ttt
 from workloads.layout import write_csv_atomic, write_text_atomic
@@ -55,6 +61,17 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
     robustness = tables_.robustness_by_dataset(tables)  # None exactly when there is no robustness.csv
     if robustness is not None and not robustness.empty:
         figures += plots.fig2(robustness, out, tables_.training_eps(tables))
+    train_ids = tables_.train_runs(tables.runs)["run_id"].astype(str).tolist()
+    if train_ids and (tables.exp_dir / collect.EPOCHS_CSV).exists():
+        from orchestrator.report import curves_plot
+
+        epochs = pd.read_csv(tables.exp_dir / collect.EPOCHS_CSV, dtype={"run_id": str})
+        figures += curves_plot.figure(epochs, train_ids, out)
+    robust = robustness_table.rows(tables.robustness, ttt.MASKING_POINTS)
+    robust_md = robustness_table.markdown(robust, ttt.MASKING_POINTS)
+    if robust:
+        write_csv_atomic(out / "robustness_table.csv", robustness_table.COLUMNS, robust)
+        write_text_atomic(out / "robustness_table.md", robust_md)
     reaches = ttt.time_to_target(tables, target)
     ttt_md = ""
     if reaches:
@@ -70,5 +87,5 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         rows = [{str(k): v for k, v in row.items()} for row in estimates.to_dict("records")]  # str column names
         write_csv_atomic(out / "estimate_vs_measured.csv", list(estimates.columns), rows)
     path = out / "report.md"
-    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md))
+    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md, robust_md))
     return path

@@ -211,14 +211,16 @@ def table1_layout(cells: Sequence[Cell]) -> Table:
     if len(baselines) == 1:
         method, _, baseline_gpus = baselines[0].partition("@")
         rel = f"relative to {baseline_gpus}-GPU, {approach_name(method)}"
-    elif baselines:
+    else:
         rel = "relative to " + "; ".join(
             f"{dataset_label(d)}: {next(c.baseline for c in cells if c.dataset == d and c.baseline)}"
             for d in sorted({c.dataset for c in cells if c.baseline}, key=dataset_order)
         )
-    else:
-        rel = "no baseline run finished, so no ratios"
     caption = f"Training times in {unit.name} ({rel}; every column is divided by the baseline's last-epoch time)"
+    if not baselines:  # nothing to divide by: say why and how to name one
+        caption = (f"Training times in {unit.name}, no ratios: no baseline run finished (the default baseline is "
+                   "No PGD at the smallest GPU count of the dataset; `orchestrate report --baseline METHOD[@GPUS]` "
+                   "names another)")  # fmt: skip
     notes = [
         "Best epoch: the epoch with the highest adversarial validation accuracy "
         "(clean accuracy for No PGD); times include evaluation."

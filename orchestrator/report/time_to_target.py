@@ -11,8 +11,8 @@ Definitions (report.md states them):
   orchestrator.grid_report), else per dataset TARGET_SHARE of the best adv_acc any train run of that dataset
   reached at any evaluation;
 - AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
-  both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points flags the run (gradient masking:
-  PGD's number is not to be trusted).
+  both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points, and more than 2 SE of the
+  difference at that n, flags the run (gradient masking: PGD's number is not to be trusted; report.masking).
 A run that never reaches the target has no time (no extrapolation) and says so. Deterministic output.
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestrator import grid_report
+from orchestrator.report import masking
 from orchestrator.report.labels import (
     DASH,
     Unit,
@@ -82,6 +83,7 @@ class Reach:
     aa_acc: float | None = None
     aa_pgd_acc: float | None = None
     aa_version: str = ""
+    aa_n: int | None = None  # examples of that evaluation (the masking rule's n)
 
     @property
     def reached(self) -> bool:
@@ -99,8 +101,7 @@ class Reach:
 
     @property
     def masked(self) -> bool:
-        gap = self.gap_points
-        return gap is not None and gap > MASKING_POINTS
+        return masking.masked(self.gap_points, self.aa_n, MASKING_POINTS)
 
 
 def _epochs(tables: Tables) -> pd.DataFrame:
@@ -148,19 +149,22 @@ def _targets(
     return out
 
 
-def _autoattack(rob: pd.DataFrame | None, run_id: str, eps: float | None) -> tuple[float | None, float | None, str]:
-    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version) at the run's training eps."""
+def _autoattack(
+    rob: pd.DataFrame | None, run_id: str, eps: float | None
+) -> tuple[float | None, float | None, str, int | None]:
+    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version, n) at the run's training eps."""
     if rob is None or "aa_acc" not in rob.columns or eps is None:
-        return None, None, ""
+        return None, None, "", None
     sel = rob[(rob["run_id"].astype(str) == run_id) & ((rob["eps"].astype(float) - eps).abs() < EPS_TOL)]
     sel = sel[pd.to_numeric(sel["aa_acc"], errors="coerce").notna()]
     if sel.empty:
-        return None, None, ""
+        return None, None, "", None
     if "checkpoint" in sel.columns and (sel["checkpoint"] == "last").any():
         sel = sel[sel["checkpoint"] == "last"]
     row = sel.iloc[-1]
     version = str(row["aa_version"]) if "aa_version" in sel.columns and pd.notna(row["aa_version"]) else ""
-    return number(row["aa_acc"]), number(row["adv_acc"]), version
+    n = number(row["n"]) if "n" in sel.columns else None
+    return number(row["aa_acc"]), number(row["adv_acc"]), version, None if n is None else int(n)
 
 
 def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
@@ -192,7 +196,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
             reach.epoch, reach.elapsed_s = int(first["epoch"]), float(first["t"])
             reach.acc_at_target = float(first["adv"])
         eps = number(row.get("attack_eps"))
-        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version = _autoattack(tables.robustness, run_id, eps)
+        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version, reach.aa_n = _autoattack(tables.robustness, run_id, eps)
         out.append(reach)
     out.sort(key=lambda r: (dataset_order(r.dataset), approach_order(r.method), r.gpus, r.run_id))
     return out
@@ -261,8 +265,7 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
     if any(r.aa_acc is not None for r in reaches):
         notes.append(
             "AutoAttack: the run's evaluate-kind accuracy at the training ε (robustness.csv aa_acc; PGD − AA compares "
-            f"the same evaluation's PGD number); ‡ a gap over {MASKING_POINTS:g} points: PGD overstates this model's "
-            "robustness (gradient masking), trust the AutoAttack number."
+            f"the same evaluation's PGD number); {masking.rule_text(MASKING_POINTS)}."
         )
     return head, rows, notes
 

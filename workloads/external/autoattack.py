@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workloads import stage
+
 PACKAGE = "pyautoattack"
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version's order
 STANDARD_STEPS = 100  # APGD-CE, APGD-T and FAB-T iterations of the standard version
@@ -123,6 +125,7 @@ def robust_masks(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps: floa
                           steps=steps, queries=queries)  # fmt: skip
         for name in ATTACKS:
             idx = robust.nonzero().flatten()
+            stage.report(f"autoattack {name}", examples=len(idx))  # minutes per attack at standard budgets
             if len(idx):
                 adv = _perturb(adversary, name, x[idx], y[idx], seed)
                 with torch.no_grad():

@@ -24,6 +24,7 @@ evaluate-progress-rank<r>.json (with a fingerprint of the settings); a restarted
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from workloads import checkpoint, distributed, layout, snapshot_choice
+from workloads import checkpoint, distributed, layout, snapshot_choice, stage
 from workloads.accuracy import batch_accuracy
 from workloads.attacks import attack_mode
 from workloads.catalog import dataset_info
@@ -113,6 +114,7 @@ def batch_counts(model: nn.Module, x: Tensor, y: Tensor, start: int, s: Settings
     adv_counts: list[int] = []
     strong_counts: list[int] = []
     for eps in s.eps_list:
+        stage.report(f"pgd eps {eps:g}", examples=len(y))
         seed = derive_seed(s.generator_seed, start, eps_key(eps))
         attack = ResolvedAttack(s.norm, eps, s.steps, s.alpha(eps), True)
         gen = torch.Generator().manual_seed(seed)  # CPU: the same random starts on any device (sample_ball)
@@ -444,10 +446,17 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
             event = {"event": "evaluate_batch", "batch": b, "batches": n_batches, "elapsed_s": elapsed()}
             print(json.dumps(event), file=sys.stderr, flush=True)
 
+    def on_step(step: str, details: dict[str, Any]) -> None:  # batch: this rank's, the one being attacked
+        event = {"event": "evaluate_step", "step": step, **details, "batch": len(mine) + 1,
+                 "batches": len(range(dist.rank, n_batches, dist.world_size)), "elapsed_s": elapsed()}  # fmt: skip
+        print(json.dumps(event), file=sys.stderr, flush=True)
+        layout.write_json_atomic(run_dir / layout.STAGE, event)
+
     layout.write_json_atomic(progress_path, {"fingerprint": fingerprint, "batches": mine})
-    results = run_batches(
-        model, data, s, dist, num_workers=loader_kwargs(dist)["num_workers"], done=done, on_batch=record
-    )
+    with stage.reporting(on_step) if show else contextlib.nullcontext():
+        results = run_batches(
+            model, data, s, dist, num_workers=loader_kwargs(dist)["num_workers"], done=done, on_batch=record
+        )
     rows = summarize(results, s, dist if dist.distributed else None)
 
     label = {
@@ -470,6 +479,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         layout.write_csv_atomic(run_dir / layout.ROBUSTNESS, CSV_COLUMNS, rows)
         for path in run_dir.glob(PROGRESS.format(rank="*")):
             path.unlink(missing_ok=True)
+        (run_dir / layout.STAGE).unlink(missing_ok=True)
     return {
         "source_run": source.run_id,
         "source_experiment": source.experiment,
