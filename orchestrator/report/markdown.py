@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator import recipe_key
 from orchestrator.report.labels import approach_name, approach_order, dataset_label, dataset_order, fmt_time, pick_unit
-from orchestrator.report.table1 import Cell
+from orchestrator.report.table1 import Cell, row_name
 from orchestrator.report.tables import Tables, number, robustness_by_dataset, train_runs, training_eps
 from workloads import layout
 from workloads.catalog import method_info
@@ -51,6 +52,7 @@ def settings_lines(tables: Tables) -> list[str]:
         vals = _values(runs, column, integer=column in integers)
         if vals:
             lines.append(f"- {label}: {vals}")
+    lines += recipe_lines(runs)
     if tables.bench is not None:
         worlds = sorted({int(w) for w in tables.bench.get("world_size", pd.Series([1])).fillna(1)})
         lines.append(
@@ -58,6 +60,27 @@ def settings_lines(tables: Tables) -> list[str]:
             f"{', '.join(str(b) for b in sorted(tables.bench['batch_size'].unique()))}, world sizes "
             f"{', '.join(map(str, worlds))}"
         )
+    return lines
+
+
+def recipe_lines(runs: pd.DataFrame) -> list[str]:
+    """What varies across the train cells (runs.csv recipe_key: the recipe settings, as its columns name them), the
+    schedule, and how many seeds each recipe has."""
+    lines = []
+    if "optimizer.schedule" in runs.columns:
+        lines.append(f"- lr schedule: {_values(runs, 'optimizer.schedule')}")
+    if "recipe_key" in runs.columns and not runs.empty:
+        values: dict[str, set[str]] = {}
+        for key in runs["recipe_key"].fillna("").astype(str):
+            for k, v in recipe_key.parse_key(key).items():
+                values.setdefault(k, set()).add(v)
+        for k, vals in values.items():
+            shown = sorted((v or "none" for v in vals), key=lambda v: (len(v), v))
+            lines.append(f"- varies: {k}: " + ", ".join(shown))
+        seeds = runs.groupby(runs["recipe_key"].fillna("").astype(str))["run_id"].count()
+        counts = sorted({int(n) for n in seeds})
+        lines.append(f"- replicates: {', '.join(map(str, counts))} seed{'' if counts == [1] else 's'} per recipe "
+                     f"({len(seeds)} recipe{'' if len(seeds) == 1 else 's'})")  # fmt: skip
     return lines
 
 
@@ -73,18 +96,20 @@ def findings(cells: Sequence[Cell], tables: Tables) -> list[str]:
             if len(row) < 2:
                 continue
             parts = [
-                f"{approach_name(c.method)} {c.ratio(c.last_s):.2f}×" if c.baseline_s else approach_name(c.method)
+                f"{row_name(c.method, c.name)} {c.ratio(c.last_s):.2f}×" if c.baseline_s else row_name(c.method, c.name)
                 for c in row
             ]
             text = f"{dataset_label(dataset)}, {g}-GPU, last-epoch time from slowest to fastest: " + ", ".join(parts)
             if row[0].baseline:
                 text += f" (relative to {row[0].baseline})"
-            by_method = {c.method: c for c in row}
-            if "fast" in by_method:
-                slower = [m for m in by_method if m.startswith("pgd") and method_info(m).steps > 1]
+            by_method = {(c.method, c.name): c for c in row}  # fast against K-step PGD of the same recipe only
+            for (method, name), fast in sorted(by_method.items()):
+                if method != "fast":
+                    continue
+                slower = [m for m, n in by_method if n == name and m.startswith("pgd") and method_info(m).steps > 1]
                 for m in sorted(slower, key=approach_order):
-                    speedup = float(by_method[m].last_s or 0) / float(by_method["fast"].last_s or 1)
-                    text += f"; 1-Step PGD is {speedup:.2f}× faster than {approach_name(m)}"
+                    speedup = float(by_method[(m, name)].last_s or 0) / float(fast.last_s or 1)
+                    text += f"; {row_name('fast', name)} is {speedup:.2f}× faster than {row_name(m, name)}"
             out.append(text + ".")
     rob = robustness_by_dataset(tables)
     if rob is not None and not rob.empty and "adv_acc" in rob.columns:
