@@ -11,13 +11,15 @@ runs' fig3-5.png where their run directories hold them) and never collects: `orc
     plots      Fig. 1 and Fig. 2 (matplotlib, imported only when a figure is drawn)
     time_to_target  per train run: wall-clock and GPU-hours until validation robust accuracy reaches a target,
                beside its AutoAttack accuracy (time_to_target.csv/.md/.tex); ttt_plot draws its figure
+    replicates per recipe over its seeds: medians, spreads, pooled AutoAttack, ratios vs the paper recipe
+               (replicates.csv/.md, only when a recipe has several runs); stats holds the statistics
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.report import markdown, table1
+from orchestrator.report import markdown, replicates, table1
 from orchestrator.report import tables as tables_
 from orchestrator.report import time_to_target as ttt
 from workloads.layout import write_csv_atomic, write_text_atomic
@@ -58,10 +60,18 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         from orchestrator.report import ttt_plot
 
         figures += ttt_plot.figure(ttt.curves(tables, reaches), reaches, out)
+    groups = replicates.recipes(tables, reaches)
+    replicates_md = ""
+    if replicates.has_replicates(groups):
+        rows = replicates.replicate_rows(groups)
+        write_csv_atomic(out / "replicates.csv", replicates.REPLICATE_COLUMNS, rows)
+        replicates_md = replicates.replicates_markdown(rows)
+        write_text_atomic(out / "replicates.md", replicates_md)
     estimates = tables_.estimates_vs_measured(tables)
     if not estimates.empty:
         rows = [{str(k): v for k, v in row.items()} for row in estimates.to_dict("records")]  # str column names
         write_csv_atomic(out / "estimate_vs_measured.csv", list(estimates.columns), rows)
     path = out / "report.md"
-    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md))
+    text = markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md, replicates_md)
+    write_text_atomic(path, text)
     return path

@@ -101,7 +101,7 @@ def _recipe_order(name: str) -> tuple[bool, str]:
     return name != recipe_key.PAPER, name
 
 
-def _row_keys(runs: pd.DataFrame) -> pd.Series:
+def row_keys(runs: pd.DataFrame) -> pd.Series:
     """Each run's Table I row: its recipe_key without the table's axes; a runs.csv from before recipe_key: its
     grid recipe name (empty: one row per approach, as then)."""
     if "recipe_key" in runs.columns:
@@ -109,6 +109,13 @@ def _row_keys(runs: pd.DataFrame) -> pd.Series:
     if "recipe" in runs.columns:
         return runs["recipe"].map(lambda r: "" if pd.isna(r) else f"recipe{recipe_key.EQ}{r}")
     return pd.Series("", index=runs.index)
+
+
+def recipe_names(runs: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """{(method, row key): the row's name} for runs with a `row` column (row_keys)."""
+    pairs = sorted(set(zip(runs["method"].astype(str), runs["row"].astype(str), strict=True)))
+    keys = [recipe_key.SEP.join(p for p in (f"method{recipe_key.EQ}{m}", r) if p) for m, r in pairs]
+    return dict(zip(pairs, recipe_key.row_names(keys), strict=True))
 
 
 def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]:
@@ -121,10 +128,8 @@ def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]
     gpus = pd.to_numeric(runs["world_size"], errors="coerce").fillna(1).astype(int)
     runs = runs.assign(world_size=gpus, state=runs["state"].fillna("missing").astype(str))
     done_col = next((c for c in ("epochs_done", "last_epoch") if c in runs.columns), None)
-    runs = runs.assign(row=_row_keys(runs))
-    pairs = sorted(set(zip(runs["method"].astype(str), runs["row"], strict=True)))
-    keys = [recipe_key.SEP.join(p for p in (f"method{recipe_key.EQ}{m}", r) if p) for m, r in pairs]
-    names = dict(zip(pairs, recipe_key.row_names(keys), strict=True))
+    runs = runs.assign(row=row_keys(runs))
+    names = recipe_names(runs)
     for (dataset, method, row, _), group in runs.groupby(["dataset", "method", "row", "world_size"], sort=False):
         finished = bool((group["state"] == "finished").all())
         world_size = int(group["world_size"].iloc[0])  # the group's key, as an int (pandas types keys Hashable)

@@ -82,6 +82,7 @@ class Reach:
     aa_acc: float | None = None
     aa_pgd_acc: float | None = None
     aa_version: str = ""
+    aa_n: int | None = None  # images the AutoAttack accuracy was measured on (robustness.csv n)
 
     @property
     def reached(self) -> bool:
@@ -103,7 +104,7 @@ class Reach:
         return gap is not None and gap > MASKING_POINTS
 
 
-def _epochs(tables: Tables) -> pd.DataFrame:
+def epochs_table(tables: Tables) -> pd.DataFrame:
     from orchestrator import collect
 
     path = tables.exp_dir / collect.EPOCHS_CSV
@@ -148,19 +149,22 @@ def _targets(
     return out
 
 
-def _autoattack(rob: pd.DataFrame | None, run_id: str, eps: float | None) -> tuple[float | None, float | None, str]:
-    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version) at the run's training eps."""
+def _autoattack(
+    rob: pd.DataFrame | None, run_id: str, eps: float | None
+) -> tuple[float | None, float | None, str, int | None]:
+    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version, images) at the run's training eps."""
     if rob is None or "aa_acc" not in rob.columns or eps is None:
-        return None, None, ""
+        return None, None, "", None
     sel = rob[(rob["run_id"].astype(str) == run_id) & ((rob["eps"].astype(float) - eps).abs() < EPS_TOL)]
     sel = sel[pd.to_numeric(sel["aa_acc"], errors="coerce").notna()]
     if sel.empty:
-        return None, None, ""
+        return None, None, "", None
     if "checkpoint" in sel.columns and (sel["checkpoint"] == "last").any():
         sel = sel[sel["checkpoint"] == "last"]
     row = sel.iloc[-1]
     version = str(row["aa_version"]) if "aa_version" in sel.columns and pd.notna(row["aa_version"]) else ""
-    return number(row["aa_acc"]), number(row["adv_acc"]), version
+    n = number(row["n"]) if "n" in sel.columns else None
+    return number(row["aa_acc"]), number(row["adv_acc"]), version, None if n is None else int(n)
 
 
 def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
@@ -168,7 +172,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     runs = train_runs(tables.runs)
     if runs.empty:
         return []
-    epochs = _epochs(tables)
+    epochs = epochs_table(tables)
     if epochs.empty or "adv_acc" not in epochs.columns:
         return []
     runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
@@ -192,7 +196,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
             reach.epoch, reach.elapsed_s = int(first["epoch"]), float(first["t"])
             reach.acc_at_target = float(first["adv"])
         eps = number(row.get("attack_eps"))
-        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version = _autoattack(tables.robustness, run_id, eps)
+        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version, reach.aa_n = _autoattack(tables.robustness, run_id, eps)
         out.append(reach)
     out.sort(key=lambda r: (dataset_order(r.dataset), approach_order(r.method), r.gpus, r.run_id))
     return out
@@ -327,7 +331,7 @@ def ttt_latex(reaches: Sequence[Reach]) -> str:
 
 def curves(tables: Tables, reaches: Sequence[Reach]) -> pd.DataFrame:
     """The evaluated epochs of the runs in `reaches` (run_id, dataset, method, gpus, elapsed_s, adv_acc): the figure."""
-    epochs = _epochs(tables)
+    epochs = epochs_table(tables)
     parts = []
     for r in reaches:
         ev = _evaluated(epochs, r.run_id)
