@@ -8,8 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator import collect, recipe_key
-from orchestrator.grid import load_grid
+from orchestrator.grid import GridError, load_grid
 from orchestrator.run_ids import derive_run_ids
 from tests.test_collect import make_run
 from workloads.spec import from_dict
@@ -150,3 +152,28 @@ def test_table1_rows_are_recipes_and_average_replicates_only(tmp_path: Path) -> 
     assert "- varies: optimizer.schedule: step, cyclic, onecycle" in report
     assert "- varies: optimizer.max_lr: 0.2, none" in report
     assert "- replicates: 1, 2 seeds per recipe (4 recipes)" in report
+
+
+def grid_file(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "reps.yaml"
+    path.write_text(f"name: reps\nkind: train\nexecutor: local\ndefaults: {{method: fast}}\n{extra}")
+    return path
+
+
+def test_replicates_expand_to_seeds_and_bad_values_are_one_line(tmp_path: Path) -> None:
+    cells = load_grid(grid_file(tmp_path, "replicates: 3\ngrid: {precision: [fp32, bf16]}\n")).cells
+    assert sorted((c.precision, c.seed) for c in cells) == [(p, s) for p in ("bf16", "fp32") for s in (0, 1, 2)]
+    assert {recipe_key.recipe_key(c, recipe_key.varying_settings(cells)) for c in cells} == {
+        "precision=fp32", "precision=bf16"}  # fmt: skip
+    shifted = grid_file(tmp_path, "replicates: 2\n").read_text().replace("{method: fast}", "{method: fast, seed: 5}")
+    (tmp_path / "shifted.yaml").write_text(shifted)
+    assert [c.run_id for c in load_grid(tmp_path / "shifted.yaml").cells] == ["fast-n1g1-b128-s5", "fast-n1g1-b128-s6"]
+    for extra, expected in (
+        ("replicates: 0\n", "reps.yaml:5: replicates: expected a whole number of runs per recipe in 1..1000; got 0"),
+        ("replicates: '3'\n", "replicates: expected a whole number of runs per recipe in 1..1000; got '3'"),
+        ("replicates: 2\ngrid: {seed: [0, 1]}\n", "replicates: grid.seed lists the seeds already"),
+    ):
+        with pytest.raises(GridError) as err:
+            load_grid(grid_file(tmp_path, extra))
+        lines = str(err.value).splitlines()
+        assert len(lines) == 1 and expected in lines[0], lines
