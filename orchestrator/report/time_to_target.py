@@ -13,6 +13,9 @@ Definitions (report.md states them):
 - AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
   both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points flags the run (gradient masking:
   PGD's number is not to be trusted).
+- learned nothing: a run whose best adv_acc, or best clean_acc, is within CHANCE_MARGIN of chance (1 / the
+  dataset's classes, workloads.catalog) is flagged: it is never reached, never first, and never sets the default
+  target (a constant prediction scores exactly chance on the stratified validation split).
 A run that never reaches the target has no time (no extrapolation) and says so. Deterministic output.
 """
 
@@ -37,14 +40,17 @@ from orchestrator.report.labels import (
     to_hours,
 )
 from orchestrator.report.tables import ReportError, Tables, number, train_runs
+from workloads import catalog
 
 TARGET_SHARE = 0.95  # default target: 95 % of the best robust accuracy any run of the dataset reached
 MASKING_POINTS = 3.0  # PGD - AutoAttack gap (percentage points) that flags a run
 EPS_TOL = 1e-9
+CHANCE_MARGIN = 0.01  # accuracy within 1 point of 1/classes: the run learned nothing
 TTT_COLUMNS = (
     "dataset", "approach", "gpus", "run_id", "method", "target_adv_acc", "target_rule", "reached", "epoch",
     "wall_hours", "gpu_hours", "adv_acc_at_target", "best_adv_acc", "best_epoch", "evaluations", "eval_every",
     "final_aa_acc", "final_pgd_acc", "pgd_minus_aa_points", "masking_flag", "aa_version",
+    "chance_flag",  # "yes": best robust or clean accuracy at chance (learned nothing): never reached
 )  # fmt: skip
 
 
@@ -83,6 +89,7 @@ class Reach:
     aa_pgd_acc: float | None = None
     aa_version: str = ""
     aa_n: int | None = None  # images the AutoAttack accuracy was measured on (robustness.csv n)
+    at_chance: bool = False  # learned nothing (module docstring): never reached
 
     @property
     def reached(self) -> bool:
@@ -131,16 +138,33 @@ def given_target(tables: Tables, target: float | None) -> tuple[float | None, st
     return recorded, "" if recorded is None else "given (report.target_adv_acc of the grid file)"
 
 
+def chance_level(dataset: str) -> float | None:
+    """1 / the dataset's classes (None for a dataset the catalog does not know)."""
+    return 1.0 / catalog.DATASETS[dataset].num_classes if dataset in catalog.DATASETS else None
+
+
+def _at_chance(evaluated: pd.DataFrame, dataset: str) -> bool:
+    chance = chance_level(dataset)
+    if chance is None or evaluated.empty:
+        return False
+    best = [float(evaluated["adv"].max())]
+    if "clean_acc" in evaluated.columns:
+        clean = pd.to_numeric(evaluated["clean_acc"], errors="coerce").dropna()
+        best += [float(clean.max())] if not clean.empty else []
+    return any(b <= chance + CHANCE_MARGIN for b in best)
+
+
 def _targets(
-    runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None, source: str
+    runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None, source: str, at_chance: set[str]
 ) -> dict[str, tuple[float, str]]:
-    """Per dataset (target, the rule in words)."""
+    """Per dataset (target, the rule in words); runs in `at_chance` never set it."""
     out: dict[str, tuple[float, str]] = {}
     for dataset, group in runs.groupby("dataset", sort=True):
         if given is not None:
             out[str(dataset)] = (given, source)
             continue
-        adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(group["run_id"]), "adv_acc"], errors="coerce").dropna()
+        learned = [r for r in group["run_id"] if r not in at_chance]
+        adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(learned), "adv_acc"], errors="coerce").dropna()
         if adv.empty:
             continue
         best = float(adv.max())
@@ -176,7 +200,9 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     if epochs.empty or "adv_acc" not in epochs.columns:
         return []
     runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
-    targets = _targets(runs, epochs, *given_target(tables, target))
+    at_chance = {str(r): bool(_at_chance(_evaluated(epochs, str(r)), str(d)))
+                 for r, d in zip(runs["run_id"], runs["dataset"], strict=True)}  # fmt: skip
+    targets = _targets(runs, epochs, *given_target(tables, target), {r for r, flag in at_chance.items() if flag})
     out: list[Reach] = []
     for row in runs.to_dict("records"):
         run_id, dataset = str(row["run_id"]), str(row["dataset"])
@@ -190,8 +216,9 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
         reach = Reach(dataset, run_id, str(row["method"]), int(gpus or 1), goal, rule,
                       best_acc=float(best["adv"]), best_epoch=int(best["epoch"]), evaluations=len(evaluated),
                       eval_every=int(every) if every else None)  # fmt: skip
+        reach.at_chance = at_chance[run_id]
         hit = evaluated[evaluated["adv"] >= goal - EPS_TOL]
-        if not hit.empty:
+        if not hit.empty and not reach.at_chance:
             first = hit.iloc[0]
             reach.epoch, reach.elapsed_s = int(first["epoch"]), float(first["t"])
             reach.acc_at_target = float(first["adv"])
@@ -226,6 +253,7 @@ def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
             "pgd_minus_aa_points": csv_number(r.gap_points),
             "masking_flag": "yes" if r.masked else "",
             "aa_version": r.aa_version,
+            "chance_flag": "yes" if r.at_chance else "",
         }
         for r in reaches
     ]
@@ -243,6 +271,7 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
     rows: list[list[str]] = []
     for r in reaches:
         wall = fmt_time(r.elapsed_s, unit) if r.elapsed_s is not None else "not reached"
+        wall += " (at chance)" if r.at_chance else ""
         gpu = fmt_time(r.gpu_s, unit) if r.gpu_s is not None else DASH
         gap = DASH if r.gap_points is None else f"{r.gap_points:+.1f}" + (" ‡" if r.masked else "")
         epoch = DASH if r.epoch is None else str(r.epoch)
@@ -261,6 +290,13 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
         notes.append(
             "Not reached: " + "; ".join(f"{r.run_id} (best {_pct(r.best_acc)} % at epoch {r.best_epoch}, "
                                          f"{r.evaluations} evaluations)" for r in missed) + "; no time is invented."
+        )  # fmt: skip
+    flagged = [r for r in reaches if r.at_chance]
+    if flagged:
+        notes.append(
+            "At chance (learned nothing: best PGD or clean accuracy within "
+            f"{CHANCE_MARGIN * 100:g} point of 1/classes): " + ", ".join(r.run_id for r in flagged)
+            + "; never counted as reached, never first, never the source of the default target."
         )  # fmt: skip
     if any(r.aa_acc is not None for r in reaches):
         notes.append(
