@@ -5,7 +5,7 @@ images with its binomial SE, and ratios against the baseline recipe with a boots
 (orchestrator.report.stats; "faster" only when the interval excludes 1).
 
 Written (replicates.csv/.md) only when some recipe has two or more runs: a single-seed experiment keeps the
-per-run time-to-target table alone. Reached is time_to_target's rule (the same Reach per run).
+per-run time-to-target table alone. Reached, and the train clock at it, are time_to_target's (reach_rule).
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
-
 from orchestrator import recipe_key
 from orchestrator.report import stats
 from orchestrator.report.labels import DASH, approach_order, csv_number, dataset_label, dataset_order, to_hours
 from orchestrator.report.table1 import recipe_names, row_keys, row_name
 from orchestrator.report.tables import Tables, number, train_runs
-from orchestrator.report.time_to_target import Reach, epochs_table
+from orchestrator.report.time_to_target import Reach
 
 REPLICATE_COLUMNS = (
     "dataset", "approach", "recipe", "gpus", "runs", "seeds", "reached", "median_train_s", "train_s_low",
@@ -57,15 +55,6 @@ class Recipe:
         return sum(a * n for a, n in measured if a is not None and n) / total, total
 
 
-def _train_clock(epochs: pd.DataFrame, run_id: str, epoch: int | None) -> float:
-    """The run's cumulative train_s (epochs.csv, per epoch) through `epoch`; inf when never reached."""
-    if epoch is None or "train_s" not in epochs.columns:
-        return math.inf
-    rows = epochs[epochs["run_id"] == run_id].drop_duplicates("epoch", keep="last")
-    train = pd.to_numeric(rows.loc[pd.to_numeric(rows["epoch"]) <= epoch, "train_s"], errors="coerce")
-    return float(train.sum())
-
-
 def recipes(tables: Tables, reaches: Sequence[Reach]) -> list[Recipe]:
     """The reaches grouped by (dataset, method, recipe row, GPUs), in Table I's order."""
     runs = train_runs(tables.runs)
@@ -74,7 +63,6 @@ def recipes(tables: Tables, reaches: Sequence[Reach]) -> list[Recipe]:
     runs = runs.assign(row=row_keys(runs), run_id=runs["run_id"].astype(str))
     names = recipe_names(runs)
     info = {str(r["run_id"]): r for r in runs.to_dict("records")}
-    epochs = epochs_table(tables)
     groups: dict[tuple[str, str, str, int], Recipe] = {}
     for reach in reaches:
         row = info.get(reach.run_id)
@@ -84,7 +72,7 @@ def recipes(tables: Tables, reaches: Sequence[Reach]) -> list[Recipe]:
         key = (reach.dataset, reach.method, str(row["row"]), reach.gpus)
         recipe = groups.setdefault(key, Recipe(*key[:2], names[(reach.method, str(row["row"]))], key[2], key[3]))
         recipe.reaches[seed] = reach
-        recipe.train_s[seed] = _train_clock(epochs, reach.run_id, reach.epoch)
+        recipe.train_s[seed] = math.inf if reach.train_s is None else reach.train_s
     out = list(groups.values())
     out.sort(key=lambda r: (dataset_order(r.dataset), approach_order(r.method), r.name != recipe_key.PAPER, r.name,
                             r.gpus))  # fmt: skip
@@ -168,9 +156,9 @@ def replicates_markdown(rows: Sequence[dict[str, str]]) -> str:
                                         r["verdict"] or DASH]) + " |")  # fmt: skip
     lines += [
         "",
-        "Per recipe (every setting but the seed) and GPU count, over its replicates. Time to target: the first "
-        "evaluation at or above the target (the time-to-target table's rule), on the train clock (epochs.csv "
-        "train_s summed) and the wall clock; a run that never reached it counts as infinitely slow. Spread: "
+        "Per recipe (every setting but the seed) and GPU count, over its replicates. Time to target: "
+        "the time-to-target table's rule, on the train clock (cumulative train_s) and the wall clock; a run that "
+        "never reached it counts as infinitely slow. Spread: "
         f"min–max for fewer than {stats.BOOTSTRAP_FROM} runs, else a bootstrap 95 % interval of the median "
         f"({stats.BOOTSTRAP_DRAWS} resamples, RNG seed {stats.BOOTSTRAP_SEED}). Ratio: median train clock over the "
         "paper recipe's (same method and GPUs), its interval a bootstrap over seeds (paired by seed when both "
