@@ -39,7 +39,7 @@ import yaml
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
-from orchestrator.grid_report import ReportSettings
+from orchestrator.grid_report import ReportSettings, baseline_matches
 from orchestrator.profiles import Profile
 from orchestrator.run_ids import format_value
 from workloads.spec import RunSpec
@@ -180,10 +180,11 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
     grids: list[Grid] = []
     owners: dict[tuple[str, str], tuple[int, int]] = {}  # (name, run_id) -> (document, line of its name)
     reports: dict[str, tuple[ReportSettings, int]] = {}  # name -> (its report section, the document giving it)
+    docs: dict[int, Document] = {}
     for number, (node, size, data) in enumerate(zip(nodes, sizes, documents, strict=True), start=1):
         if data is None:  # an empty document, e.g. after a trailing ---
             continue
-        doc = Document(label, path, number, node, data, executor, size)
+        doc = docs[number] = Document(label, path, number, node, data, executor, size)
         parts = doc.load()
         problems += [p for p in doc.problems if p not in problems]
         if parts is None:
@@ -205,6 +206,13 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
                     )
                 )
                 break  # one line per document is enough to point at the clash
+    for name, (settings, number) in reports.items():
+        baseline = settings.target_baseline
+        cells = [c for g in grids if g.name == name for c in g.cells if c.kind == "train"]
+        if baseline and not any(baseline_matches(baseline, c.recipe, c.method) for c in cells):
+            recipes = sorted({f"{c.recipe + '-' if c.recipe else ''}{c.method}" for c in cells})
+            problems.append(docs[number].format("report.target.baseline", f"no train cell of experiment {name} is "
+                            f"recipe {baseline!r}; its recipes: {', '.join(recipes) or 'none'}"))  # fmt: skip
     if problems:
         raise GridError(problems)
     return grids

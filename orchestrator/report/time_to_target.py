@@ -137,7 +137,12 @@ def given_target(tables: Tables, target: float | None) -> tuple[float | None, st
     that `orchestrate submit` recorded for the experiment (orchestrator.grid_report), else (None, "")."""
     if target is not None:
         return target, "given (--target-adv-acc)"
-    recorded = grid_report.load(tables.exp_dir).target_adv_acc
+    settings = grid_report.load(tables.exp_dir)
+    if settings.target_share is not None:
+        from orchestrator.report.target_rule import relative_target
+
+        return relative_target(tables, settings)
+    recorded = settings.target_adv_acc
     return recorded, "" if recorded is None else "given (report.target_adv_acc of the grid file)"
 
 
@@ -155,7 +160,8 @@ def _targets(
         if adv.empty:
             continue
         best = float(adv.max())
-        rule = f"{TARGET_SHARE:.0%} of the best validation PGD accuracy of any run ({best * 100:.1f} %)"
+        rule = (f"{TARGET_SHARE:.0%} of the best validation PGD accuracy of any run ({best * 100:.1f} %; the default "
+                "for single-seed studies, not fixed in advance: set report.target in the grid)")  # fmt: skip
         out[str(dataset)] = (round(TARGET_SHARE * best, 6), rule)
     return out
 
