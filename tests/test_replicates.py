@@ -142,3 +142,32 @@ def test_single_seed_experiments_get_no_replicates_table(tmp_path: Path) -> None
     report = build_report(exp, target_adv_acc=0.5).read_text()
     assert not (exp / "report" / "replicates.csv").exists() and "Recipes over their replicates" not in report
     assert "- replicates: 1 seed per recipe (3 recipes)" in report
+
+
+def test_figure_draws_each_recipes_median_and_band(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    from orchestrator.report import build_report, ttt_plot
+
+    figures: dict[str, matplotlib.figure.Figure] = {}
+    real_save = ttt_plot.save
+
+    def keep(fig: matplotlib.figure.Figure, out_dir: Path, stem: str) -> list[Path]:
+        figures[stem] = fig
+        return real_save(fig, out_dir, stem)
+
+    monkeypatch.setattr(ttt_plot, "save", keep)
+    build_report(synthetic(tmp_path), target_adv_acc=0.5)
+    (ax,) = figures["time_to_target"].axes
+    labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["1-Step PGD, paper, 1 GPU, 3 of 3 seeds reached", "1-Step PGD, cyclic, 1 GPU, 2 of 3 seeds "
+                      "reached", "1-Step PGD, quick, 1 GPU, 3 of 3 seeds reached"]  # fmt: skip
+    paper = ax.get_lines()[0]
+    assert list(paper.get_xdata()) == [3.5, 7.0, 10.5, 14.0]  # median time per epoch over the 3 seeds
+    assert list(paper.get_ydata()) == [30.0, 30.0, 60.0, 60.0]  # median accuracy: seeds reach at 2, 3, 4
+    bands = [c for c in ax.collections if type(c).__name__ in ("PolyCollection", "FillBetweenPolyCollection")]
+    assert len(bands) == 3  # one band per recipe with several seeds
+    stars = [c for c in ax.collections if c not in bands]
+    assert sorted(float(c.get_offsets()[0][0]) for c in stars) == [1.5, 3.0, 10.5]  # median wall-clock to target
+    box = ax.get_position()
+    assert box.x1 > 0.9  # the legend is below the axes: the plot spans the canvas

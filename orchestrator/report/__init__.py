@@ -51,6 +51,7 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
     if robustness is not None and not robustness.empty:
         figures += plots.fig2(robustness, out, tables_.training_eps(tables))
     reaches = ttt.time_to_target(tables, target)
+    groups = replicates.recipes(tables, reaches)  # replicates grouped into recipes: the figure and their table
     ttt_md = ""
     if reaches:
         write_csv_atomic(out / "time_to_target.csv", ttt.TTT_COLUMNS, ttt.ttt_rows(reaches))
@@ -59,8 +60,7 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         write_text_atomic(out / "time_to_target.tex", ttt.ttt_latex(reaches))
         from orchestrator.report import ttt_plot
 
-        figures += ttt_plot.figure(ttt.curves(tables, reaches), reaches, out)
-    groups = replicates.recipes(tables, reaches)
+        figures += ttt_plot.figure(ttt.curves(tables, reaches), groups, out)
     replicates_md = ""
     if replicates.has_replicates(groups):
         rows = replicates.replicate_rows(groups)

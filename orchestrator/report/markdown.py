@@ -198,8 +198,9 @@ def time_to_target_lines(ttt_md: str, figure_names: set[str]) -> list[str]:
         lines += [
             "![Time to target](time_to_target.png)",
             "",
-            "Validation PGD accuracy vs wall-clock, one line per train run (line style: GPU count); dashed: the "
-            "target; stars: where each run first reached it.",
+            "Judged robust accuracy vs wall-clock, one line per recipe and GPU count (line style: GPU count): the "
+            "median over its replicates, shaded from their lowest to highest; dashed: the target; stars: the "
+            "recipe's median time to it (the sustained rule).",
             "",
         ]
     return lines

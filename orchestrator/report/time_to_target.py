@@ -380,11 +380,12 @@ def ttt_latex(reaches: Sequence[Reach]) -> str:
 
 
 def curves(tables: Tables, reaches: Sequence[Reach]) -> pd.DataFrame:
-    """The evaluated epochs of the runs in `reaches` (run_id, dataset, method, gpus, elapsed_s, adv_acc): the figure."""
+    """The judged rows of the runs in `reaches` (run_id, dataset, method, gpus, epoch, elapsed_s, adv_acc)."""
     epochs = epochs_table(tables)
     parts = []
     for r in reaches:
         ev = _evaluated(epochs, r.run_id)
         parts.append(pd.DataFrame({"run_id": r.run_id, "dataset": r.dataset, "method": r.method, "gpus": r.gpus,
-                                   "elapsed_s": ev["t"].to_numpy(), "adv_acc": ev["adv"].to_numpy()}))  # fmt: skip
+                                   "epoch": ev["epoch"].to_numpy(), "elapsed_s": ev["t"].to_numpy(),
+                                   "adv_acc": ev["adv"].to_numpy()}))  # fmt: skip
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
