@@ -41,6 +41,8 @@ def test_the_report_states_the_rule_and_the_first_hit_ranking(tmp_path: Path) ->
     md = ttt.ttt_markdown(list(got.values()))
     assert "first to the target is steady" in md  # sustained: steady at epoch 3 beats spike's epoch 6
     assert "plain first-hit rule (one evaluation at or above the target): a different ranking" in md
+    assert "| 68.0 ± 2.1, n=500 |" in md  # steady's best with its binomial SE on the 500 validation images
+    assert r"68.0 $\pm$ 2.1, n=500" in ttt.ttt_latex(list(got.values()))
     assert "spike < steady" in md and "reached later (or never) under the sustained rule: spike" in md
     row = {r["run_id"]: r for r in ttt.ttt_rows(list(got.values()))}["spike"]
     assert (row["reached_rule"], row["first_hit_epoch"], row["epoch"], row["judged_by"]) == (

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestrator import grid_report
-from orchestrator.report import reach_rule
+from orchestrator.report import reach_rule, stats
 from orchestrator.report.labels import (
     DASH,
     Unit,
@@ -94,6 +94,7 @@ class Reach:
     first_epoch: int | None = None  # the plain first-hit rule's answer (reach_rule.first_hit)
     first_elapsed_s: float | None = None
     judged_by: str = "epochs"  # "snapshots" | "epochs" (reach_rule.judged_table)
+    best_n: int | None = None  # images the best accuracy was judged on (None: unknown)
     at_chance: bool = False  # learned nothing (module docstring): never reached
 
     @property
@@ -191,6 +192,8 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
         reach = Reach(dataset, run_id, str(row["method"]), int(gpus or 1), goal, rule,
                       best_acc=float(best["adv"]), best_epoch=int(best["epoch"]), evaluations=len(evaluated),
                       eval_every=int(every) if every else None)  # fmt: skip
+        best_n = number(best["n"])
+        reach.best_n = None if best_n is None else int(best_n)
         reach.at_chance, reach.judged_by = at_chance[run_id], judged_by
         adv = [float(a) for a in evaluated["adv"]]
         se = [reach_rule.standard_error(goal, number(n)) for n in evaluated["n"]]
@@ -250,11 +253,18 @@ def _pct(value: float | None) -> str:
     return DASH if value is None else f"{value * 100:.1f}"
 
 
+def _with_se(value: float | None, n: int | None) -> str:
+    """An accuracy with its binomial standard error and n ("67.6 ± 2.1, n=500"); without n, the value alone."""
+    if value is None or not n:
+        return _pct(value)
+    return f"{value * 100:.1f} ± {stats.binomial_se(value, n) * 100:.1f}, n={n}"
+
+
 def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, rows of cell texts, notes) in the report's unit; shared by the Markdown and LaTeX versions."""
     unit = pick_unit([r.elapsed_s for r in reaches] + [r.gpu_s for r in reaches])
     head = ["Dataset", "Approach", "GPUs", "Run", "Target (%)", f"Wall-clock ({unit.name})", f"GPU-{unit.name}",
-            "Epoch", "Eval every", "Best PGD (%)", "AutoAttack (%)", "PGD − AA (points)"]  # fmt: skip
+            "Epoch", "Eval every", "Best PGD (% ± SE)", "AutoAttack (% ± SE)", "PGD − AA (points)"]  # fmt: skip
     rows: list[list[str]] = []
     for r in reaches:
         wall = fmt_time(r.elapsed_s, unit) if r.elapsed_s is not None else "not reached"
@@ -264,7 +274,7 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
         epoch = DASH if r.epoch is None else str(r.epoch)
         every = DASH if r.eval_every is None else str(r.eval_every)
         rows.append([dataset_label(r.dataset), approach_name(r.method), str(r.gpus), r.run_id, _pct(r.target), wall,
-                     gpu, epoch, every, _pct(r.best_acc), _pct(r.aa_acc), gap])  # fmt: skip
+                     gpu, epoch, every, _with_se(r.best_acc, r.best_n), _with_se(r.aa_acc, r.aa_n), gap])  # fmt: skip
     rules = sorted({f"{dataset_label(r.dataset)}: {r.rule}" for r in reaches})
     notes = [
         "Wall-clock: elapsed time (evaluation included, as Table I) when the run reached the target; "
@@ -346,7 +356,7 @@ def ttt_markdown(reaches: Sequence[Reach]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_SYMBOLS = {"‡": r"$^\ddagger$", "−": "-", "×": r"$\times$", "ε": r"$\varepsilon$"}
+_TEX_SYMBOLS = {"‡": r"$^\ddagger$", "−": "-", "×": r"$\times$", "ε": r"$\varepsilon$", "±": r"$\pm$"}
 
 
 def ttt_latex(reaches: Sequence[Reach]) -> str:
