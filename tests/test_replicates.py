@@ -131,6 +131,7 @@ def test_report_groups_replicates_into_recipes(tmp_path: Path) -> None:
     assert paper["verdict"] == "" and paper["baseline"] == ""  # the baseline itself
     assert "## Recipes over their replicates (seeds)" in report and "| 2 of 3 |" in report
     assert "bootstrap 95 % interval of the median (2000 resamples, RNG seed 0)" in report
+    assert "highest first: 1-Step PGD, cyclic 61.0%." in report  # the findings name the recipe they average
 
 
 def test_single_seed_experiments_get_no_replicates_table(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from orchestrator import recipe_key
 from orchestrator.report.labels import approach_name, approach_order, dataset_label, dataset_order, fmt_time, pick_unit
-from orchestrator.report.table1 import Cell, row_name
+from orchestrator.report.table1 import Cell, recipe_names, row_keys, row_name
 from orchestrator.report.tables import Tables, number, robustness_by_dataset, train_runs, training_eps
 from workloads import layout
 from workloads.catalog import method_info
@@ -112,16 +112,26 @@ def findings(cells: Sequence[Cell], tables: Tables) -> list[str]:
                     text += f"; {row_name('fast', name)} is {speedup:.2f}× faster than {row_name(m, name)}"
             out.append(text + ".")
     rob = robustness_by_dataset(tables)
+    runs = train_runs(tables.runs)
+    names: dict[str, str] = {}
+    if not runs.empty:
+        runs = runs.assign(row=row_keys(runs))
+        rows = recipe_names(runs)
+        # Table I's rows: the shape is its columns, and DDP at one global batch trains the same model
+        names = {str(r): row_name(str(m), rows[(str(m), str(k))])
+                 for r, m, k in zip(runs["run_id"], runs["method"], runs["row"], strict=True)}  # fmt: skip
     if rob is not None and not rob.empty and "adv_acc" in rob.columns:
         for dataset, eps in sorted(training_eps(tables).items(), key=lambda kv: dataset_order(kv[0])):
             sel = rob[rob["dataset"] == dataset]
             if sel.empty:
                 continue
             nearest = float(min(sel["eps"].unique(), key=lambda e: (abs(float(e) - eps), float(e))))
-            at = sel[sel["eps"] == nearest].groupby("method")["adv_acc"].mean()
-            at = at.sort_values(ascending=False, kind="stable")
+            sel = sel[sel["eps"] == nearest]
+            named = sel["run_id"].astype(str).map(names)  # a recipe's replicates are averaged, recipes never
+            sel = sel.assign(row=named.fillna(sel["method"].astype(str).map(approach_name)))
+            at = sel.groupby("row", sort=False)["adv_acc"].mean().sort_values(ascending=False, kind="stable")
             scale = 100.0 if at.max() <= 1.0 else 1.0
-            parts = [f"{approach_name(str(m))} {v * scale:.1f}%" for m, v in at.items()]
+            parts = [f"{m} {v * scale:.1f}%" for m, v in at.items()]
             out.append(
                 f"{dataset_label(dataset)}: adversarial accuracy at ε = {nearest:g} (training ε {eps:g}), "
                 "highest first: " + ", ".join(parts) + "."
