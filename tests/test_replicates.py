@@ -172,3 +172,23 @@ def test_figure_draws_each_recipes_median_and_band(tmp_path: Path, monkeypatch: 
     assert sorted(float(c.get_offsets()[0][0]) for c in stars) == [1.5, 3.0, 10.5]  # median wall-clock to target
     box = ax.get_position()
     assert box.x1 > 0.9  # the legend is below the axes: the plot spans the canvas
+
+
+def test_baseline_names_a_recipe_and_one_not_in_the_experiment_is_refused(tmp_path: Path) -> None:
+    from orchestrator.report import build_report
+    from orchestrator.report.table1 import Baseline, parse_baseline
+    from orchestrator.report.tables import ReportError
+
+    assert parse_baseline("paper-fast@1") == Baseline("fast", 1, "paper", given=True)
+    assert parse_baseline("fast") == Baseline("fast", None, None, given=True) and not parse_baseline(None).given
+    exp = synthetic(tmp_path)
+    build_report(exp, baseline="quick-fast", target_adv_acc=0.5)
+    rows = {r["recipe"]: r for r in csv.DictReader((exp / "report" / "replicates.csv").open())}
+    assert rows["paper"]["baseline"] == "quick" and float(rows["paper"]["train_ratio"]) == pytest.approx(9.0)
+    assert rows["paper"]["verdict"] == "slower" and rows["quick"]["verdict"] == ""
+    table = {r["recipe"]: r for r in csv.DictReader((exp / "report" / "table1.csv").open())}
+    assert float(table["quick"]["last_relative"]) == 1.0
+    with pytest.raises(ReportError) as err:
+        build_report(exp, baseline="nope-fast")
+    assert str(err.value) == ("--baseline nope-fast: no train run of the experiment is that recipe; its runs: "
+                              "cyclic-fast@1, paper-fast@1, quick-fast@1")  # fmt: skip

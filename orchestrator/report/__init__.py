@@ -34,7 +34,8 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
     tables = tables_.load_tables(Path(exp_dir))
     out = tables.exp_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    cells = table1.table1_cells(tables, table1.parse_baseline(baseline))
+    baseline_ = table1.parse_baseline(baseline)
+    cells = table1.table1_cells(tables, baseline_)
     table_md = ""
     if cells:
         write_csv_atomic(out / "table1.csv", table1.TABLE1_COLUMNS, table1.table1_rows(cells))
@@ -63,7 +64,7 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         figures += ttt_plot.figure(ttt.curves(tables, reaches), groups, out)
     replicates_md = ""
     if replicates.has_replicates(groups):
-        rows = replicates.replicate_rows(groups)
+        rows = replicates.replicate_rows(groups, baseline_)
         write_csv_atomic(out / "replicates.csv", replicates.REPLICATE_COLUMNS, rows)
         replicates_md = replicates.replicates_markdown(rows)
         write_text_atomic(out / "replicates.md", replicates_md)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from orchestrator import recipe_key
 from orchestrator.report import stats
 from orchestrator.report.labels import DASH, approach_order, csv_number, dataset_label, dataset_order, to_hours
-from orchestrator.report.table1 import recipe_names, row_keys, row_name
+from orchestrator.report.table1 import Baseline, recipe_names, row_keys, row_name
 from orchestrator.report.tables import Tables, number, train_runs
 from orchestrator.report.time_to_target import Reach
 
@@ -79,16 +79,18 @@ def recipes(tables: Tables, reaches: Sequence[Reach]) -> list[Recipe]:
     return out
 
 
-def baseline_of(recipe: Recipe, all_recipes: Sequence[Recipe]) -> Recipe | None:
-    """The paper recipe of the same dataset, method and GPU count (None: none, or the recipe is it)."""
+def baseline_of(recipe: Recipe, all_recipes: Sequence[Recipe], baseline: Baseline | None = None) -> Recipe | None:
+    """The --baseline recipe of the same dataset (at its GPU count, else the recipe's); without one, the paper
+    recipe of the same dataset, method and GPU count. None: none, or the recipe is it."""
     for other in all_recipes:
-        if (other.dataset, other.method, other.gpus, other.name) == (
-            recipe.dataset,
-            recipe.method,
-            recipe.gpus,
-            recipe_key.PAPER,
-        ) and other is not recipe:
-            return other  # fmt: skip
+        if other is recipe or other.dataset != recipe.dataset:
+            continue
+        if baseline is not None and baseline.given:
+            if (other.method == baseline.method and baseline.is_recipe(other.row)
+                    and other.gpus == (baseline.gpus or recipe.gpus)):  # fmt: skip
+                return other
+        elif (other.method, other.gpus, other.name) == (recipe.method, recipe.gpus, recipe_key.PAPER):
+            return other
     return None
 
 
@@ -100,7 +102,7 @@ def _num(x: float) -> str:
     return "" if math.isinf(x) or math.isnan(x) else csv_number(x)
 
 
-def replicate_rows(all_recipes: Sequence[Recipe]) -> list[dict[str, str]]:
+def replicate_rows(all_recipes: Sequence[Recipe], baseline: Baseline | None = None) -> list[dict[str, str]]:
     rows = []
     for r in all_recipes:
         train, wall = list(r.train_s.values()), list(r.wall_s.values())
@@ -108,7 +110,7 @@ def replicate_rows(all_recipes: Sequence[Recipe]) -> list[dict[str, str]]:
         best = [x.best_acc for x in r.reaches.values() if x.best_acc is not None]
         mean, sd = stats.mean_sd(best) if best else (math.nan, math.nan)
         aa, aa_n = r.aa_pooled()
-        base = baseline_of(r, all_recipes)
+        base = baseline_of(r, all_recipes, baseline)
         ratio = stats.ratio_of_medians(r.train_s, base.train_s) if base else None
         rows.append({
             "dataset": r.dataset, "approach": row_name(r.method, ""), "recipe": r.name, "gpus": str(r.gpus),
@@ -138,7 +140,7 @@ def _t(x: str) -> str:
 def replicates_markdown(rows: Sequence[dict[str, str]]) -> str:
     head = ["Dataset", "Approach, recipe", "GPUs", "Runs", "Reached", "Train clock to target (s, median [spread])",
             "Wall-clock (s, median [spread])", "Best PGD (%, mean ± SD)", "AutoAttack (%, pooled ± SE, n)",
-            "Train-clock ratio vs paper [95 % interval]", "Verdict"]  # fmt: skip
+            "Train-clock ratio vs baseline [95 % interval]", "Verdict"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         never = "never" if r["reached"] == "0" else ""
@@ -161,7 +163,8 @@ def replicates_markdown(rows: Sequence[dict[str, str]]) -> str:
         "never reached it counts as infinitely slow. Spread: "
         f"min–max for fewer than {stats.BOOTSTRAP_FROM} runs, else a bootstrap 95 % interval of the median "
         f"({stats.BOOTSTRAP_DRAWS} resamples, RNG seed {stats.BOOTSTRAP_SEED}). Ratio: median train clock over the "
-        "paper recipe's (same method and GPUs), its interval a bootstrap over seeds (paired by seed when both "
+        "baseline recipe's (--baseline [RECIPE-]METHOD[@GPUS], by default the paper recipe of the same method "
+        "and GPUs), its interval a bootstrap over seeds (paired by seed when both "
         'have the same seeds); "faster"/"slower" only when the interval excludes 1, else "tie within noise". '
         "AutoAttack: accuracy pooled over the replicates' test images, ± its binomial standard error.",
     ]

@@ -46,22 +46,28 @@ TABLE1_COLUMNS = (
 class Baseline:
     method: str = "standard"
     gpus: int | None = None  # None: the smallest GPU count among the dataset's runs of `method`
+    recipe: str | None = None  # the grid's recipe name (None: any; of several, the paper's)
+    given: bool = False  # named by --baseline: one that is not in the experiment is an error, not ignored
 
     @property
     def label(self) -> str:
-        return self.method + (f"@{self.gpus}" if self.gpus else "")
+        return (f"{self.recipe}-" if self.recipe else "") + self.method + (f"@{self.gpus}" if self.gpus else "")
+
+    def is_recipe(self, name: str) -> bool:
+        """Whether a recipe of the baseline's method with Table I row key `name` is the baseline's recipe."""
+        return self.recipe is None or recipe_key.parse_key(name).get("recipe") == self.recipe
 
 
 def parse_baseline(text: str | None) -> Baseline:
-    """`METHOD[@GPUS]`, e.g. `standard`, `standard@2`, `fast@8`."""
+    """`[RECIPE-]METHOD[@GPUS]` as run ids begin, e.g. `standard`, `standard@2`, `fast@8`, `paper-fast@1`."""
     if not text:
         return Baseline()
-    m = re.fullmatch(r"([a-z_0-9]+)(?:@([1-9][0-9]*))?", text.strip())
+    m = re.fullmatch(r"(?:([A-Za-z][A-Za-z0-9_.]*)-)?([a-z_0-9]+)(?:@([1-9][0-9]*))?", text.strip())
     if not m:
-        raise ReportError(f"--baseline: expected METHOD[@GPUS] (e.g. standard@2); got {text!r}")
-    if not METHOD_RE.match(m.group(1)):
-        raise ReportError(f"--baseline: method: expected {METHOD_HELP}, got {m.group(1)!r}")
-    return Baseline(m.group(1), int(m.group(2)) if m.group(2) else None)
+        raise ReportError(f"--baseline: expected [RECIPE-]METHOD[@GPUS] (e.g. standard@2, paper-fast); got {text!r}")
+    if not METHOD_RE.match(m.group(2)):
+        raise ReportError(f"--baseline: method: expected {METHOD_HELP}, got {m.group(2)!r}")
+    return Baseline(m.group(2), int(m.group(3)) if m.group(3) else None, m.group(1), given=True)
 
 
 @dataclass
@@ -156,9 +162,14 @@ def table1_cells(tables: Tables, baseline: Baseline | None = None) -> list[Cell]
             cell.partial_last_s = _mean(partial)
         cells.append(cell)
     cells.sort(key=lambda c: (dataset_order(c.dataset), approach_order(c.method), *_recipe_order(c.name), c.gpus))
+    if baseline.given and not any(c.method == baseline.method and baseline.is_recipe(c.recipe)
+                                  and baseline.gpus in (None, c.gpus) for c in cells):  # fmt: skip
+        have = sorted({Baseline(c.method, c.gpus, recipe_key.parse_key(c.recipe).get("recipe")).label for c in cells})
+        raise ReportError(f"--baseline {baseline.label}: no train run of the experiment is that recipe; its runs: "
+                          + ", ".join(have))  # fmt: skip
     for dataset in sorted({c.dataset for c in cells}):
         of_dataset = [c for c in cells if c.dataset == dataset]
-        candidates = [c for c in of_dataset if c.method == baseline.method]
+        candidates = [c for c in of_dataset if c.method == baseline.method and baseline.is_recipe(c.recipe)]
         if baseline.gpus is not None:
             candidates = [c for c in candidates if c.gpus == baseline.gpus]
         # of several recipes of the baseline method: the paper's (the grids' name for it), else the first by name
