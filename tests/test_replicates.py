@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from orchestrator.report import stats
+from tests.fixtures import keep_figures
 from workloads.layout import write_csv_atomic
 
 INF = math.inf
@@ -146,18 +147,9 @@ def test_single_seed_experiments_get_no_replicates_table(tmp_path: Path) -> None
 
 
 def test_figure_draws_each_recipes_median_and_band(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import matplotlib.figure
-
     from orchestrator.report import build_report, ttt_plot
 
-    figures: dict[str, matplotlib.figure.Figure] = {}
-    real_save = ttt_plot.save
-
-    def keep(fig: matplotlib.figure.Figure, out_dir: Path, stem: str) -> list[Path]:
-        figures[stem] = fig
-        return real_save(fig, out_dir, stem)
-
-    monkeypatch.setattr(ttt_plot, "save", keep)
+    figures = keep_figures(monkeypatch, ttt_plot)
     build_report(synthetic(tmp_path), target_adv_acc=0.5)
     (ax,) = figures["time_to_target"].axes
     labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from orchestrator.report.labels import DASH
+
 BOOTSTRAP_SEED = 0  # the resampling RNG's seed (numpy default_rng)
 BOOTSTRAP_DRAWS = 2000
 LEVEL = 0.95
@@ -129,3 +131,10 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0 for one value)."""
     x = np.asarray(values, dtype=float)
     return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def accuracy_text(value: float | None, n: int | None) -> str:
+    """An accuracy in percent with its binomial SE and n ("67.6 ± 2.1, n=500"); without n the value alone."""
+    if value is None:
+        return DASH
+    return f"{value * 100:.1f}" + (f" ± {binomial_se(value, n) * 100:.1f}, n={n}" if n else "")

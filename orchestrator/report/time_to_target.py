@@ -253,13 +253,6 @@ def _pct(value: float | None) -> str:
     return DASH if value is None else f"{value * 100:.1f}"
 
 
-def _with_se(value: float | None, n: int | None) -> str:
-    """An accuracy with its binomial standard error and n ("67.6 ± 2.1, n=500"); without n, the value alone."""
-    if value is None or not n:
-        return _pct(value)
-    return f"{value * 100:.1f} ± {stats.binomial_se(value, n) * 100:.1f}, n={n}"
-
-
 def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, rows of cell texts, notes) in the report's unit; shared by the Markdown and LaTeX versions."""
     unit = pick_unit([r.elapsed_s for r in reaches] + [r.gpu_s for r in reaches])
@@ -274,7 +267,8 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
         epoch = DASH if r.epoch is None else str(r.epoch)
         every = DASH if r.eval_every is None else str(r.eval_every)
         rows.append([dataset_label(r.dataset), approach_name(r.method), str(r.gpus), r.run_id, _pct(r.target), wall,
-                     gpu, epoch, every, _with_se(r.best_acc, r.best_n), _with_se(r.aa_acc, r.aa_n), gap])  # fmt: skip
+                     gpu, epoch, every, stats.accuracy_text(r.best_acc, r.best_n),
+                     stats.accuracy_text(r.aa_acc, r.aa_n), gap])  # fmt: skip
     rules = sorted({f"{dataset_label(r.dataset)}: {r.rule}" for r in reaches})
     notes = [
         "Wall-clock: elapsed time (evaluation included, as Table I) when the run reached the target; "
