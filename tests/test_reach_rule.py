@@ -63,3 +63,20 @@ def test_snapshots_csv_gives_off_clock_times(tmp_path: Path) -> None:
     off = reaches(exp, target=0.5)["run"]
     assert (off.epoch, off.elapsed_s, off.train_s, off.judged_by) == (3, 7.5, 6.0, "snapshots")
     assert (off.best_acc, off.evaluations) == (0.62, 6)
+    assert off.on_clock_s is None  # epochs.csv measured no on-clock evaluation: no cost to add
+
+
+def test_on_clock_wall_clock_from_the_measured_evaluation_cost(tmp_path: Path) -> None:
+    """A run judged off the clock that also evaluated on it (eval_s 3 s at epochs 2 and 4): at epoch 5 its wall-clock
+    less the 6 s counted, plus 5 // every evaluations at the median 3 s."""
+    rows = [{**r, "train_s": 2.0, "eval_s": 3.0 if r["adv_acc"] is not None else 0.0}
+            for r in epochs("run", {2: 0.4, 4: 0.45}, last=5)]  # fmt: skip
+    exp = experiment(tmp_path, [run_row("run", eval_every=1)], rows)
+    snapshots = [{"run_id": "run", "epoch": e, "train_s": 2.0 * e, "elapsed_s": 10.0 * e, "adv_acc": a, "n": 0}
+                 for e, a in ((1, 0.3), (3, 0.45), (5, 0.6))]  # fmt: skip
+    pd.DataFrame(snapshots).to_csv(exp / reach_rule.SNAPSHOTS_CSV, index=False)
+    got = reaches(exp, target=0.5)["run"]
+    assert (got.epoch, got.elapsed_s) == (5, 50.0)
+    assert got.on_clock_s == 50.0 - 6.0 + 5 * 3.0
+    row = ttt.ttt_rows([got])[0]
+    assert float(row["on_clock_wall_hours"]) == pytest.approx(59.0 / 3600, rel=1e-5)

@@ -100,3 +100,31 @@ def at_chance(evaluated: pd.DataFrame, dataset: str) -> bool:
         clean = pd.to_numeric(evaluated["clean_acc"], errors="coerce").dropna()
         best += [float(clean.max())] if not clean.empty else []
     return any(b <= chance + CHANCE_MARGIN for b in best)
+
+
+def eval_costs(exp_dir: Path) -> dict[str, tuple[float, dict[int, float]]]:
+    """Per run from epochs.csv: (the median eval_s of its on-clock evaluations, eval_s per epoch); runs that never
+    evaluated on the clock are left out (no measured cost)."""
+    path = exp_dir / EPOCHS_CSV
+    if not path.exists():
+        return {}
+    df = pd.read_csv(path, dtype={"run_id": str})
+    if "eval_s" not in df.columns:
+        return {}
+    df = df.drop_duplicates(["run_id", "epoch"], keep="last").assign(e=pd.to_numeric(df["eval_s"], errors="coerce"))
+    out = {}
+    for run_id, rows in df.groupby("run_id"):
+        spent = rows[rows["e"] > 0]
+        if not spent.empty:
+            out[str(run_id)] = (float(spent["e"].median()), dict(zip(rows["epoch"].astype(int), rows["e"].fillna(0.0),
+                                                                     strict=True)))  # fmt: skip
+    return out
+
+
+def on_clock_wall(elapsed_s: float, epoch: int, every: int | None, cost: tuple[float, dict[int, float]]) -> float:
+    """The wall-clock a run judged off the clock would have had at `epoch` with on-clock evaluation every `every`
+    epochs: its elapsed time, less the evaluation epochs.csv already counts by then, plus epoch // every
+    evaluations at the run's median measured cost."""
+    median_cost, per_epoch = cost
+    counted = sum(s for e, s in per_epoch.items() if e <= epoch)
+    return elapsed_s - counted + (epoch // (every or 1)) * median_cost

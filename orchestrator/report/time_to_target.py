@@ -52,6 +52,7 @@ TTT_COLUMNS = (
     "final_aa_acc", "final_pgd_acc", "pgd_minus_aa_points", "masking_flag", "aa_version",
     "chance_flag",  # "yes": best robust or clean accuracy at chance (learned nothing): never reached
     "reached_rule", "train_hours", "first_hit_epoch", "first_hit_wall_hours", "judged_by",  # reach_rule
+    "on_clock_wall_hours",  # judged off the clock: the wall-clock with on-clock evaluation at the run's cadence
 )  # fmt: skip
 
 
@@ -95,6 +96,7 @@ class Reach:
     first_elapsed_s: float | None = None
     judged_by: str = "epochs"  # "snapshots" | "epochs" (reach_rule.judged_table)
     best_n: int | None = None  # images the best accuracy was judged on (None: unknown)
+    on_clock_s: float | None = None  # judged off the clock: the wall-clock with on-clock evaluation (reach_rule)
     at_chance: bool = False  # learned nothing (module docstring): never reached
 
     @property
@@ -173,6 +175,7 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     if runs.empty:
         return []
     epochs, judged_by = reach_rule.judged_table(tables.exp_dir, tables.runs)
+    costs = reach_rule.eval_costs(tables.exp_dir) if judged_by == "snapshots" else {}
     if epochs.empty or "adv_acc" not in epochs.columns:
         return []
     runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
@@ -202,11 +205,11 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
             at = evaluated.iloc[hit]
             reach.epoch, reach.elapsed_s = int(at["epoch"]), float(at["t"])
             reach.acc_at_target, reach.train_s = float(at["adv"]), number(at["train"])
+            if (cost := costs.get(run_id)) is not None:
+                reach.on_clock_s = reach_rule.on_clock_wall(reach.elapsed_s, reach.epoch, reach.eval_every, cost)
         if first is not None and not reach.at_chance:
-            reach.first_epoch, reach.first_elapsed_s = (
-                int(evaluated.iloc[first]["epoch"]),
-                float(evaluated.iloc[first]["t"]),
-            )
+            at = evaluated.iloc[first]
+            reach.first_epoch, reach.first_elapsed_s = int(at["epoch"]), float(at["t"])
         eps = number(row.get("attack_eps"))
         reach.aa_acc, reach.aa_pgd_acc, reach.aa_version, reach.aa_n = autoattack_of(tables.robustness, run_id, eps)
         out.append(reach)
@@ -244,6 +247,7 @@ def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
             "first_hit_epoch": "" if r.first_epoch is None else str(r.first_epoch),
             "first_hit_wall_hours": csv_number(to_hours(r.first_elapsed_s)),
             "judged_by": r.judged_by,
+            "on_clock_wall_hours": csv_number(to_hours(r.on_clock_s)),
         }
         for r in reaches
     ]
