@@ -6,7 +6,7 @@
     orchestrate list
     orchestrate logs [EXPERIMENT/]RUN_ID [--rank N] [--attempt K] [-f]
     orchestrate collect EXPERIMENT
-    orchestrate report EXPERIMENT [EXPERIMENT ...] [--baseline METHOD[@GPUS]] [--target-adv-acc ACC]
+    orchestrate report EXPERIMENT [EXPERIMENT ...] [--baseline [RECIPE-]METHOD[@GPUS]] [--target-adv-acc ACC]
     orchestrate estimate GRID.yaml --bench BENCH_CSV|EXPERIMENT [--device D] [--basis train_step|lower_bound]
                          [--allreduce-s S]
     orchestrate clean EXPERIMENT [RUN_ID...] [--failed] [--dry-run]
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="collect, then tables and figures under results/<exp>/report/")
     p.add_argument("experiment", metavar="EXPERIMENT", nargs="+",
                    help="one or more; several also get a side-by-side page under <results>/comparisons/")  # fmt: skip
-    p.add_argument("--baseline", metavar="METHOD[@GPUS]", help="the cell relative times divide by")
+    p.add_argument("--baseline", metavar="[RECIPE-]METHOD[@GPUS]", help="the cell relative times divide by")
     p.add_argument("--target-adv-acc", metavar="ACC", help="time-to-target table's target: 0.6 or 60%% (default: "
                    "the grid's report.target_adv_acc, else 95%% of the best validation robust accuracy any run of "
                    "the dataset reached)")  # fmt: skip

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from orchestrator import recipe_key
 from orchestrator import status as cell_status
 from workloads import layout
 from workloads.catalog import method_info
@@ -42,6 +43,8 @@ RUN_COLUMNS = (
     "recipe",  # the grid's recipe name (leads the run_id), empty without
     "attack_replays",  # free's replays per mini-batch as set in the grid, empty: the method's default
 )  # fmt: skip
+# then orchestrator.recipe_key.added_columns: recipe_key, recipe_label, the optimizer.* settings always, and every
+# other setting that varies across the experiment's train cells (dotted names; empty for other kinds)
 
 
 def _num(value: Any) -> float | None:
@@ -149,20 +152,24 @@ def collect(exp_dir: Path) -> dict[str, Path]:
     exp_dir = Path(exp_dir)
     statuses = {s.run_id: s for s in cell_status.poll(exp_dir)}
     runs_dir = layout.runs_dir(exp_dir.parent, exp_dir.name)
-    run_rows, epoch_rows, run_dirs = [], [], []
+    specs = {}
     for run_id in sorted(statuses):
+        if (runs_dir / run_id / layout.SPEC).exists():  # else a manifest entry without its run directory
+            specs[run_id] = from_dict(layout.read_json(runs_dir / run_id / layout.SPEC))
+    varying = recipe_key.varying_settings([s for s in specs.values() if s.kind == "train"])
+    run_rows, epoch_rows, run_dirs = [], [], []
+    for run_id, spec in specs.items():
         rd = runs_dir / run_id
-        if not (rd / layout.SPEC).exists():
-            continue  # a manifest entry without its run directory: nothing to collect
-        spec = from_dict(layout.read_json(rd / layout.SPEC))
         rows = layout.read_csv(rd / layout.EPOCHS) if (rd / layout.EPOCHS).exists() else []
         rows.sort(key=lambda r: int(r["epoch"]))
         env = layout.read_json(rd / layout.ENV) if (rd / layout.ENV).exists() else {}
-        run_rows.append(run_row(spec, statuses[run_id], rows, env))
+        row = run_row(spec, statuses[run_id], rows, env)
+        run_rows.append({**row, **(recipe_key.recipe_columns(spec, varying) if spec.kind == "train" else {})})
         epoch_rows += [{**r, "run_id": r.get("run_id") or run_id} for r in rows]
         run_dirs.append((run_id, rd))
     written = {"runs": exp_dir / RUNS_CSV, "epochs": exp_dir / EPOCHS_CSV}
-    layout.write_csv_atomic(written["runs"], RUN_COLUMNS, run_rows)
+    run_columns = [*RUN_COLUMNS, *(c for c in recipe_key.added_columns(varying) if c not in RUN_COLUMNS)]
+    layout.write_csv_atomic(written["runs"], run_columns, run_rows)
     epoch_columns = list(layout.EPOCH_COLUMNS)
     epoch_columns += sorted({c for r in epoch_rows for c in r} - set(epoch_columns))
     layout.write_csv_atomic(written["epochs"], epoch_columns, epoch_rows)

@@ -41,7 +41,7 @@ from orchestrator import grid_bases, judge_plan, snapshot_source
 from orchestrator.errors import UserError
 from orchestrator.grid_document import EXECUTORS, MAX_CELLS, TOP_LEVEL, Document, one_line, resolve_executor
 from orchestrator.grid_names import NAME_RE
-from orchestrator.grid_report import ReportSettings
+from orchestrator.grid_report import ReportSettings, baseline_matches
 from orchestrator.profiles import Profile
 from orchestrator.run_ids import format_value
 from orchestrator.yaml12 import SafeLoader12
@@ -225,6 +225,13 @@ def load_grids(path: str | Path, executor: str | None = None) -> list[Grid]:
                 )
                 break  # one line per document is enough to point at the clash
     problems += _source_snapshot_problems(grids, docs)
+    for name, (settings, number) in reports.items():
+        baseline = settings.target_baseline
+        cells = [c for g in grids if g.name == name for c in g.cells if c.kind == "train"]
+        if baseline and not any(baseline_matches(baseline, c.recipe, c.method) for c in cells):
+            recipes = sorted({f"{c.recipe + '-' if c.recipe else ''}{c.method}" for c in cells})
+            problems.append(docs[number].format("report.target.baseline", f"no train cell of experiment {name} is "
+                            f"recipe {baseline!r}; its recipes: {', '.join(recipes) or 'none'}"))  # fmt: skip
     if problems:
         raise GridError(problems)
     return _with_judges(grids)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from orchestrator import grid_replicates
 from orchestrator.devices import gpu_only_problems
 from orchestrator.grid_names import NAME_HELP, is_name, name_problems
 from orchestrator.grid_report import ReportSettings, parse_section
@@ -29,7 +30,8 @@ from workloads.schema import join_path, parse, show, unknown_key
 from workloads.spec import KINDS, RunSpec, check_spec
 
 EXECUTORS = ("auto", "slurm", "local")
-TOP_LEVEL = ("name", "kind", "profile", "executor", "description", "defaults", "grid", "report", "base", "extends")
+_SETTINGS = ("name", "kind", "profile", "executor", "description", "defaults", "grid", "report", "replicates")
+TOP_LEVEL = (*_SETTINGS, "base", "extends")  # base/extends: shared defaults across documents (grid_bases)
 EXTENSION = "x-"  # top-level keys with this prefix are ignored: a place for YAML anchors (&common)
 SET_BY_FILE = ("experiment", "run_id", "kind")  # RunSpec fields the file sets from name/kind and expansion
 MAX_CELLS = 10_000  # a typo like a 100-value list in five keys should fail fast, not hang
@@ -143,7 +145,8 @@ class Document:
         for key in SET_BY_FILE:
             if key in defaults:
                 self.report(_join("defaults", key), "set by the grid file itself (top-level name/kind); remove it")
-        axes = self._axes(self._mapping(data, "grid"))
+        axes = grid_replicates.seed_axis(data.get("replicates"), defaults, self._axes(self._mapping(data, "grid")),
+                                         self.report)  # fmt: skip
         report = parse_section(data.get("report"), self.report)
         # Expand even when the top level has problems: every problem of the cells is reported in one go.
         cells = self._expand(name or "invalid", kind or "train", executor, profile, defaults, axes)

@@ -2,6 +2,10 @@
 
     report:
       target_adv_acc: 0.6555   # the time-to-target table's target: a fraction in (0, 1]
+      target: 0.6555           # the same (give one of the two), or a rule fixed before the runs, relative to a
+                               # baseline recipe ([RECIPE-]METHOD, as run ids begin) of the experiment:
+      target: {share: 0.95, of: best_adv_acc, baseline: paper-pgd7}   # of: best_adv_acc (median over its
+                               # runs of the best judged robust accuracy) | aa_acc (its pooled AutoAttack accuracy)
 
 Strict like the rest of the file (orchestrator.grid_document reports each problem as one `FILE:LINE: key:
 expected` line): unknown keys and values outside (0, 1] are refused. Documents with the same name share one
@@ -22,7 +26,9 @@ from orchestrator.errors import UserError
 from workloads import layout
 from workloads.schema import show, unknown_key
 
-REPORT_KEYS = ("target_adv_acc",)
+REPORT_KEYS = ("target_adv_acc", "target")
+TARGET_KEYS = ("share", "of", "baseline")
+TARGET_OF = ("best_adv_acc", "aa_acc")
 REPORT_SETTINGS = "report-settings.json"  # in the experiment folder, beside manifest.json
 TARGET_HELP = "a fraction in (0, 1], e.g. 0.6 for 60 %"
 
@@ -30,6 +36,36 @@ TARGET_HELP = "a fraction in (0, 1], e.g. 0.6 for 60 %"
 @dataclass(frozen=True)
 class ReportSettings:
     target_adv_acc: float | None = None  # None: the report's stated rule
+    target_share: float | None = None  # a relative target: share x (target_of of the target_baseline recipe)
+    target_of: str | None = None
+    target_baseline: str | None = None  # [RECIPE-]METHOD
+
+
+def baseline_matches(baseline: str, recipe: str | None, method: str) -> bool:
+    """Whether a train cell (its recipe name, method) is of the baseline recipe `[RECIPE-]METHOD`."""
+    name, _, tail = baseline.rpartition("-")
+    return tail == method and (name or None) == (recipe or None)
+
+
+def _relative(value: dict[str, Any], problem: Callable[[str, str], None]) -> tuple[float, str, str] | None:
+    ok = True
+    for key in value:
+        if key not in TARGET_KEYS:
+            problem(f"report.target.{key}", f"unknown key; valid keys of report.target: {', '.join(TARGET_KEYS)}")
+            ok = False
+    share, of, baseline = value.get("share"), value.get("of", "best_adv_acc"), value.get("baseline")
+    if (message := target_problem(share)) is not None:
+        problem("report.target.share", message)
+        ok = False
+    if of not in TARGET_OF:
+        problem("report.target.of", f"expected one of {', '.join(TARGET_OF)}; got {show(of)}")
+        ok = False
+    if not isinstance(baseline, str) or not baseline:
+        problem(
+            "report.target.baseline", f"expected a recipe as [RECIPE-]METHOD (e.g. paper-pgd7); got {show(baseline)}"
+        )
+        ok = False
+    return (float(share), str(of), str(baseline)) if ok and share is not None else None
 
 
 def target_problem(value: Any) -> str | None:
@@ -57,6 +93,18 @@ def parse_section(value: Any, problem: Callable[[str, str], None]) -> ReportSett
     if "target_adv_acc" in value and (message := target_problem(target)) is not None:
         problem("report.target_adv_acc", message)
         ok = False
+    rule = value.get("target")
+    if "target" in value and "target_adv_acc" in value:
+        problem("report.target", "give one of report.target and report.target_adv_acc")
+        return None
+    if isinstance(rule, dict):
+        relative = _relative(rule, problem)
+        return ReportSettings(None, *relative) if ok and relative else None
+    if "target" in value:
+        if (message := target_problem(rule)) is not None:
+            problem("report.target", message + " (or a mapping with keys " + ", ".join(TARGET_KEYS) + ")")
+            return None
+        target = rule
     return ReportSettings(None if target is None else float(target)) if ok else None
 
 
@@ -67,7 +115,15 @@ def save(exp_dir: Path, settings: ReportSettings | None) -> None:
         path.unlink(missing_ok=True)
         return
     exp_dir.mkdir(parents=True, exist_ok=True)
-    layout.write_json_atomic(path, {k: v for k, v in asdict(settings).items() if v is not None})
+    layout.write_json_atomic(path, section(settings))
+
+
+def section(settings: ReportSettings) -> dict[str, Any]:
+    """The settings as the grid file's report section writes them (what parse_section reads back)."""
+    if settings.target_share is not None:
+        rule = {"share": settings.target_share, "of": settings.target_of, "baseline": settings.target_baseline}
+        return {"target": rule}
+    return {k: v for k, v in asdict(settings).items() if v is not None}
 
 
 def record(documents: Iterable[tuple[Path, ReportSettings | None]]) -> None:

@@ -10,7 +10,9 @@ Format, per kind:
 followed by `-{key}{value}` for every other setting that differs between the document's cells, in RunSpec
 order (key = the setting's last name, e.g. -eps0.5; its dotted path with _ where two such names clash
 or where the last name is also a top-level setting, e.g. -attack_precisionbf16 beside -precisionfp16;
-numbers in %g form, booleans as true/false), then characters outside [A-Za-z0-9_.-] replaced by _.
+numbers in %g form, booleans as true/false; optimizer.max_lr is left out of the id of a cell whose schedule does
+not read it, unless the id would then clash with another cell's), then characters outside [A-Za-z0-9_.-]
+replaced by _.
 
 The rules live here so that a new kind or a new id field is one entry in ID_FIELDS (and one prefix below).
 """
@@ -19,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from typing import Any
 
-from workloads.spec import RunSpec
+from workloads.spec import PEAK_SCHEDULES, RunSpec
 
 # Settings spelled out in the run_id prefix of each kind; other settings that vary become -{key}{value}.
 ID_FIELDS = {
@@ -34,12 +37,13 @@ ID_FIELDS = {
 SAME_IN_A_DOCUMENT = ("experiment", "run_id", "kind")
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A RunSpec dict as {dotted name: value} (orchestrator.recipe_key reads settings the same way)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else key
         if isinstance(value, dict):
-            flat.update(_flatten(value, path))
+            flat.update(flatten(value, path))
         else:
             # a list of mappings (method_schedule) becomes a tuple of their values: hashable, formats as a_b_c
             flat[path] = (
@@ -63,7 +67,7 @@ def format_value(value: Any) -> str:
 
 def derive_run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
     """The readable run_ids of one document's cells, in order (format in the module docstring)."""
-    flats = [_flatten(s.to_dict()) for s in specs]
+    flats = [flatten(s.to_dict()) for s in specs]
     skip = set(ID_FIELDS[kind]) | set(SAME_IN_A_DOCUMENT)
     varying = [k for k in flats[0] if k not in skip and len({f[k] for f in flats}) > 1] if flats else []
     leaves = [k.rsplit(".", 1)[-1] for k in varying]
@@ -82,6 +86,8 @@ def derive_run_ids(kind: str, specs: list[RunSpec]) -> list[str]:
             "evaluate": f"eval-{spec.evaluate.source_run}",
             "visualize": "vis-" + "_".join(spec.visualize.source_runs),
         }[kind]
-        suffix = "".join(f"-{label}{format_value(flat[k])}" for k, label in zip(varying, labels, strict=True))
-        ids.append(re.sub(r"[^A-Za-z0-9_.-]+", "_", prefix + suffix))
-    return ids
+        unread = {"optimizer.max_lr"} if spec.optimizer.schedule not in PEAK_SCHEDULES else set()
+        parts = [(f"-{lab}{format_value(flat[k])}", k in unread) for k, lab in zip(varying, labels, strict=True)]
+        ids.append((prefix + "".join(p for p, _ in parts), prefix + "".join(p for p, drop in parts if not drop)))
+    short = Counter(s for _, s in ids)  # a Counter, not list.count: 10 000 cells stay linear
+    return [re.sub(r"[^A-Za-z0-9_.-]+", "_", s if short[s] == 1 else full) for full, s in ids]

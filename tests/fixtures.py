@@ -336,3 +336,17 @@ def assert_epochs_once(run_dir: Path, epochs: int) -> None:
 
 def quiet(_: str) -> None:
     return None
+
+
+def keep_figures(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Any]:
+    """The figures `module.save` writes, by stem, still open for the test to inspect (they are written as well)."""
+    figures: dict[str, Any] = {}
+    real_save = module.save
+
+    def keep(fig: Any, out_dir: Path, stem: str) -> list[Path]:
+        figures[stem] = fig
+        paths: list[Path] = real_save(fig, out_dir, stem)
+        return paths
+
+    monkeypatch.setattr(module, "save", keep)
+    return figures

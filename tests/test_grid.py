@@ -323,8 +323,8 @@ def test_report_section_is_optional_and_read(tmp_path: Path):
         ("report:\n  target_adv_acc: true\n", 8, "report.target_adv_acc", "got True"),
         ("report:\n  target_adv_acc: .nan\n", 8, "report.target_adv_acc", "expected a fraction"),
         ("report:\n  target_adv_acc:\n", 8, "report.target_adv_acc", "got None"),
-        ("report:\n  target: 0.6\n", 8, "report.target", "unknown key; valid keys of report: target_adv_acc"),
-        ("report: 0.6\n", 7, "report", "expected a mapping with keys target_adv_acc; got 0.6"),
+        ("report:\n  targett: 0.6\n", 8, "report.targett", "unknown key; valid keys of report: target_adv_acc, target"),
+        ("report: 0.6\n", 7, "report", "expected a mapping with keys target_adv_acc, target; got 0.6"),
     ],
 )
 def test_bad_report_sections_are_one_line(tmp_path: Path, section: str, line: int, key: str, message: str):

@@ -57,7 +57,8 @@ while not stop.exists() or rounds == 0:
     with open(paths["runs"], newline="") as f:
         reader = csv.DictReader(f)
         ids = [r["run_id"] for r in reader]
-        assert tuple(reader.fieldnames or ()) == collect.RUN_COLUMNS, reader.fieldnames
+        head = tuple(reader.fieldnames or ())[: len(collect.RUN_COLUMNS)]  # then the recipe columns (recipe_key)
+        assert head == collect.RUN_COLUMNS, reader.fieldnames
     assert len(ids) == len(set(ids)), "runs.csv: a run_id twice"
     with open(paths["epochs"], newline="") as f:
         keys = [(r["run_id"], r["epoch"]) for r in csv.DictReader(f)]

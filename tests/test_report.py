@@ -235,14 +235,7 @@ def labelled_lines(ax: matplotlib.axes.Axes) -> list[str]:
 def test_figures_from_small_csvs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from orchestrator.report import plots
 
-    figures: dict[str, matplotlib.figure.Figure] = {}
-    real_save = plots.save
-
-    def keep(fig: matplotlib.figure.Figure, out_dir: Path, stem: str) -> list[Path]:
-        figures[stem] = fig
-        return real_save(fig, out_dir, stem)
-
-    monkeypatch.setattr(plots, "save", keep)
+    figures = fixtures.keep_figures(monkeypatch, plots)
     exp = small_experiment(tmp_path)
     md_path = report.build_report(exp)
     out = exp / "report"

@@ -70,7 +70,8 @@ def test_mid_run_never_first_evaluation_and_gpu_hours(tmp_path: Path) -> None:
 def test_ties_reach_at_equality_and_earliest_epoch_wins(tmp_path: Path) -> None:
     rows = epochs("tie", {2: 0.50, 4: 0.50, 6: 0.49}) + epochs("dup", {2: 0.40, 4: 0.45})
     rows.append({"run_id": "dup", "epoch": 4, "elapsed_s": 47.0, "adv_acc": 0.5})  # requeued epoch 4: last row
-    exp = experiment(tmp_path, [run_row("tie"), run_row("dup", "pgd7")], rows)
+    # 1000 validation images: 0.49 after the hit is within one SE (1.6 points) of the target, so the hit stands
+    exp = experiment(tmp_path, [run_row("tie", val_subset=1000), run_row("dup", "pgd7")], rows)
     got = reaches(exp, target=0.5)
     assert (got["tie"].epoch, got["tie"].elapsed_s) == (2, 20.0)  # == target counts; the first of equal values
     assert got["tie"].best_epoch == 2
@@ -217,3 +218,30 @@ def test_submit_records_the_grid_report_section(tmp_path: Path, monkeypatch: pyt
     grid.write_text(text)  # resubmitted without the section: nothing stale is left
     assert cli.main(["submit", str(grid), "--results", str(results)]) == 0
     assert not (results / "rep" / grid_report.REPORT_SETTINGS).exists()
+
+
+def test_a_model_at_chance_never_wins_nor_sets_the_target(tmp_path: Path) -> None:
+    """Too high a learning rate: runs at chance (10 classes: 10 %) must not be crowned, whatever the target."""
+    at_chance = [{**r, "clean_acc": 0.1 if r["adv_acc"] is not None else None}
+                 for r in epochs("lr-too-high", {2: 0.10, 4: 0.10, 6: 0.10}, every_s=1.0)]  # fmt: skip
+    clean_chance = [{**r, "clean_acc": 0.105 if r["adv_acc"] is not None else None}  # robust 30 %, clean at chance
+                    for r in epochs("clean-chance", {2: 0.30, 4: 0.30, 6: 0.30}, every_s=1.0)]  # fmt: skip
+    learned = [{**r, "clean_acc": 0.7 if r["adv_acc"] is not None else None}
+               for r in epochs("learned", {2: 0.40, 4: 0.60, 6: 0.62})]  # fmt: skip
+    runs = [run_row("lr-too-high"), run_row("clean-chance"), run_row("learned")]
+    exp = experiment(tmp_path, runs, at_chance + clean_chance + learned)
+    got = reaches(exp)  # default target: 95 % of the best run that learned something (62 %), not of anything else
+    assert got["learned"].target == pytest.approx(0.95 * 0.62)
+    assert got["lr-too-high"].at_chance and got["clean-chance"].at_chance and not got["learned"].at_chance
+    got = reaches(exp, target=0.1)  # a target the chance runs "reach" at their first evaluation
+    assert not got["lr-too-high"].reached and not got["clean-chance"].reached
+    assert got["learned"].reached
+    md = ttt.ttt_markdown(list(got.values()))
+    assert "first to the target is learned" in md and "not reached (at chance)" in md
+    assert "At chance (learned nothing" in md
+    assert {r["run_id"]: r["chance_flag"] for r in ttt.ttt_rows(list(got.values()))} == {
+        "lr-too-high": "yes", "clean-chance": "yes", "learned": ""}  # fmt: skip
+    # all at chance: no target, so no table and nobody first
+    (tmp_path / "alone").mkdir()
+    alone = experiment(tmp_path / "alone", [run_row("lr-too-high")], at_chance)
+    assert reaches(alone) == {}

@@ -23,6 +23,7 @@ KINDS = ("train", "evaluate", "bench", "visualize", "judge")
 NORMS = ("l2", "linf")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "onecycle", "cyclic", "cosine")  # workloads.schedules
+PEAK_SCHEDULES = ("onecycle", "cyclic")  # the schedules that read max_lr and peak_fraction
 ATTACK_MODES = ("eval", "train")
 CHECKPOINTS = ("best", "last")
 GUARD_ACTIONS = ("none", "flag", "stop")
@@ -403,11 +404,11 @@ def check_optimizer(spec: RunSpec, path: str = "") -> list[SpecError]:
     """The schedule keys that only some schedules read, and their ranges relative to the run."""
     o, at = spec.optimizer, join_path(path, "optimizer")
     errors: list[SpecError] = []
-    if o.max_lr is not None and o.schedule not in ("onecycle", "cyclic"):
+    if o.max_lr is not None and o.schedule not in PEAK_SCHEDULES:
         errors.append(SpecError(join_path(at, "max_lr"), f"only read by schedule onecycle or cyclic; got {o.schedule}"))
     if o.peak_fraction >= 1:
         errors.append(SpecError(join_path(at, "peak_fraction"), f"expected a value < 1; got {o.peak_fraction!r}"))
-    if o.warmup_epochs and o.schedule in ("onecycle", "cyclic") and o.peak_fraction != Optimizer.peak_fraction:
+    if o.warmup_epochs and o.schedule in PEAK_SCHEDULES and o.peak_fraction != Optimizer.peak_fraction:
         why = f"not read with warmup_epochs (the peak of {o.schedule} is at the warm-up's end): give one of them"
         errors.append(SpecError(join_path(at, "peak_fraction"), why))
     if o.warmup_epochs >= spec.epochs:

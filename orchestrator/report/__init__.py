@@ -14,6 +14,8 @@ runs' fig3-5.png where their run directories hold them) and never collects: `orc
     robustness_table  every evaluated run's clean, PGD and AutoAttack numbers with n and SE (robustness_table.*)
     curves_plot  training curves of every train run (loss, lr, clean and PGD accuracy vs epoch and vs time)
     masking    the gradient-masking flag's rule (the gap over a threshold and over 2 SE at that n)
+    replicates per recipe over its seeds: medians, spreads, pooled AutoAttack, ratios vs the paper recipe
+               (replicates.csv/.md, only when a recipe has several runs); stats holds the statistics
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator import collect
-from orchestrator.report import markdown, robustness_table, table1
+from orchestrator.report import markdown, replicates, robustness_table, table1
 from orchestrator.report import tables as tables_
 from orchestrator.report import time_to_target as ttt
 from workloads.layout import write_csv_atomic, write_text_atomic
@@ -37,13 +39,8 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
     that no train run has is refused (ReportError) before anything is written."""
     target = ttt.parse_target(target_adv_acc)
     tables = tables_.load_tables(Path(exp_dir))
-    chosen = table1.parse_baseline(baseline)
-    cells = table1.table1_cells(tables, chosen)
-    if baseline and cells and not any(c.method == chosen.method and chosen.gpus in (None, c.gpus) for c in cells):
-        present = ", ".join(dict.fromkeys(f"{c.method}@{c.gpus}" for c in cells))
-        raise tables_.ReportError(
-            f"--baseline {baseline}: no train run of {tables.exp_dir.name} has it; present: {present}"
-        )
+    baseline_ = table1.parse_baseline(baseline)
+    cells = table1.table1_cells(tables, baseline_)  # refuses an explicit baseline no train run is
     out = tables.exp_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     table_md = ""
@@ -73,6 +70,7 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         write_csv_atomic(out / "robustness_table.csv", robustness_table.COLUMNS, robust)
         write_text_atomic(out / "robustness_table.md", robust_md)
     reaches = ttt.time_to_target(tables, target)
+    groups = replicates.recipes(tables, reaches)  # replicates grouped into recipes: the figure and their table
     ttt_md = ""
     if reaches:
         write_csv_atomic(out / "time_to_target.csv", ttt.TTT_COLUMNS, ttt.ttt_rows(reaches))
@@ -81,11 +79,18 @@ def build_report(exp_dir: Path, baseline: str | None = None, target_adv_acc: str
         write_text_atomic(out / "time_to_target.tex", ttt.ttt_latex(reaches))
         from orchestrator.report import ttt_plot
 
-        figures += ttt_plot.figure(ttt.curves(tables, reaches), reaches, out)
+        figures += ttt_plot.figure(ttt.curves(tables, reaches), groups, out)
+    replicates_md = ""
+    if replicates.has_replicates(groups):
+        rows = replicates.replicate_rows(groups, baseline_)
+        write_csv_atomic(out / "replicates.csv", replicates.REPLICATE_COLUMNS, rows)
+        replicates_md = replicates.replicates_markdown(rows)
+        write_text_atomic(out / "replicates.md", replicates_md)
     estimates = tables_.estimates_vs_measured(tables)
     if not estimates.empty:
         rows = [{str(k): v for k, v in row.items()} for row in estimates.to_dict("records")]  # str column names
         write_csv_atomic(out / "estimate_vs_measured.csv", list(estimates.columns), rows)
     path = out / "report.md"
-    write_text_atomic(path, markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md, robust_md))
+    text = markdown.report_markdown(tables, table_md, cells, figures, estimates, ttt_md, robust_md, replicates_md)
+    write_text_atomic(path, text)
     return path

@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from orchestrator import recipe_key
 from orchestrator.report.labels import approach_name, approach_order, dataset_label, dataset_order, fmt_time, pick_unit
-from orchestrator.report.table1 import Cell
+from orchestrator.report.table1 import Cell, recipe_names, row_keys, row_name
 from orchestrator.report.tables import Tables, number, robustness_by_dataset, train_runs, training_eps
 from workloads import layout
 from workloads.catalog import method_info
@@ -51,6 +52,7 @@ def settings_lines(tables: Tables) -> list[str]:
         vals = _values(runs, column, integer=column in integers)
         if vals:
             lines.append(f"- {label}: {vals}")
+    lines += recipe_lines(runs)
     if tables.bench is not None:
         worlds = sorted({int(w) for w in tables.bench.get("world_size", pd.Series([1])).fillna(1)})
         lines.append(
@@ -58,6 +60,27 @@ def settings_lines(tables: Tables) -> list[str]:
             f"{', '.join(str(b) for b in sorted(tables.bench['batch_size'].unique()))}, world sizes "
             f"{', '.join(map(str, worlds))}"
         )
+    return lines
+
+
+def recipe_lines(runs: pd.DataFrame) -> list[str]:
+    """What varies across the train cells (runs.csv recipe_key: the recipe settings, as its columns name them), the
+    schedule, and how many seeds each recipe has."""
+    lines = []
+    if "optimizer.schedule" in runs.columns:
+        lines.append(f"- lr schedule: {_values(runs, 'optimizer.schedule')}")
+    if "recipe_key" in runs.columns and not runs.empty:
+        values: dict[str, set[str]] = {}
+        for key in runs["recipe_key"].fillna("").astype(str):
+            for k, v in recipe_key.parse_key(key).items():
+                values.setdefault(k, set()).add(v)
+        for k, vals in values.items():
+            shown = sorted((v or "none" for v in vals), key=lambda v: (len(v), v))
+            lines.append(f"- varies: {k}: " + ", ".join(shown))
+        seeds = runs.groupby(runs["recipe_key"].fillna("").astype(str))["run_id"].count()
+        counts = sorted({int(n) for n in seeds})
+        lines.append(f"- replicates: {', '.join(map(str, counts))} seed{'' if counts == [1] else 's'} per recipe "
+                     f"({len(seeds)} recipe{'' if len(seeds) == 1 else 's'})")  # fmt: skip
     return lines
 
 
@@ -73,30 +96,42 @@ def findings(cells: Sequence[Cell], tables: Tables) -> list[str]:
             if len(row) < 2:
                 continue
             parts = [
-                f"{approach_name(c.method)} {c.ratio(c.last_s):.2f}×" if c.baseline_s else approach_name(c.method)
+                f"{row_name(c.method, c.name)} {c.ratio(c.last_s):.2f}×" if c.baseline_s else row_name(c.method, c.name)
                 for c in row
             ]
             text = f"{dataset_label(dataset)}, {g}-GPU, last-epoch time from slowest to fastest: " + ", ".join(parts)
             if row[0].baseline:
                 text += f" (relative to {row[0].baseline})"
-            by_method = {c.method: c for c in row}
-            if "fast" in by_method:
-                slower = [m for m in by_method if m.startswith("pgd") and method_info(m).steps > 1]
+            by_method = {(c.method, c.name): c for c in row}  # fast against K-step PGD of the same recipe only
+            for (method, name), fast in sorted(by_method.items()):
+                if method != "fast":
+                    continue
+                slower = [m for m, n in by_method if n == name and m.startswith("pgd") and method_info(m).steps > 1]
                 for m in sorted(slower, key=approach_order):
-                    speedup = float(by_method[m].last_s or 0) / float(by_method["fast"].last_s or 1)
-                    text += f"; 1-Step PGD is {speedup:.2f}× faster than {approach_name(m)}"
+                    speedup = float(by_method[(m, name)].last_s or 0) / float(fast.last_s or 1)
+                    text += f"; {row_name('fast', name)} is {speedup:.2f}× faster than {row_name(m, name)}"
             out.append(text + ".")
     rob = robustness_by_dataset(tables)
+    runs = train_runs(tables.runs)
+    names: dict[str, str] = {}
+    if not runs.empty:
+        runs = runs.assign(row=row_keys(runs))
+        rows = recipe_names(runs)
+        # Table I's rows: the shape is its columns, and DDP at one global batch trains the same model
+        names = {str(r): row_name(str(m), rows[(str(m), str(k))])
+                 for r, m, k in zip(runs["run_id"], runs["method"], runs["row"], strict=True)}  # fmt: skip
     if rob is not None and not rob.empty and "adv_acc" in rob.columns:
         for dataset, eps in sorted(training_eps(tables).items(), key=lambda kv: dataset_order(kv[0])):
             sel = rob[rob["dataset"] == dataset]
             if sel.empty:
                 continue
             nearest = float(min(sel["eps"].unique(), key=lambda e: (abs(float(e) - eps), float(e))))
-            at = sel[sel["eps"] == nearest].groupby("method")["adv_acc"].mean()
-            at = at.sort_values(ascending=False, kind="stable")
+            sel = sel[sel["eps"] == nearest]
+            named = sel["run_id"].astype(str).map(names)  # a recipe's replicates are averaged, recipes never
+            sel = sel.assign(row=named.fillna(sel["method"].astype(str).map(approach_name)))
+            at = sel.groupby("row", sort=False)["adv_acc"].mean().sort_values(ascending=False, kind="stable")
             scale = 100.0 if at.max() <= 1.0 else 1.0
-            parts = [f"{approach_name(str(m))} {v * scale:.1f}%" for m, v in at.items()]
+            parts = [f"{m} {v * scale:.1f}%" for m, v in at.items()]
             out.append(
                 f"{dataset_label(dataset)}: adversarial accuracy at ε = {nearest:g} (training ε {eps:g}), "
                 "highest first: " + ", ".join(parts) + "."
@@ -112,6 +147,7 @@ def report_markdown(
     estimates: pd.DataFrame,
     ttt_md: str = "",
     robust_md: str = "",
+    replicates_md: str = "",
 ) -> str:
     name = tables.exp_dir.name
     lines = [f"# Report: {name}", "", "Generated by `orchestrate report` from the experiment's CSVs.", ""]
@@ -161,6 +197,9 @@ def report_markdown(
             "",
         ]
     lines += time_to_target_lines(ttt_md, names)
+    if replicates_md:
+        lines += ["## Recipes over their replicates (seeds)", "", replicates_md.rstrip(), ""]
+        lines += ["Also as [replicates.csv](replicates.csv).", ""]
     lines += feature_lines(tables)
     found = findings(cells, tables)
     if found:
@@ -183,8 +222,9 @@ def time_to_target_lines(ttt_md: str, figure_names: set[str]) -> list[str]:
         lines += [
             "![Time to target](time_to_target.png)",
             "",
-            "Validation PGD accuracy vs wall-clock, one line per train run (line style: GPU count); dashed: the "
-            "target; stars: where each run first reached it.",
+            "Judged robust accuracy vs wall-clock, one line per recipe and GPU count (line style: GPU count): the "
+            "median over its replicates, shaded from their lowest to highest; dashed: the target; stars: the "
+            "recipe's median time to it (the sustained rule).",
             "",
         ]
     return lines

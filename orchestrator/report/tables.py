@@ -18,6 +18,8 @@ from orchestrator import collect
 from orchestrator.errors import UserError
 from orchestrator.estimate.compare import COMPARE_COLUMNS, compare_runs
 
+EPS_TOL = 1e-9  # eps values of two CSVs compare equal within this
+
 
 class ReportError(UserError, ValueError):
     """Nothing to report on, or a bad --baseline; one line naming the folder or the value."""
@@ -119,3 +121,21 @@ def number(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(out) else out
+
+
+def autoattack_of(
+    rob: pd.DataFrame | None, run_id: str, eps: float | None
+) -> tuple[float | None, float | None, str, int | None]:
+    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version, images) at the run's training eps."""
+    if rob is None or "aa_acc" not in rob.columns or eps is None:
+        return None, None, "", None
+    sel = rob[(rob["run_id"].astype(str) == run_id) & ((rob["eps"].astype(float) - eps).abs() < EPS_TOL)]
+    sel = sel[pd.to_numeric(sel["aa_acc"], errors="coerce").notna()]
+    if sel.empty:
+        return None, None, "", None
+    if "checkpoint" in sel.columns and (sel["checkpoint"] == "last").any():
+        sel = sel[sel["checkpoint"] == "last"]
+    row = sel.iloc[-1]
+    version = str(row["aa_version"]) if "aa_version" in sel.columns and pd.notna(row["aa_version"]) else ""
+    n = number(row["n"]) if "n" in sel.columns else None
+    return number(row["aa_acc"]), number(row["adv_acc"]), version, None if n is None else int(n)

@@ -2,10 +2,12 @@
 reaches a target, the DAWNBench-style answer to "what is the cheapest way to a model this robust?".
 
 Definitions (report.md states them):
-- robust accuracy: epochs.csv adv_acc, the validation PGD accuracy at the eval eps (the training eps unless the
-  cell set eval.eps), on the epochs that evaluated (eval.every: the table's resolution, so it is printed);
-- reached: the first evaluated epoch whose adv_acc >= target (ties at the target count as reached; of equal
-  values the earliest epoch wins); its elapsed_s (cumulative wall-clock, evaluation included, as Table I);
+- robust accuracy: the judged rows' adv_acc (orchestrator.report.reach_rule: snapshots.csv, the off-clock judge,
+  when collect wrote one, else epochs.csv's validation PGD accuracy at the eval eps on the epochs that evaluated;
+  eval.every is then the table's resolution, so it is printed);
+- reached: reach_rule's sustained rule (ties at the target count as reached); its elapsed_s (cumulative
+  wall-clock; from epochs.csv evaluation included, as Table I) and its train clock (cumulative train_s); the plain
+  first hit is kept beside it (first_hit_* columns) and the ranking under it is stated;
 - GPU-hours: that wall-clock × the run's world size (runs.csv world_size, else epochs.csv's);
 - target: the given one (`--target-adv-acc`), else the grid's `report.target_adv_acc` (recorded at submit time,
   orchestrator.grid_report), else per dataset TARGET_SHARE of the best adv_acc any train run of that dataset
@@ -13,6 +15,9 @@ Definitions (report.md states them):
 - AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
   both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points, and more than 2 SE of the
   difference at that n, flags the run (gradient masking: PGD's number is not to be trusted; report.masking).
+- learned nothing: a run whose best adv_acc, or best clean_acc, is within reach_rule.CHANCE_MARGIN of chance (1 / the
+  dataset's classes, workloads.catalog) is flagged: it is never reached, never first, and never sets the default
+  target (a constant prediction scores exactly chance on the stratified validation split).
 A run that never reaches the target has no time (no extrapolation) and says so. Deterministic output.
 """
 
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from orchestrator import grid_report
-from orchestrator.report import masking
+from orchestrator.report import masking, reach_rule, stats
 from orchestrator.report.labels import (
     DASH,
     Unit,
@@ -37,15 +42,17 @@ from orchestrator.report.labels import (
     pick_unit,
     to_hours,
 )
-from orchestrator.report.tables import ReportError, Tables, number, train_runs
+from orchestrator.report.tables import ReportError, Tables, autoattack_of, number, train_runs
 
 TARGET_SHARE = 0.95  # default target: 95 % of the best robust accuracy any run of the dataset reached
 MASKING_POINTS = 3.0  # PGD - AutoAttack gap (percentage points) that flags a run
-EPS_TOL = 1e-9
 TTT_COLUMNS = (
     "dataset", "approach", "gpus", "run_id", "method", "target_adv_acc", "target_rule", "reached", "epoch",
     "wall_hours", "gpu_hours", "adv_acc_at_target", "best_adv_acc", "best_epoch", "evaluations", "eval_every",
     "final_aa_acc", "final_pgd_acc", "pgd_minus_aa_points", "masking_flag", "aa_version",
+    "chance_flag",  # "yes": best robust or clean accuracy at chance (learned nothing): never reached
+    "reached_rule", "train_hours", "first_hit_epoch", "first_hit_wall_hours", "judged_by",  # reach_rule
+    "on_clock_wall_hours",  # judged off the clock: the wall-clock with on-clock evaluation at the run's cadence
 )  # fmt: skip
 
 
@@ -83,7 +90,14 @@ class Reach:
     aa_acc: float | None = None
     aa_pgd_acc: float | None = None
     aa_version: str = ""
-    aa_n: int | None = None  # examples of that evaluation (the masking rule's n)
+    aa_n: int | None = None  # images the AutoAttack accuracy was measured on (robustness.csv n)
+    train_s: float | None = None  # train clock at the reach
+    first_epoch: int | None = None  # the plain first-hit rule's answer (reach_rule.first_hit)
+    first_elapsed_s: float | None = None
+    judged_by: str = "epochs"  # "snapshots" | "epochs" (reach_rule.judged_table)
+    best_n: int | None = None  # images the best accuracy was judged on (None: unknown)
+    on_clock_s: float | None = None  # judged off the clock: the wall-clock with on-clock evaluation (reach_rule)
+    at_chance: bool = False  # learned nothing (module docstring): never reached
 
     @property
     def reached(self) -> bool:
@@ -104,20 +118,18 @@ class Reach:
         return masking.masked(self.gap_points, self.aa_n, MASKING_POINTS)
 
 
-def _epochs(tables: Tables) -> pd.DataFrame:
-    from orchestrator import collect
-
-    path = tables.exp_dir / collect.EPOCHS_CSV
-    if not path.exists():
-        return pd.DataFrame(columns=["run_id", "epoch", "elapsed_s", "adv_acc"])
-    return pd.read_csv(path, dtype={"run_id": str})
+def epochs_table(tables: Tables) -> pd.DataFrame:
+    """The judged rows (reach_rule.judged_table: snapshots.csv, else epochs.csv)."""
+    return reach_rule.judged_table(tables.exp_dir, tables.runs)[0]
 
 
 def _evaluated(epochs: pd.DataFrame, run_id: str) -> pd.DataFrame:
     """The run's evaluated epochs in epoch order (a requeued epoch recorded twice: its last row)."""
     rows = epochs[epochs["run_id"] == run_id]
     rows = rows.assign(adv=pd.to_numeric(rows["adv_acc"], errors="coerce"),
-                       t=pd.to_numeric(rows["elapsed_s"], errors="coerce"))  # fmt: skip
+                       t=pd.to_numeric(rows["elapsed_s"], errors="coerce"),
+                       train=pd.to_numeric(rows["train_clock"], errors="coerce"),
+                       n=pd.to_numeric(rows["n"], errors="coerce"))  # fmt: skip
     rows = rows.dropna(subset=["adv", "t"]).drop_duplicates("epoch", keep="last")
     return rows.sort_values("epoch", kind="stable")
 
@@ -127,44 +139,33 @@ def given_target(tables: Tables, target: float | None) -> tuple[float | None, st
     that `orchestrate submit` recorded for the experiment (orchestrator.grid_report), else (None, "")."""
     if target is not None:
         return target, "given (--target-adv-acc)"
-    recorded = grid_report.load(tables.exp_dir).target_adv_acc
+    settings = grid_report.load(tables.exp_dir)
+    if settings.target_share is not None:
+        from orchestrator.report.target_rule import relative_target
+
+        return relative_target(tables, settings)
+    recorded = settings.target_adv_acc
     return recorded, "" if recorded is None else "given (report.target_adv_acc of the grid file)"
 
 
 def _targets(
-    runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None, source: str
+    runs: pd.DataFrame, epochs: pd.DataFrame, given: float | None, source: str, at_chance: set[str]
 ) -> dict[str, tuple[float, str]]:
-    """Per dataset (target, the rule in words)."""
+    """Per dataset (target, the rule in words); runs in `at_chance` never set it."""
     out: dict[str, tuple[float, str]] = {}
     for dataset, group in runs.groupby("dataset", sort=True):
         if given is not None:
             out[str(dataset)] = (given, source)
             continue
-        adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(group["run_id"]), "adv_acc"], errors="coerce").dropna()
+        learned = [r for r in group["run_id"] if r not in at_chance]
+        adv = pd.to_numeric(epochs.loc[epochs["run_id"].isin(learned), "adv_acc"], errors="coerce").dropna()
         if adv.empty:
             continue
         best = float(adv.max())
-        rule = f"{TARGET_SHARE:.0%} of the best validation PGD accuracy of any run ({best * 100:.1f} %)"
+        rule = (f"{TARGET_SHARE:.0%} of the best validation PGD accuracy of any run ({best * 100:.1f} %; the default "
+                "for single-seed studies, not fixed in advance: set report.target in the grid)")  # fmt: skip
         out[str(dataset)] = (round(TARGET_SHARE * best, 6), rule)
     return out
-
-
-def _autoattack(
-    rob: pd.DataFrame | None, run_id: str, eps: float | None
-) -> tuple[float | None, float | None, str, int | None]:
-    """(AutoAttack accuracy, PGD accuracy of the same evaluation, version, n) at the run's training eps."""
-    if rob is None or "aa_acc" not in rob.columns or eps is None:
-        return None, None, "", None
-    sel = rob[(rob["run_id"].astype(str) == run_id) & ((rob["eps"].astype(float) - eps).abs() < EPS_TOL)]
-    sel = sel[pd.to_numeric(sel["aa_acc"], errors="coerce").notna()]
-    if sel.empty:
-        return None, None, "", None
-    if "checkpoint" in sel.columns and (sel["checkpoint"] == "last").any():
-        sel = sel[sel["checkpoint"] == "last"]
-    row = sel.iloc[-1]
-    version = str(row["aa_version"]) if "aa_version" in sel.columns and pd.notna(row["aa_version"]) else ""
-    n = number(row["n"]) if "n" in sel.columns else None
-    return number(row["aa_acc"]), number(row["adv_acc"]), version, None if n is None else int(n)
 
 
 def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
@@ -172,11 +173,14 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
     runs = train_runs(tables.runs)
     if runs.empty:
         return []
-    epochs = _epochs(tables)
+    epochs, judged_by = reach_rule.judged_table(tables.exp_dir, tables.runs)
+    costs = reach_rule.eval_costs(tables.exp_dir) if judged_by == "snapshots" else {}
     if epochs.empty or "adv_acc" not in epochs.columns:
         return []
     runs = runs.assign(run_id=runs["run_id"].astype(str), dataset=runs["dataset"].astype(str))
-    targets = _targets(runs, epochs, *given_target(tables, target))
+    at_chance = {str(r): bool(reach_rule.at_chance(_evaluated(epochs, str(r)), str(d)))
+                 for r, d in zip(runs["run_id"], runs["dataset"], strict=True)}  # fmt: skip
+    targets = _targets(runs, epochs, *given_target(tables, target), {r for r, flag in at_chance.items() if flag})
     out: list[Reach] = []
     for row in runs.to_dict("records"):
         run_id, dataset = str(row["run_id"]), str(row["dataset"])
@@ -190,13 +194,23 @@ def time_to_target(tables: Tables, target: float | None = None) -> list[Reach]:
         reach = Reach(dataset, run_id, str(row["method"]), int(gpus or 1), goal, rule,
                       best_acc=float(best["adv"]), best_epoch=int(best["epoch"]), evaluations=len(evaluated),
                       eval_every=int(every) if every else None)  # fmt: skip
-        hit = evaluated[evaluated["adv"] >= goal - EPS_TOL]
-        if not hit.empty:
-            first = hit.iloc[0]
-            reach.epoch, reach.elapsed_s = int(first["epoch"]), float(first["t"])
-            reach.acc_at_target = float(first["adv"])
+        best_n = number(best["n"])
+        reach.best_n = None if best_n is None else int(best_n)
+        reach.at_chance, reach.judged_by = at_chance[run_id], judged_by
+        adv = [float(a) for a in evaluated["adv"]]
+        se = [reach_rule.standard_error(goal, number(n)) for n in evaluated["n"]]
+        hit, first = reach_rule.sustained(adv, goal, se), reach_rule.first_hit(adv, goal)
+        if hit is not None and not reach.at_chance:
+            at = evaluated.iloc[hit]
+            reach.epoch, reach.elapsed_s = int(at["epoch"]), float(at["t"])
+            reach.acc_at_target, reach.train_s = float(at["adv"]), number(at["train"])
+            if (cost := costs.get(run_id)) is not None:
+                reach.on_clock_s = reach_rule.on_clock_wall(reach.elapsed_s, reach.epoch, reach.eval_every, cost)
+        if first is not None and not reach.at_chance:
+            at = evaluated.iloc[first]
+            reach.first_epoch, reach.first_elapsed_s = int(at["epoch"]), float(at["t"])
         eps = number(row.get("attack_eps"))
-        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version, reach.aa_n = _autoattack(tables.robustness, run_id, eps)
+        reach.aa_acc, reach.aa_pgd_acc, reach.aa_version, reach.aa_n = autoattack_of(tables.robustness, run_id, eps)
         out.append(reach)
     out.sort(key=lambda r: (dataset_order(r.dataset), approach_order(r.method), r.gpus, r.run_id))
     return out
@@ -226,6 +240,13 @@ def ttt_rows(reaches: Sequence[Reach]) -> list[dict[str, str]]:
             "pgd_minus_aa_points": csv_number(r.gap_points),
             "masking_flag": "yes" if r.masked else "",
             "aa_version": r.aa_version,
+            "chance_flag": "yes" if r.at_chance else "",
+            "reached_rule": reach_rule.SUSTAINED,
+            "train_hours": csv_number(to_hours(r.train_s)),
+            "first_hit_epoch": "" if r.first_epoch is None else str(r.first_epoch),
+            "first_hit_wall_hours": csv_number(to_hours(r.first_elapsed_s)),
+            "judged_by": r.judged_by,
+            "on_clock_wall_hours": csv_number(to_hours(r.on_clock_s)),
         }
         for r in reaches
     ]
@@ -239,28 +260,38 @@ def ttt_table(reaches: Sequence[Reach]) -> tuple[list[str], list[list[str]], lis
     """(header, rows of cell texts, notes) in the report's unit; shared by the Markdown and LaTeX versions."""
     unit = pick_unit([r.elapsed_s for r in reaches] + [r.gpu_s for r in reaches])
     head = ["Dataset", "Approach", "GPUs", "Run", "Target (%)", f"Wall-clock ({unit.name})", f"GPU-{unit.name}",
-            "Epoch", "Eval every", "Best PGD (%)", "AutoAttack (%)", "PGD − AA (points)"]  # fmt: skip
+            "Epoch", "Eval every", "Best PGD (% ± SE)", "AutoAttack (% ± SE)", "PGD − AA (points)"]  # fmt: skip
     rows: list[list[str]] = []
     for r in reaches:
         wall = fmt_time(r.elapsed_s, unit) if r.elapsed_s is not None else "not reached"
+        wall += " (at chance)" if r.at_chance else ""
         gpu = fmt_time(r.gpu_s, unit) if r.gpu_s is not None else DASH
         gap = DASH if r.gap_points is None else f"{r.gap_points:+.1f}" + (" ‡" if r.masked else "")
         epoch = DASH if r.epoch is None else str(r.epoch)
         every = DASH if r.eval_every is None else str(r.eval_every)
         rows.append([dataset_label(r.dataset), approach_name(r.method), str(r.gpus), r.run_id, _pct(r.target), wall,
-                     gpu, epoch, every, _pct(r.best_acc), _pct(r.aa_acc), gap])  # fmt: skip
+                     gpu, epoch, every, stats.accuracy_text(r.best_acc, r.best_n),
+                     stats.accuracy_text(r.aa_acc, r.aa_n), gap])  # fmt: skip
     rules = sorted({f"{dataset_label(r.dataset)}: {r.rule}" for r in reaches})
     notes = [
-        "Wall-clock: elapsed time (evaluation included, as Table I) at the first validation evaluation whose PGD "
-        "accuracy at the eval ε reached the target; GPU-time = wall-clock × GPUs. The resolution is the run's "
-        "evaluation cadence (Eval every, epochs). Target: " + "; ".join(rules) + ".",
+        "Wall-clock: elapsed time (evaluation included, as Table I) when the run reached the target; "
+        f"{reach_rule.RULE_TEXT}. GPU-time = wall-clock × GPUs. The resolution is the run's evaluation cadence "
+        "(Eval every, epochs). Target: " + "; ".join(rules) + ".",
     ]
     notes += fastest_lines(reaches, unit)
+    notes += first_hit_lines(reaches)
     missed = [r for r in reaches if not r.reached]
     if missed:
         notes.append(
             "Not reached: " + "; ".join(f"{r.run_id} (best {_pct(r.best_acc)} % at epoch {r.best_epoch}, "
                                          f"{r.evaluations} evaluations)" for r in missed) + "; no time is invented."
+        )  # fmt: skip
+    flagged = [r for r in reaches if r.at_chance]
+    if flagged:
+        notes.append(
+            "At chance (learned nothing: best PGD or clean accuracy within "
+            f"{reach_rule.CHANCE_MARGIN * 100:g} point of 1/classes): " + ", ".join(r.run_id for r in flagged)
+            + "; never counted as reached, never first, never the source of the default target."
         )  # fmt: skip
     if any(r.aa_acc is not None for r in reaches):
         notes.append(
@@ -287,6 +318,32 @@ def fastest_lines(reaches: Sequence[Reach], unit: Unit) -> list[str]:
     return out
 
 
+def _ranking(reaches: Sequence[Reach], first_hit: bool) -> list[str]:
+    def time(r: Reach) -> float | None:
+        return r.first_elapsed_s if first_hit else r.elapsed_s
+
+    done = [r for r in reaches if time(r) is not None]
+    return [r.run_id for r in sorted(done, key=lambda r: (time(r) or 0.0, approach_order(r.method), r.gpus, r.run_id))]
+
+
+def first_hit_lines(reaches: Sequence[Reach]) -> list[str]:
+    """Per dataset: the ranking under the plain first-hit rule, and whether it differs from the sustained one."""
+    out = []
+    for dataset in sorted({r.dataset for r in reaches}, key=dataset_order):
+        of = [r for r in reaches if r.dataset == dataset]
+        plain, kept = _ranking(of, first_hit=True), _ranking(of, first_hit=False)
+        if not plain:
+            continue
+        same = "the same ranking" if plain == kept else "a different ranking from the rule above"
+        moved = [r.run_id for r in of if r.first_epoch is not None and r.first_epoch != r.epoch]
+        text = (f"{dataset_label(dataset)}, under the plain first-hit rule (one evaluation at or above the target): "
+                f"{same}, " + " < ".join(plain))  # fmt: skip
+        if moved:
+            text += "; reached later (or never) under the sustained rule: " + ", ".join(moved)
+        out.append(text + ".")
+    return out
+
+
 def ttt_markdown(reaches: Sequence[Reach]) -> str:
     head, rows, notes = ttt_table(reaches)
     lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---|" + "---:|" * (len(head) - 4)]
@@ -295,7 +352,7 @@ def ttt_markdown(reaches: Sequence[Reach]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_TEX_SYMBOLS = {"‡": r"$^\ddagger$", "−": "-", "×": r"$\times$", "ε": r"$\varepsilon$"}
+_TEX_SYMBOLS = {"‡": r"$^\ddagger$", "−": "-", "×": r"$\times$", "ε": r"$\varepsilon$", "±": r"$\pm$"}
 
 
 def ttt_latex(reaches: Sequence[Reach]) -> str:
@@ -329,11 +386,12 @@ def ttt_latex(reaches: Sequence[Reach]) -> str:
 
 
 def curves(tables: Tables, reaches: Sequence[Reach]) -> pd.DataFrame:
-    """The evaluated epochs of the runs in `reaches` (run_id, dataset, method, gpus, elapsed_s, adv_acc): the figure."""
-    epochs = _epochs(tables)
+    """The judged rows of the runs in `reaches` (run_id, dataset, method, gpus, epoch, elapsed_s, adv_acc)."""
+    epochs = epochs_table(tables)
     parts = []
     for r in reaches:
         ev = _evaluated(epochs, r.run_id)
         parts.append(pd.DataFrame({"run_id": r.run_id, "dataset": r.dataset, "method": r.method, "gpus": r.gpus,
-                                   "elapsed_s": ev["t"].to_numpy(), "adv_acc": ev["adv"].to_numpy()}))  # fmt: skip
+                                   "epoch": ev["epoch"].to_numpy(), "elapsed_s": ev["t"].to_numpy(),
+                                   "adv_acc": ev["adv"].to_numpy()}))  # fmt: skip
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
