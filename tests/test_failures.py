@@ -149,7 +149,7 @@ def test_report_checks_its_arguments_before_collecting(tmp_path: Path, capsys: p
         assert option in line, line
         assert not runs_csv.exists(), f"{option} {value}: runs.csv was written before the argument was checked"
     line = one_line_error(capsys, ["report", "fail", "--results", str(root), "--baseline", "fast"])
-    assert "--baseline fast: no train run of fail has it; present: standard@1" in line, line
+    assert "--baseline fast: no train run of the experiment is that recipe; its runs: standard@1" in line, line
     assert not (root / "fail" / "report").exists()
     assert cli.main(["report", "fail", "--results", str(root), "--baseline", "standard@1"]) == 0
 

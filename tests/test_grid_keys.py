@@ -71,9 +71,7 @@ def test_writes_the_reference(tmp_path: Path) -> None:
         ("defaults:\n  attack: {epz: 0.2}\n", 3,
          "defaults.attack.epz: unknown key; closest valid keys: eps (every key: "),
         ("defaults:\n  zzzz: 1\n", 3, "defaults.zzzz: unknown key; no valid key is close (every key: "),
-        ("defautls:\n  seed: 1\n", 2,
-         "defautls: unknown key; valid keys: name, kind, profile, executor, description, defaults, grid, report, "
-         "base, extends"),
+        ("defautls:\n  seed: 1\n", 2, "defautls: unknown key; closest valid keys: defaults (every key: "),
     ],
 )  # fmt: skip
 def test_unknown_key_names_the_closest_keys(tmp_path: Path, body: str, line: int, message: str) -> None:
