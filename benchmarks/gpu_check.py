@@ -22,7 +22,7 @@ Without a CUDA device (and without --device cpu) it prints one line and exits 0.
 
 Dependencies. torch is the machine's own and is never installed. Per stage: env torch; cuda_tests pytest and
 submitit (tests/conftest.py imports it); step_cost torch; bench numpy, then pandas, pyyaml and submitit (the CLI
-imports orchestrator.launch); train_epoch numpy, tqdm, torchvision, PIL. The H200 image has all but submitit.
+imports orchestrator.submit.launch); train_epoch numpy, tqdm, torchvision, PIL. The H200 image has all but submitit.
 submitit (and its needs cloudpickle, typing_extensions, both on the image) is pure Python: fetch its wheel here
 
     echo /.whl/ >> .git/info/exclude
@@ -123,7 +123,7 @@ def device_of(args: argparse.Namespace) -> Any:
 
 def dist_of(args: argparse.Namespace) -> Any:
     """A single-process Dist on the chosen device (the CUDA one is what distributed.single picks)."""
-    from workloads.distributed import Dist
+    from workloads.runtime.distributed import Dist
 
     return Dist(device=device_of(args))
 
@@ -220,7 +220,7 @@ def grid_variant(out: Path, cfg: Config, name: str, shape: list[dict[str, int]] 
     """The paper grid with another shape list, and (--quick) the quick model and eval steps: a file in out."""
     import yaml
 
-    from orchestrator import yaml12
+    from orchestrator.grid import yaml12
 
     grid = yaml12.safe_load(PAPER_GRID.read_text())
     grid["name"] = f"{grid['name']}-{name}"

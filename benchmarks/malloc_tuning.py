@@ -1,4 +1,4 @@
-"""Training speed with glibc's default malloc thresholds vs the fixed ones of workloads.allocator.
+"""Training speed with glibc's default malloc thresholds vs the fixed ones of workloads.runtime.allocator.
 
 Runs the same short training (`python -m workloads.kinds.train`: small CNN on real Fashion-MNIST, one thread, global
 batch 128, evaluation every 2 epochs) in fresh processes, alternating FASTROBUST_TUNE_MALLOC=0 (glibc's

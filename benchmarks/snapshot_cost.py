@@ -1,7 +1,7 @@
-"""What a snapshot and judging one snapshot cost (workloads.snapshots, workloads.kinds.judge), on this machine.
+"""What a snapshot and judging one snapshot cost (workloads.training.snapshots, workloads.kinds.judge), on this machine.
 
 Per model (small_cnn, resnet50_cifar by default): the snapshot file's size (the fp32 state_dict:
-orchestrator.estimate.judging.STATE_MB holds these) and the median seconds of workloads.snapshots.save into a
+orchestrator.estimate.judging.STATE_MB holds these) and the median seconds of workloads.training.snapshots.save into a
 temporary run directory (serialise + write + fsync + rename + index row). Then judging one small-CNN snapshot:
 clean + PGD (steps, 1 random start) on `--examples` Fashion-MNIST training images held out (val_split), as the
 judge counts them (workloads.kinds.evaluate.run_batches), one process. Numbers, never pass/fail; run it on a quiet
@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from workloads import layout, snapshots
-from workloads.data import build_held_out
+from workloads import layout
+from workloads.assets.data import build_held_out
+from workloads.assets.models import build_model
 from workloads.kinds.evaluate import Settings, run_batches
-from workloads.models import build_model
 from workloads.spec import from_dict
+from workloads.training import snapshots
 
 
 def snapshot_cost(model_name: str, repeats: int) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import manifest  # noqa: E402
+from orchestrator.monitor import manifest  # noqa: E402
 from workloads import checkpoint_record, layout  # noqa: E402
 from workloads.spec import RunSpec  # noqa: E402
 
@@ -57,7 +57,7 @@ def _json(obj: Any) -> str:
 
 
 def _env(run_id: str, job_id: str) -> dict[str, Any]:
-    """env.json as workloads.runinfo writes it for one single-rank attempt."""
+    """env.json as workloads.runtime.runinfo writes it for one single-rank attempt."""
     start = "2026-12-01T23:00:00+0000"
     return {
         "job_id": job_id, "hostnames": ["node1"], "ranks": [{"rank": 0, "hostname": "node1", "device": "cpu"}],

@@ -41,11 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from workloads.attacks import attack_from, attack_mode
-from workloads.engine import AMP_DTYPES, autocast, train_step
-from workloads.free_step import FreeStep
-from workloads.models import build_model
+from workloads.adversarial.attacks import attack_from, attack_mode
+from workloads.assets.models import build_model
 from workloads.spec import Attack, resolve_attack
+from workloads.training.engine import AMP_DTYPES, autocast, train_step
+from workloads.training.free_step import FreeStep
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                   attack_amp=attack_amp, scaler=scaler, freeze=compiled)  # fmt: skip
 
     def free_trainer() -> Callable[[], object]:
-        """Free training's replayed step (workloads.free_step), as the trainer runs it: m replays per call."""
+        """Free training's replayed step (workloads.training.free_step), as the trainer runs it: m replays per call."""
         model, step = copy.deepcopy(base), FreeStep()
         opt, attack = sgd(model), resolve_attack("free", Attack(eps=args.eps, replays=args.replays))
         scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import manifest, progress, scheduler
+from orchestrator.monitor import manifest, progress, scheduler
 from workloads import layout
 
 

@@ -26,11 +26,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator import deferred_stop, folder_checks, grid_report, launch, local_queue, manifest, progress
-from orchestrator import status as cell_status
 from orchestrator.errors import UserError
-from orchestrator.plan import Plan
-from orchestrator.scheduler import SchedulerUnavailable
+from orchestrator.grid import report_settings as grid_report
+from orchestrator.monitor import manifest, progress
+from orchestrator.monitor import status as cell_status
+from orchestrator.monitor.scheduler import SchedulerUnavailable
+from orchestrator.submit import deferred_stop, folder_checks, launch, local_queue
+from orchestrator.submit.plan import Plan
 from workloads import layout
 
 EXIT_FAILED_CELLS = 1
@@ -55,7 +57,7 @@ def experiment_dir(name: str, root: Path) -> Path:
 
 
 def _grid_experiments(grid_path: str, root: Path, executor: str | None = None) -> dict[Path, list[str]]:
-    from orchestrator.grid import load_grids
+    from orchestrator.grid.files import load_grids
 
     cells: dict[Path, list[str]] = {}
     for grid in load_grids(grid_path, executor):
@@ -79,7 +81,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         return _submit(args, root)
     except KeyboardInterrupt:
-        from orchestrator import interrupt
+        from orchestrator.submit import interrupt
 
         print(f"orchestrate: {interrupt.message(_grid_experiments(args.grid, root, args.executor))}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -164,7 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         folder_checks.require_experiment(exp_dir)
         targets = {exp_dir: None}
     if args.json:
-        from orchestrator import listing
+        from orchestrator.monitor import listing
 
         sys.stdout.write(listing.status_json(targets))
         return 0
@@ -184,7 +186,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from orchestrator import logs
+    from orchestrator.monitor import logs
 
     exp_dir, run_id = logs.find_cell(launch.results_root(args.results), args.cell)
     _check_rank(exp_dir, run_id, args.rank)
@@ -269,7 +271,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from orchestrator import clean
+    from orchestrator.submit import clean
 
     exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
     folder_checks.require_experiment(exp_dir)
@@ -294,14 +296,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from orchestrator import listing
+    from orchestrator.monitor import listing
 
     sys.stdout.write(listing.list_table(launch.results_root(args.results)))
     return 0
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from orchestrator import grid_keys
+    from orchestrator.grid import keys as grid_keys
 
     sys.stdout.write(grid_keys.markdown() if args.markdown else grid_keys.plain())
     return 0

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestrator import recipe_key
-from orchestrator import status as cell_status
+from orchestrator.grid import recipe_key
+from orchestrator.monitor import status as cell_status
 from workloads import layout
 from workloads.catalog import method_info
 from workloads.spec import RunSpec, from_dict, resolve_attack
@@ -38,12 +38,12 @@ RUN_COLUMNS = (
     # extras
     "batch_per_rank", "precision", "seed", "train_subset", "val_subset", "last_epoch", "best_clean_acc",
     "best_metric", "attempts", "eval_every", "eval_steps", "eval_restarts", "eval_batch_size",
-    "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.guard): empty when it was off
-    "method_schedule",  # phases before `method` (workloads.recipe) as method@until;...: empty without
+    "co_flag", "co_epoch",  # the catastrophic-overfitting guard (workloads.training.guard): empty when it was off
+    "method_schedule",  # phases before `method` (workloads.training.recipe) as method@until;...: empty without
     "recipe",  # the grid's recipe name (leads the run_id), empty without
     "attack_replays",  # free's replays per mini-batch as set in the grid, empty: the method's default
 )  # fmt: skip
-# then orchestrator.recipe_key.added_columns: recipe_key, recipe_label, the optimizer.* settings always, and every
+# then orchestrator.grid.recipe_key.added_columns: recipe_key, recipe_label, the optimizer.* settings always, and every
 # other setting that varies across the experiment's train cells (dotted names; empty for other kinds)
 
 

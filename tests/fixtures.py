@@ -179,8 +179,8 @@ def manual_sgd_training(spec: Any, scheduler: Callable[[Any, int], Any] | None =
     import torch
     import torch.nn.functional as F
 
-    from workloads.data import build_datasets
-    from workloads.models import build_model
+    from workloads.assets.data import build_datasets
+    from workloads.assets.models import build_model
 
     data = build_datasets(spec)
     xs = torch.stack([data.train[i][0] for i in range(len(data.train))])
@@ -209,8 +209,8 @@ def evaluate_interrupted_then_resumed(
 ) -> list[int]:
     """Run the evaluate kind in run_dir, let it die during its `die_at`-th attacked batch, run it again; returns
     the first example index of every batch each run attacked (evaluate.batch_counts' fourth argument)."""
-    from workloads import distributed
     from workloads.kinds import evaluate
+    from workloads.runtime import distributed
 
     calls: list[int] = []
     original = evaluate.batch_counts
@@ -287,7 +287,7 @@ def wait_terminal(exp_dir: Path, timeout: float, stall_s: float | None = None) -
 
     With `stall_s`, `timeout` is only the cap: the wait goes on as long as the cells make progress (a new epoch,
     attempt or state) at least every `stall_s` seconds, so a busy machine makes the test slower, not red."""
-    from orchestrator import status as cell_state
+    from orchestrator.monitor import status as cell_state
 
     if stall_s is None:
 

@@ -1,4 +1,4 @@
-"""workloads.allocator: fixed glibc malloc thresholds (each case in a fresh process: the setting is global)."""
+"""workloads.runtime.allocator: fixed glibc malloc thresholds (each case in a fresh process: the setting is global)."""
 
 from __future__ import annotations
 

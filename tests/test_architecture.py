@@ -157,7 +157,7 @@ def test_the_import_walk_sees_known_edges() -> None:
     """Guards the walker itself: an empty graph would pass every other test here."""
     graph = import_graph()
     assert "orchestrator.errors" in graph["orchestrator.cli"]
-    assert "workloads.spec" in graph["orchestrator.grid"]
+    assert "workloads.spec" in graph["orchestrator.grid.files"]
     assert sum(len(edges) for edges in graph.values()) > 20
 
 

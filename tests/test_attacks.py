@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import Tensor, nn
 
-from workloads.attacks import attack_from, attack_mode, pgd, sample_ball
+from workloads.adversarial.attacks import attack_from, attack_mode, pgd, sample_ball
 from workloads.spec import Attack, resolve_attack
 
 P_OK = 1e-3  # a correct sampler passes a KS test at this level (fixed seeds: deterministic)

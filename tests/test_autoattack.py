@@ -22,13 +22,14 @@ from orchestrator.report import time_to_target as ttt
 from orchestrator.report.tables import Tables
 from tests import fixtures
 from tests.fixtures import free_port
-from workloads import distributed, entry, layout
-from workloads.checkpoint import load_model
-from workloads.data import build_split
-from workloads.external import autoattack
+from workloads import entry, layout
+from workloads.assets.checkpoint import load_model
+from workloads.assets.data import build_split
+from workloads.assets.external import autoattack
+from workloads.assets.models import RobustModel
 from workloads.kinds import evaluate
 from workloads.kinds.train import train
-from workloads.models import RobustModel
+from workloads.runtime import distributed
 from workloads.schema import SpecError
 from workloads.spec import Attack, Eval, Evaluate, Optimizer, RunSpec, from_dict
 

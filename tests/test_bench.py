@@ -10,8 +10,8 @@ import torch
 
 from orchestrator.estimate import bench_costs
 from tests.fixtures import needs_fmnist
-from workloads.distributed import Dist
 from workloads.kinds import bench
+from workloads.runtime.distributed import Dist
 from workloads.spec import from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; these models are tiny

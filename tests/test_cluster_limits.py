@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import submitit
 
-from orchestrator import launch, manifest, plan, progress
+from orchestrator.monitor import manifest, progress
+from orchestrator.submit import launch, plan
 from tests.slurm_stub import StubCell
 from workloads import layout
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import collect, manifest
+from orchestrator import collect
+from orchestrator.monitor import manifest
 from workloads import layout
 from workloads.spec import Attack, RunSpec, Shape
 

@@ -21,13 +21,14 @@ import torch
 
 from tests.fixtures import free_port
 from tests.test_distributed import ROOT, clean_env, write_spec
-from workloads import checkpoint, layout
+from workloads import layout
+from workloads.assets import checkpoint
 
 # The child runs workloads.entry with engine.attack_from wrapped: per attack pass, whether any parameter required
 # grad and whether any parameter's .grad changed; one JSON line per pass in $ATTACK_LOG.rank{RANK}.
 RECORDING_ENTRY = """
 import json, os, torch
-import workloads.engine as engine
+import workloads.training.engine as engine
 from workloads import entry
 real, log = engine.attack_from, open(os.environ["ATTACK_LOG"] + ".rank" + os.environ["RANK"], "w")
 

@@ -25,13 +25,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from workloads import entry, layout
-from workloads.accuracy import batch_accuracy, dataset_accuracy
-from workloads.attacks import attack_from, pgd, sample_ball
+from workloads.adversarial.attacks import attack_from, pgd, sample_ball
+from workloads.assets.models import build_model
 from workloads.catalog import dataset_info
-from workloads.distributed import Dist
-from workloads.engine import train_step
-from workloads.models import build_model
+from workloads.runtime.distributed import Dist
 from workloads.spec import Attack, ResolvedAttack, from_dict, resolve_attack
+from workloads.training.accuracy import batch_accuracy, dataset_accuracy
+from workloads.training.engine import train_step
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -162,7 +162,7 @@ def nccl_child(port: int) -> None:
     """Child side: the env torchrun gives a single rank, NCCL init on 127.0.0.1, all_reduce_sum and a barrier."""
     import torch.distributed as tdist
 
-    from workloads import distributed
+    from workloads.runtime import distributed
 
     os.environ |= {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     spec = from_dict({"experiment": "t", "run_id": "r"})

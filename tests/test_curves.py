@@ -10,8 +10,8 @@ import pytest
 from tests.fixtures import needs_fmnist
 from tests.test_train import tiny_spec
 from workloads import layout
-from workloads.curves import TAGS, EpochCurves
 from workloads.kinds.train import train
+from workloads.training.curves import TAGS, EpochCurves
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), needs_fmnist]
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

@@ -19,8 +19,8 @@ from tests.fixtures import (
     make_imagenet,
     needs_fmnist,
 )
+from workloads.assets.data import DataError, ImageDataset, build_datasets, build_split, stratified_indices
 from workloads.catalog import DATASETS, RESTRICTED_IMAGENET_RANGES, dataset_info
-from workloads.data import DataError, ImageDataset, build_datasets, build_split, stratified_indices
 from workloads.spec import RunSpec
 
 

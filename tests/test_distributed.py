@@ -14,11 +14,13 @@ import torch.multiprocessing as mp
 
 from tests import fixtures
 from tests.fixtures import free_port
-from workloads import checkpoint, distributed, layout
-from workloads.accuracy import dataset_accuracy
-from workloads.data import build_datasets
-from workloads.models import build_model
+from workloads import layout
+from workloads.assets import checkpoint
+from workloads.assets.data import build_datasets
+from workloads.assets.models import build_model
+from workloads.runtime import distributed
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
+from workloads.training.accuracy import dataset_accuracy
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
@@ -197,7 +199,7 @@ def test_setup_reads_a_submitit_local_job(monkeypatch: pytest.MonkeyPatch, resto
     assert os.environ["RANK"] == "0" and os.environ["WORLD_SIZE"] == "1" and os.environ["MASTER_PORT"]
     assert torch.get_num_threads() == 1  # the local executor's cpus_per_task
 
-    from workloads import runinfo
+    from workloads.runtime import runinfo
 
     info = runinfo.collect_env(dist)
     assert info["job_id"] == "4242" and info["submitit_job_id"] == "4242"

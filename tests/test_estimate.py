@@ -477,7 +477,7 @@ RECIPE_KW = dict(dataset="cifar10", epochs=6, global_batch=128, eval_every=3, ev
 
 @pytest.mark.parametrize("replays", [None, 1, 8])
 def test_free_is_m_standard_steps_per_mini_batch(bench: pd.DataFrame, replays: int | None) -> None:
-    """workloads.free_step: m replays, each one forward + one backward + an optimizer step = a standard step;
+    """workloads.training.free_step: m replays, each one forward + one backward + an optimizer step = a standard step;
     the grid's epochs are what runs (the recipe divides them by m in the grid file)."""
     m = replays or 4  # the catalog's default
     pred = estimate.predict(costs_of(bench), method="free", replays=replays, **RECIPE_KW)  # type: ignore[arg-type]
@@ -542,9 +542,9 @@ def test_gradalign_needs_its_own_rows(bench: pd.DataFrame) -> None:
 def test_a_method_schedule_weighs_each_phase_by_its_iterations(
     bench: pd.DataFrame, epochs: int, until: float, first: int
 ) -> None:
-    """workloads.recipe: epoch e trains with the phase whose until the epoch's middle (e - 0.5) lies before."""
-    from workloads import recipe
+    """workloads.training.recipe: epoch e trains with the phase whose until the epoch's middle (e - 0.5) lies before."""
     from workloads.spec import Phase, RunSpec
+    from workloads.training import recipe
 
     spec = RunSpec(epochs=epochs, method="pgd7", method_schedule=[Phase("fast", until)])
     assert sum(recipe.phase_method(spec, e) == "fast" for e in range(1, epochs + 1)) == first  # the trainer's rule
@@ -631,7 +631,7 @@ def test_estimate_of_the_gpu_grid_prices_every_cell(tmp_path: Path, capsys: pyte
     rows = cifar10_recipes_bench()
     write_csv_atomic(tmp_path / "bench.csv", list(rows[0]), rows)
     df = estimate.estimate_grid(grid, tmp_path / "bench.csv")
-    from orchestrator.grid import load_grids
+    from orchestrator.grid.files import load_grids
 
     cells = [c for g in load_grids(grid) for c in g.cells]
     train, judges = [c for c in cells if c.kind == "train"], [c for c in cells if c.kind == "judge"]
@@ -695,8 +695,8 @@ def test_the_bench_grid_covers_every_group_the_gpu_grid_needs() -> None:
     """experiments/bench/cpu_fast_recipes_cifar10.yaml benches each (model, precision, channels_last) of
     fast_recipes_cifar10.yaml's train cells, standard and fast in each (free and nfgsm derive from them), at world
     sizes 1 and 2 (the all-reduce), with the cells' eps and norm."""
-    from orchestrator.grid import load_grids
-    from workloads.recipe import schedule_methods
+    from orchestrator.grid.files import load_grids
+    from workloads.training.recipe import schedule_methods
 
     bench_grid = REPO / "experiments" / "bench" / "cpu_fast_recipes_cifar10.yaml"
     bench_cells = [c for g in load_grids(bench_grid) for c in g.cells]

@@ -17,13 +17,14 @@ from torch.utils.data import Subset
 
 from tests import fixtures
 from tests.fixtures import free_port, make_cifar10
-from workloads import distributed, entry, layout
-from workloads.checkpoint import load_model
-from workloads.data import build_split
-from workloads.external import autoattack, madry
+from workloads import entry, layout
+from workloads.assets.checkpoint import load_model
+from workloads.assets.data import build_split
+from workloads.assets.external import autoattack, madry
+from workloads.assets.models import RobustModel, build_model
 from workloads.kinds import evaluate
 from workloads.kinds.train import train
-from workloads.models import RobustModel, build_model
+from workloads.runtime import distributed
 from workloads.spec import Attack, Eval, Evaluate, Optimizer, RunSpec
 
 EXP = "fm"

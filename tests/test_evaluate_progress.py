@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator import status
+from orchestrator.monitor import status
 from workloads import layout, stage
-from workloads.external import autoattack
+from workloads.assets.external import autoattack
 from workloads.kinds import evaluate
 
 

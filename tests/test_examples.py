@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from orchestrator import cli
-from orchestrator.grid_bases import merge
+from orchestrator.grid.bases import merge
 from workloads import layout
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, launch, manifest, plan, scheduler
-from orchestrator.grid import GridError, load_grids
-from orchestrator.profiles import load_profile
+from orchestrator import cli
+from orchestrator.grid.files import GridError, load_grids
+from orchestrator.grid.profiles import load_profile
+from orchestrator.monitor import manifest, scheduler
+from orchestrator.submit import launch, plan
 from tests.fixtures import quiet, wait_until
 from tests.slurm_stub import StubCell
-from workloads import layout, runlock
+from workloads import layout
+from workloads.runtime import runlock
 
 GRID = """\
 name: fail

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, launch, manifest, scheduler
-from orchestrator import status as cell_state
-from orchestrator.scheduler import JobRecord
+from orchestrator import cli
+from orchestrator.monitor import manifest, scheduler
+from orchestrator.monitor import status as cell_state
+from orchestrator.monitor.scheduler import JobRecord
+from orchestrator.submit import launch
 from tests.slurm_stub import StubCell
 from workloads import layout
 
@@ -244,8 +246,8 @@ def test_concurrent_submissions_submit_each_cell_once(tmp_path: Path, results: P
 def test_a_submission_refused_under_the_lock_names_every_cell_the_other_submitted(results: Path) -> None:
     """The cells of the other submission count as taken by the manifest, not by their state: one that already
     failed was still submitted meanwhile (replan neither miscounts it nor submits it again with --only-missing)."""
-    from orchestrator import plan
-    from orchestrator.grid import load_grids
+    from orchestrator.grid.files import load_grids
+    from orchestrator.submit import plan
 
     grid_path = results / "late.yaml"
     grid_path.write_text("name: late\nexecutor: local\ngrid:\n  seed: [0, 1]\n")
@@ -285,7 +287,7 @@ def _hold_elsewhere(run_dir: Path, job_id: str) -> subprocess.Popen[str]:
 
 
 def test_a_live_holder_refuses_a_second_job_and_a_dead_one_does_not(tmp_path: Path) -> None:
-    from workloads import runlock
+    from workloads.runtime import runlock
 
     holder = _hold_elsewhere(tmp_path, "4242")
     try:
@@ -305,7 +307,8 @@ def test_a_live_holder_refuses_a_second_job_and_a_dead_one_does_not(tmp_path: Pa
 
 
 def test_entry_refuses_a_held_run_dir_and_writes_nothing_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workloads import distributed, entry, runlock
+    from workloads import entry
+    from workloads.runtime import distributed, runlock
     from workloads.spec import from_dict
 
     monkeypatch.setenv(runlock.WAIT_ENV, "0.5")
@@ -350,8 +353,8 @@ def test_a_second_job_in_a_live_run_dir_refuses_to_start(
     runs. It stops on its own, naming the holder; the first one finishes with each epoch once."""
     import submitit
 
-    from orchestrator.grid import load_grid
-    from orchestrator.job import CellJob
+    from orchestrator.grid.files import load_grid
+    from orchestrator.submit.job import CellJob
 
     grid_path = tmp_path / "onewriter.yaml"
     grid_path.write_text(TRAIN_GRID)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator import manifest
-from orchestrator import status as cell_state
+from orchestrator.monitor import manifest
+from orchestrator.monitor import status as cell_state
 from workloads import layout
 
 # -- torn or foreign checkpoints ----------------------------------------------------------------------------------
@@ -20,7 +20,8 @@ from workloads import layout
 def _tiny_train(run_dir: Path, epochs: int) -> dict[str, Any]:
     """Train (or resume) a tiny real run in run_dir through the job entry point, in this process."""
     from tests.test_train import tiny_spec
-    from workloads import distributed, entry
+    from workloads import entry
+    from workloads.runtime import distributed
 
     spec = tiny_spec(epochs=epochs, train_subset=256, eval={"every": 1, "steps": 1})
     layout.write_json_atomic(run_dir / layout.SPEC, spec.to_dict())
@@ -33,7 +34,7 @@ def _epochs(run_dir: Path) -> list[int]:
 
 @pytest.mark.usefixtures("one_thread")
 def test_one_generation_is_kept_and_a_torn_last_falls_back(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from workloads import checkpoint
+    from workloads.assets import checkpoint
 
     _tiny_train(tmp_path, 2)
     assert checkpoint.load(tmp_path / checkpoint.CKPT_PREV)["epoch"] == 1
@@ -57,7 +58,7 @@ def test_no_loadable_checkpoint_fails_in_one_line(tmp_path: Path, results: Path,
 
     import torch
 
-    from workloads import checkpoint
+    from workloads.assets import checkpoint
 
     run_dir = layout.run_dir(results, "torn", "tiny")
     run_dir.mkdir(parents=True)
@@ -119,7 +120,7 @@ def _fill(folder: Path, leave: int) -> Path:
 def test_a_full_disk_leaves_files_whole_and_a_retry_resumes(tiny_disk: Path) -> None:
     import errno
 
-    from workloads import checkpoint
+    from workloads.assets import checkpoint
 
     run_dir = layout.run_dir(tiny_disk / "results", "full", "tiny")
     run_dir.mkdir(parents=True)

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workloads import entry, layout, representation
-from workloads.checkpoint import load_model
-from workloads.data import build_datasets
-from workloads.distributed import Dist
+from workloads import entry, layout
+from workloads.adversarial import representation
+from workloads.assets.checkpoint import load_model
+from workloads.assets.data import build_datasets
 from workloads.kinds import visualize, visualize_plots
 from workloads.kinds.train import train
+from workloads.runtime.distributed import Dist
 from workloads.spec import Attack, Eval, Optimizer, RunSpec, Visualize
 
 SOURCE_EXPERIMENT = "src"

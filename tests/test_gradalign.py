@@ -20,11 +20,12 @@ from tests.fixtures import free_port
 from tests.test_attacks import box_images, ce_input_grad, gen, linear_model
 from tests.test_distributed import TORCHRUN_VARS
 from tests.test_methods import Counting
-from workloads import catalog, distributed
-from workloads.attacks import attack_from, clamp_to_box, gradient_misalignment, sample_ball
-from workloads.engine import train_step, wrap_ddp
+from workloads import catalog
+from workloads.adversarial.attacks import attack_from, clamp_to_box, gradient_misalignment, sample_ball
+from workloads.runtime import distributed
 from workloads.schema import SpecError
 from workloads.spec import Attack, check_spec, from_dict, resolve_attack
+from workloads.training.engine import train_step, wrap_ddp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAMBDA = catalog.METHODS["gradalign"].align

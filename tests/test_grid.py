@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 import submitit
 
-from orchestrator.grid import GridError, load_grid, load_grids, resolve_executor
-from orchestrator.profiles import (
-    ProfileError,
-    available_profiles,
-    executor_kwargs,
-    load_profile,
-    slurm_parameters,
-)
+from orchestrator.grid.files import GridError, load_grid, load_grids, resolve_executor
+from orchestrator.grid.profiles import ProfileError, available_profiles, executor_kwargs, load_profile, slurm_parameters
 from workloads.spec import RunSpec, resolve_attack, resolve_eval_attack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +282,7 @@ def test_slurm_parameters_gres_style(monkeypatch, tmp_path: Path):
     assert slurm_parameters(typed, cell)["slurm_gres"] == "gpu:volta:2"
 
 
-# -- the report section (orchestrator.grid_report) ----------------------------------------------------------
+# -- the report section (orchestrator.grid.report_settings) ----------------------------------------------------------
 
 REPORT_GRID = """\
 name: with-report
@@ -301,7 +295,7 @@ grid:
 
 
 def test_report_section_is_optional_and_read(tmp_path: Path):
-    from orchestrator.grid_report import ReportSettings
+    from orchestrator.grid.report_settings import ReportSettings
 
     path = tmp_path / "g.yaml"
     path.write_text(REPORT_GRID)

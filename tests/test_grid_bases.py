@@ -1,4 +1,4 @@
-"""Shared defaults across the documents of a grid file (`base:` / `extends:`, orchestrator.grid_bases) and YAML
+"""Shared defaults across the documents of a grid file (`base:` / `extends:`, orchestrator.grid.bases) and YAML
 merge keys within a document: precedence (later wins, nested mappings merge, lists replace) and the refusals,
 one line each."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.grid import GridError, load_grids
-from orchestrator.grid_bases import merge
+from orchestrator.grid.bases import merge
+from orchestrator.grid.files import GridError, load_grids
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, grid_keys
-from orchestrator.grid import GridError, load_grids
+from orchestrator import cli
+from orchestrator.grid import keys as grid_keys
+from orchestrator.grid.files import GridError, load_grids
 from workloads.schema import KEYS_DOC
 from workloads.spec import RunSpec
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_committed_reference_equals_the_generated_one() -> None:
     committed = (REPO / KEYS_DOC).read_text(encoding="utf-8")
-    assert committed == grid_keys.markdown(), "docs/grid-keys.md is stale: python -m orchestrator.grid_keys"
+    assert committed == grid_keys.markdown(), "docs/grid-keys.md is stale: python -m orchestrator.grid.keys"
 
 
 def test_every_setting_is_listed_once_with_a_meaning() -> None:

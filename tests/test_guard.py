@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from tests.test_train import tiny_spec
-from workloads import guard as guard_module
 from workloads import layout
-from workloads.data import build_datasets
-from workloads.guard import Guard, History, guard_attack, guard_dataset, guard_indices
+from workloads.assets.data import build_datasets
 from workloads.kinds.train import train
 from workloads.spec import from_dict
+from workloads.training import guard as guard_module
+from workloads.training.guard import Guard, History, guard_attack, guard_dataset, guard_indices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,9 +161,10 @@ def test_free_and_the_guard_under_ddp(tmp_path: Path) -> None:
     """Two gloo ranks train free (2 replays) with the guard on 51 examples (shards of 26 + 25): the guard's
     clean accuracy equals one process's on the same weights (exact all-reduced counts, same subset)."""
     from tests.test_distributed import torchrun_entry, write_spec
-    from workloads import checkpoint, distributed
-    from workloads.accuracy import dataset_accuracy
+    from workloads.assets import checkpoint
+    from workloads.runtime import distributed
     from workloads.spec import resolve_eval_attack
+    from workloads.training.accuracy import dataset_accuracy
 
     spec_path, spec = write_spec(
         tmp_path / "ddp-free", method="free", epochs=1, attack={"norm": "linf", "eps": 0.1, "replays": 2},

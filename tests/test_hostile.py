@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, launch, plan
-from orchestrator.grid import GridError, load_grids
-from orchestrator.grid_document import MAX_CELLS_ENV
+from orchestrator import cli
+from orchestrator.grid.document import MAX_CELLS_ENV
+from orchestrator.grid.files import GridError, load_grids
+from orchestrator.submit import launch, plan
 from tests.slurm_stub import StubCell
 from workloads import layout
 from workloads.spec import RunSpec
@@ -296,7 +297,7 @@ def test_no_grid_field_is_run_by_a_local_job(tmp_path: Path, results: Path) -> N
 
 @pytest.mark.slurm
 def test_no_grid_field_is_run_by_a_slurm_job(tmp_path: Path, results: Path) -> None:
-    from orchestrator import status
+    from orchestrator.monitor import status
 
     grid, marker = _shell_grid(tmp_path, "slurm")
     launch.submit(grid, results, log=lambda _: None, job=StubCell())

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, launch, local_queue, manifest, scheduler
-from orchestrator import status as cell_state
+from orchestrator import cli
+from orchestrator.monitor import manifest, scheduler
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch, local_queue
 from tests.fixtures import quiet, wait_until
 from tests.slurm_stub import StubCell
 from workloads import layout

@@ -13,10 +13,12 @@ import pytest
 from tests.fixtures import needs_fmnist
 from tests.test_midepoch import two_ranks
 from tests.test_train import tiny_spec
-from workloads import distributed, entry, layout, runlock, snapshots
-from workloads.judge_follow import Follower
+from workloads import entry, layout
 from workloads.kinds.train import train
+from workloads.runtime import distributed, runlock
+from workloads.runtime.judge_follow import Follower
 from workloads.spec import RunSpec, from_dict
+from workloads.training import snapshots
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 

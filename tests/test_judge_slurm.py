@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import launch, manifest
-from orchestrator import status as cell_state
+from orchestrator.monitor import manifest
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch
 from tests.fixtures import quiet, wait_terminal, wait_until, write_grid
 from workloads import layout
 

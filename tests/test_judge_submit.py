@@ -1,4 +1,4 @@
-"""The judge jobs of a grid (orchestrator.judge_plan): one judge cell per array of a train document with
+"""The judge jobs of a grid (orchestrator.grid.judge_plan): one judge cell per array of a train document with
 snapshots, its dependency (Slurm: after, so it starts beside the training), run end to end on the local executor
 (after the training cells), collected into snapshots.csv and shown by `status`."""
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, collect, launch, progress
-from orchestrator import status as cell_status
-from orchestrator.grid import load_grids
+from orchestrator import cli, collect
+from orchestrator.grid.files import load_grids
+from orchestrator.monitor import progress
+from orchestrator.monitor import status as cell_status
+from orchestrator.submit import launch
 from tests.fixtures import needs_fmnist, normalise
 from workloads import layout
 

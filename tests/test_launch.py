@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, launch, manifest, plan, submitit_compat
-from orchestrator import status as cell_state
-from orchestrator.grid import load_grids
+from orchestrator import cli
+from orchestrator.grid.files import load_grids
+from orchestrator.monitor import manifest
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch, plan, submitit_compat
 from tests.fixtures import normalise
 from tests.slurm_stub import StubCell
 from workloads import layout
@@ -126,10 +128,12 @@ def test_clean_submission_env_hides_and_restores(monkeypatch: pytest.MonkeyPatch
 
 
 def test_submitit_private_names_still_exist() -> None:
-    """orchestrator.submitit_compat relies on names submitit does not document (pyproject bounds the version);
+    """orchestrator.submit.submitit_compat relies on names submitit does not document (pyproject bounds the version);
     a submitit release that drops one must fail here, by name, not in a dry run on a cluster."""
     missing = submitit_compat.missing_private_names()
-    assert not missing, f"the installed submitit lacks {', '.join(missing)}: update orchestrator/submitit_compat.py"
+    assert not missing, (
+        f"the installed submitit lacks {', '.join(missing)}: update orchestrator/submit/submitit_compat.py"
+    )
 
 
 def test_dry_run_leaves_submitit_as_it_was() -> None:
@@ -148,8 +152,10 @@ def test_production_code_has_no_mock_and_no_torch() -> None:
     for path in sources:
         text = path.read_text()
         assert "unittest" not in text and "mock" not in text.replace("mocks", ""), path
-    code = "import sys, orchestrator.cli, orchestrator.launch, orchestrator.report, orchestrator.estimate.model; "
-    code += "import orchestrator.report.plots, orchestrator.job; sys.exit('torch' in sys.modules)"
+    code = (
+        "import sys, orchestrator.cli, orchestrator.submit.launch, orchestrator.report, orchestrator.estimate.model; "
+    )
+    code += "import orchestrator.report.plots, orchestrator.submit.job; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0, "the orchestrator imported torch"
 
 

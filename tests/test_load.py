@@ -29,8 +29,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, collect, launch, manifest
-from orchestrator import status as cell_state
+from orchestrator import cli, collect
+from orchestrator.monitor import manifest
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch
 from tests.fixtures import quiet, wait_terminal
 from tests.slurm_stub import StubCell
 from workloads import layout
@@ -158,8 +160,8 @@ def _finish_at(spec_path: str, job_id: str, at: float) -> None:
 def test_256_run_directories_written_at_the_same_instant(tmp_path: Path, results: Path) -> None:
     """The planner writes 256 spec.json files and the manifest (as `submit` does, under the experiment's lock);
     then 256 forked processes write their cells' files at one instant while two collectors run."""
-    from orchestrator.grid import load_grids
-    from orchestrator.plan import decide
+    from orchestrator.grid.files import load_grids
+    from orchestrator.submit.plan import decide
 
     (plan,) = decide(load_grids(_grid(tmp_path, CELLS), "local"), results, only_missing=False)
     exp_dir, stop = plan.exp_dir, tmp_path / "stop"

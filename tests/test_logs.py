@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, launch, manifest
+from orchestrator import cli
+from orchestrator.monitor import manifest
+from orchestrator.submit import launch
 from tests.slurm_stub import StubCell
 from workloads import layout
 

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 
 from tests.test_attacks import box_images, ce_input_grad, gen, linear_model, small_cnn
 from workloads import catalog
-from workloads.attacks import attack_from, pgd, sample_ball
-from workloads.free_step import FreeStep, Stepper
+from workloads.adversarial.attacks import attack_from, pgd, sample_ball
 from workloads.schema import SpecError
 from workloads.spec import Attack, from_dict, resolve_attack
+from workloads.training.free_step import FreeStep, Stepper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -212,7 +212,7 @@ def test_free_smaller_last_batch() -> None:
 
 def test_stepper_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
-    monkeypatch.setattr("workloads.free_step.train_step", lambda *a, **k: seen.append("train_step"))
+    monkeypatch.setattr("workloads.training.free_step.train_step", lambda *a, **k: seen.append("train_step"))
     stepper = Stepper()
     monkeypatch.setattr(stepper, "free", lambda *a, **k: seen.append("free"))
     for method in ("fast", "free", "nfgsm"):

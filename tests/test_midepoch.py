@@ -1,4 +1,5 @@
-"""Within-epoch checkpoints (checkpoint_every_min, SIGUSR2 through workloads.preempt): a run stopped mid-epoch and
+"""Within-epoch checkpoints (checkpoint_every_min, SIGUSR2 through workloads.runtime.preempt): a run stopped mid-epoch
+and
 resumed ends bit-identical to the uninterrupted one (1 process: fast, free with its carried delta, onecycle's
 per-iteration lr; 2 gloo ranks); SIGUSR2 saves at the next step boundary and stops with Preempted (exit 75) or
 through the previous Python handler (submitit's); outside the step loop, and in other kinds, it stops at once."""
@@ -21,12 +22,14 @@ import torch.multiprocessing as mp
 from tests.fixtures import free_port, needs_fmnist
 from tests.test_distributed import TORCHRUN_VARS, write_spec
 from tests.test_train import TIMING, tiny_spec
-from workloads import checkpoint, distributed, entry, layout, preempt
-from workloads.free_step import Stepper
+from workloads import entry, layout
+from workloads.assets import checkpoint
 from workloads.kinds import evaluate
 from workloads.kinds import train as train_kind
 from workloads.kinds.train import train
+from workloads.runtime import distributed, preempt
 from workloads.spec import Evaluate, RunSpec, from_dict
+from workloads.training.free_step import Stepper
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), needs_fmnist]
 
@@ -304,8 +307,9 @@ SLURM_EPOCHS = 3
 
 @pytest.mark.slurm
 def test_scancel_usr2_mid_epoch_requeues_and_ends_as_the_uninterrupted_run(tmp_path: Path, results: Path) -> None:
-    from orchestrator import launch, manifest
-    from orchestrator import status as cell_state
+    from orchestrator.monitor import manifest
+    from orchestrator.monitor import status as cell_state
+    from orchestrator.submit import launch
     from tests.test_slurm import assert_epochs_once, quiet, wait_terminal, wait_until, write_grid
 
     # 6144 examples: ~3-8 s an epoch on the 2-core test machine (96 steps), so a signal 1 s in lands mid-epoch

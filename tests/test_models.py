@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workloads import catalog
-from workloads.models import MODEL_NAMES, Normalize, RobustModel, build_model
+from workloads.assets.models import MODEL_NAMES, Normalize, RobustModel, build_model
 
 MEAN3, STD3 = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, launch, manifest, plan, progress, scheduler
-from orchestrator.grid import GridError, load_grids
+from orchestrator import cli
+from orchestrator.grid.files import GridError, load_grids
+from orchestrator.monitor import manifest, progress, scheduler
+from orchestrator.submit import launch, plan
 from tests import fixtures
 from tests.slurm_stub import StubCell
 from workloads import layout

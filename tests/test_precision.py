@@ -12,18 +12,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import orchestrator.devices
-import workloads.engine as engine
-from orchestrator.grid import GridError, load_grids
-from orchestrator.run_ids import derive_run_ids
+import orchestrator.grid.devices
+import workloads.training.engine as engine
+from orchestrator.grid.files import GridError, load_grids
+from orchestrator.grid.run_ids import derive_run_ids
 from tests.test_train import TinyBN, tiny_spec, weights
-from workloads import checkpoint, layout
+from workloads import layout
+from workloads.assets import checkpoint
+from workloads.assets.models import build_model
 from workloads.catalog import dataset_info
-from workloads.engine import attack_amp_dtype, frozen, train_step
 from workloads.kinds.train import train
-from workloads.models import build_model
-from workloads.schedules import Schedule
 from workloads.spec import ResolvedAttack, from_dict
+from workloads.training.engine import attack_amp_dtype, frozen, train_step
+from workloads.training.schedules import Schedule
 
 PGD2 = ResolvedAttack("l2", 0.5, 2, 0.6, True)
 
@@ -39,13 +40,13 @@ def grid_file(tmp_path: Path, executor: str, profile: str = "generic", **default
 def test_fp16_is_refused_for_a_cpu_cell_when_the_grid_is_loaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: dict[str, str]
 ) -> None:
-    monkeypatch.setattr(orchestrator.devices, "local_has_gpu", lambda: False)
+    monkeypatch.setattr(orchestrator.grid.devices, "local_has_gpu", lambda: False)
     key = "defaults.precision" if "precision" in setting else "defaults.attack.precision"
     with pytest.raises(GridError) as info:
         load_grids(grid_file(tmp_path, "local", **setting))
     (problem,) = info.value.problems
     assert f"levers.yaml:4: {key}: fp16 needs a CUDA device; this cell runs on CPU (executor local" in problem
-    monkeypatch.setattr(orchestrator.devices, "local_has_gpu", lambda: True)  # a GPU here: accepted
+    monkeypatch.setattr(orchestrator.grid.devices, "local_has_gpu", lambda: True)  # a GPU here: accepted
     assert load_grids(grid_file(tmp_path, "local", **setting))[0].cells[0].run_id
     (tmp_path / "cpu.yaml").write_text("gpu_request: none\n")  # a CPU-only Slurm site: refused
     with pytest.raises(GridError, match=r"\(profile cpu has gpu_request none\): use bf16 or fp32"):
@@ -55,7 +56,7 @@ def test_fp16_is_refused_for_a_cpu_cell_when_the_grid_is_loaded(
 
 def test_local_has_gpu_honours_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert not orchestrator.devices.local_has_gpu()
+    assert not orchestrator.grid.devices.local_has_gpu()
 
 
 def test_fp16_on_cpu_fails_at_job_start_in_one_line(tmp_path: Path) -> None:

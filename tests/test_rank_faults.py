@@ -1,5 +1,5 @@
 """A rank dies (kill -9) or hangs (SIGSTOP) in a real job: the job ends in bounded time, its error file names the
-rank, its host and the signal, and `--only-missing` resumes it with each epoch once (workloads.supervisor).
+rank, its host and the signal, and `--only-missing` resumes it with each epoch once (workloads.runtime.supervisor).
 
 The `slurm` tests kill or stop the workload child of rank 1 of 1 x 2 and 2 x 1 train jobs on the local cluster;
 the others run the same under submitit's local executor. tests/test_supervisor.py has the unit tests.
@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, launch, manifest
-from orchestrator import status as cell_state
+from orchestrator import cli
+from orchestrator.monitor import manifest
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch
 from tests import fixtures
 from workloads import layout
 

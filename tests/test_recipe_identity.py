@@ -1,4 +1,4 @@
-"""Recipe identity (orchestrator.recipe_key): a recipe is every setting but the seed; runs.csv names each run's
+"""Recipe identity (orchestrator.grid.recipe_key): a recipe is every setting but the seed; runs.csv names each run's
 recipe and carries the settings that vary; Table I's rows are recipes and only replicates are averaged."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import collect, recipe_key
-from orchestrator.grid import GridError, load_grid
-from orchestrator.run_ids import derive_run_ids
+from orchestrator import collect
+from orchestrator.grid import recipe_key
+from orchestrator.grid.files import GridError, load_grid
+from orchestrator.grid.run_ids import derive_run_ids
 from tests.test_collect import make_run
 from workloads.spec import from_dict
 

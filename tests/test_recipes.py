@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from orchestrator.collect import run_row
-from orchestrator.run_ids import derive_run_ids
-from orchestrator.status import CellStatus
+from orchestrator.grid.run_ids import derive_run_ids
+from orchestrator.monitor.status import CellStatus
 from tests.test_train import tiny_spec, weights
 from workloads import layout
 from workloads.kinds import train as train_kind
 from workloads.kinds.train import train, truncate_epochs_csv
-from workloads.recipe import Recipe, phase_method, warmup_fraction
 from workloads.schema import SpecError
 from workloads.spec import from_dict
+from workloads.training.recipe import Recipe, phase_method, warmup_fraction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,7 +152,7 @@ def test_old_epochs_csv_still_parses(tmp_path: Path) -> None:
 
 def test_grid_file_with_phases_and_guard(tmp_path: Path) -> None:
     """The YAML form of the README: a schedule axis and the guard expand into cells with readable run_ids."""
-    from orchestrator.grid import load_grid
+    from orchestrator.grid.files import load_grid
 
     path = tmp_path / "phases.yaml"
     path.write_text(

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from orchestrator import cli
-from orchestrator.grid import load_grids
+from orchestrator.grid.files import load_grids
 from tests.fixtures import normalise
 from workloads import layout
 
@@ -236,7 +236,7 @@ def test_demo_grid_is_the_issue_study() -> None:
 
 
 def test_demo_reads_real_fashion_mnist() -> None:
-    from workloads.data import build_split
+    from workloads.assets.data import build_split
 
     (train,) = [g for g in load_grids(DEMO_GRID) if g.kind == "train"]
     val = build_split(train.cells[0], train=False)

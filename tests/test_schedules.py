@@ -1,4 +1,5 @@
-"""LR schedules (workloads.schedules): values per iteration against torch's own schedulers, step identical to the
+"""LR schedules (workloads.training.schedules): values per iteration against torch's own schedulers, step identical to
+the
 per-epoch StepLR it replaced, strict validation, resume exactness (2 + resume + 1 == 3 epochs with onecycle) and
 the per-iteration schedule under 2 gloo ranks."""
 
@@ -15,11 +16,12 @@ from torch.optim import lr_scheduler
 from tests import fixtures
 from tests.test_distributed import torchrun_entry, write_spec
 from tests.test_train import TIMING, tiny_spec, weights
-from workloads import checkpoint, layout
+from workloads import layout
+from workloads.assets import checkpoint
 from workloads.kinds.train import train
-from workloads.schedules import Schedule
 from workloads.schema import SpecError
 from workloads.spec import Optimizer, RunSpec, from_dict
+from workloads.training.schedules import Schedule
 
 
 def sgd(lr: float = 0.1) -> torch.optim.Optimizer:

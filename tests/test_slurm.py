@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cli, collect, launch, manifest, scheduler
-from orchestrator import status as cell_state
+from orchestrator import cli, collect
+from orchestrator.monitor import manifest, scheduler
+from orchestrator.monitor import status as cell_state
+from orchestrator.submit import launch
 from tests.fixtures import TRAIN_GRID, assert_epochs_once, quiet, sacct, wait_terminal, wait_until, write_grid
 from tests.slurm_stub import StubCell
 from workloads import layout

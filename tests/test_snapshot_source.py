@@ -1,5 +1,6 @@
 """The final judge on the judged snapshots (evaluate.source_snapshot, workloads.snapshot_choice and
-orchestrator.snapshot_source): the snapshot chosen from a judge's rows (best, ties to the earliest epoch, an explicit
+orchestrator.grid.snapshot_source): the snapshot chosen from a judge's rows (best, ties to the earliest epoch, an
+explicit
 epoch, none judged), refusals at submit time, a one-line error.txt at run time, and a local run end to end whose
 final judge reports what `kind: evaluate` of the chosen snapshot's file reports."""
 
@@ -11,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator import cli
-from orchestrator.grid import GridError, load_grids
-from orchestrator.plan import LaunchError, decide
+from orchestrator.grid.files import GridError, load_grids
+from orchestrator.submit.plan import LaunchError, decide
 from tests import test_judge_submit as judge_submit
 from tests.fixtures import needs_fmnist
 from workloads import entry, layout, snapshot_choice
-from workloads.distributed import Dist
 from workloads.kinds import evaluate
+from workloads.runtime.distributed import Dist
 from workloads.spec import Evaluate, RunSpec, from_dict
 
 RUN = "fast-n1g1-b64-s0"

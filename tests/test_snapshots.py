@@ -12,8 +12,11 @@ import torch
 from tests.fixtures import needs_fmnist
 from tests.test_midepoch import STEPS, Crash, at_step, usr2, usr2_handler  # noqa: F401  (a fixture)
 from tests.test_train import tiny_spec
-from workloads import checkpoint, layout, preempt, snapshots
+from workloads import layout
+from workloads.assets import checkpoint
 from workloads.kinds.train import train
+from workloads.runtime import preempt
+from workloads.training import snapshots
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), needs_fmnist]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import manifest, scheduler
-from orchestrator import status as cell_state
-from orchestrator.scheduler import JobRecord, parse_sacct
-from orchestrator.status import classify
+from orchestrator.monitor import manifest, scheduler
+from orchestrator.monitor import status as cell_state
+from orchestrator.monitor.scheduler import JobRecord, parse_sacct
+from orchestrator.monitor.status import classify
 from workloads import layout
 
 
@@ -123,10 +123,10 @@ def _finished_train_run(results: Path) -> tuple[Path, Path]:
     import torch
 
     from tests.test_train import tiny_spec
-    from workloads import checkpoint
+    from workloads.assets import checkpoint
+    from workloads.assets.models import build_model
     from workloads.catalog import dataset_info
-    from workloads.models import build_model
-    from workloads.schedules import Schedule
+    from workloads.training.schedules import Schedule
 
     exp_dir = results / "ckpt"
     spec = tiny_spec(experiment="ckpt", epochs=1)
@@ -184,7 +184,7 @@ def test_finished_run_with_an_unreadable_checkpoint_says_so(
 
     import torch
 
-    from workloads import checkpoint
+    from workloads.assets import checkpoint
 
     exp_dir, run_dir = _finished_train_run(results)
     assert _poll_one(exp_dir, monkeypatch).checkpoint == ""

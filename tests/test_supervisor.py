@@ -1,5 +1,6 @@
 """The rank supervisor on plain child processes (no torch, no Slurm): how a child ended -> its error file, its
-ranks/ record and the one-line exception (workloads.supervisor), and a survivor's first line (workloads.ranks).
+ranks/ record and the one-line exception (workloads.runtime.supervisor), and a survivor's first line
+(workloads.runtime.ranks).
 tests/test_rank_faults.py kills and stops real ranks.
 """
 
@@ -18,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator import status as cell_state
-from workloads import layout, ranks, supervisor
+from orchestrator.monitor import status as cell_state
+from workloads import layout
+from workloads.runtime import ranks, supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +153,7 @@ def _signal_me_later(signum: int, after_s: float) -> None:
 
 def test_sigusr2_through_checkpoint_reaches_the_child_once(run_dir: Path, tmp_path: Path) -> None:
     """submitit's handler calls CellJob.checkpoint -> on_preemption: the child gets SIGUSR2 and ends (here: it
-    exits 75 as workloads.preempt does); the requeue handler is not run a second time for that exit."""
+    exits 75 as workloads.runtime.preempt does); the requeue handler is not run a second time for that exit."""
     ready = tmp_path / "ready"
     code = f"""
     signal.signal(signal.SIGUSR2, lambda *a: sys.exit(75))

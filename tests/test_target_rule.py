@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli, grid_report
-from orchestrator.grid import GridError, load_grids
+from orchestrator import cli
+from orchestrator.grid import report_settings as grid_report
+from orchestrator.grid.files import GridError, load_grids
 from orchestrator.report import build_report
 from orchestrator.report.tables import ReportError
 from tests.test_replicates import synthetic

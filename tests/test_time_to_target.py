@@ -171,11 +171,11 @@ def test_fig2_draws_autoattack_beside_pgd(tmp_path: Path, monkeypatch: pytest.Mo
     assert "AutoAttack" not in [t.get_text() for t in ax2.get_legend().get_texts()]
 
 
-# -- the grid's report.target_adv_acc (orchestrator.grid_report) ----------------------------------------------
+# -- the grid's report.target_adv_acc (orchestrator.grid.report_settings) ----------------------------------------------
 
 
 def test_grid_target_is_used_unless_the_flag_overrides_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from orchestrator import grid_report
+    from orchestrator.grid import report_settings as grid_report
 
     exp = experiment(tmp_path, [run_row("a")], epochs("a", {2: 0.4, 4: 0.6, 6: 0.8}))
     assert reaches(exp)["a"].target == pytest.approx(0.76)  # nothing recorded: 95 % of the best
@@ -198,9 +198,10 @@ def test_grid_target_is_used_unless_the_flag_overrides_it(tmp_path: Path, capsys
 
 
 def test_submit_records_the_grid_report_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import grid_report, launch, local_queue
-    from orchestrator.grid import load_grids
-    from orchestrator.plan import Plan
+    from orchestrator.grid import report_settings as grid_report
+    from orchestrator.grid.files import load_grids
+    from orchestrator.submit import launch, local_queue
+    from orchestrator.submit.plan import Plan
 
     grid = tmp_path / "g.yaml"
     text = ("name: rep\nkind: train\nexecutor: local\ndefaults: {dataset: fashion_mnist, model: small_cnn, "

@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from workloads import checkpoint, distributed, entry, layout, runinfo
-from workloads.engine import train_step
+from workloads import entry, layout
+from workloads.assets import checkpoint
 from workloads.kinds.train import cli, train
+from workloads.runtime import distributed, runinfo
 from workloads.spec import ResolvedAttack, RunSpec, from_dict
+from workloads.training.engine import train_step
 
 TIMING = ("train_s", "eval_s", "elapsed_s")
 
@@ -231,8 +233,8 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path: Path) -> None:
 
 
 def fresh_weights(spec: RunSpec) -> dict[str, torch.Tensor]:
+    from workloads.assets.models import build_model
     from workloads.catalog import dataset_info
-    from workloads.models import build_model
 
     info = dataset_info(spec.dataset)
     torch.manual_seed(spec.seed)

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from tests.fixtures import make_cifar10
-from workloads.data import DataError, build_datasets, build_held_out, build_split
+from workloads.assets.data import DataError, build_datasets, build_held_out, build_split
 from workloads.spec import RunSpec, from_dict
 
 

@@ -78,7 +78,7 @@ def dataset_order(name: str) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models (built by workloads.models; the builder is looked up by the same name)
+# Models (built by workloads.assets.models; the builder is looked up by the same name)
 
 MODELS: dict[str, str] = {
     "small_cnn": "4-conv CNN for CPU-scale runs (Fashion-MNIST demo)",
@@ -110,7 +110,8 @@ class MethodInfo:
     start_factor: float = 1.0  # the random start's radius / eps (attack.noise_factor overrides)
     project: bool = True  # False: no projection back onto the eps-ball after a step (only the [0, 1] box)
     replays: int = 1  # "free": replays m of each mini-batch (attack.replays overrides)
-    align: float = 0.0  # "gradalign": lambda, the regulariser's weight (workloads.attacks.gradient_misalignment)
+    align: float = 0.0  # "gradalign": lambda, the regulariser's weight
+    # (workloads.adversarial.attacks.gradient_misalignment)
 
     @property
     def best_metric(self) -> str:

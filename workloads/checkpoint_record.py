@@ -25,7 +25,7 @@ from workloads import layout
 
 RECORD = "checkpoints.json"
 NAMES = (layout.CKPT_BEST, layout.CKPT_LAST)  # the files evaluate cells read (checkpoint: best | last)
-PREV = "checkpoint-prev.pt"  # workloads.checkpoint.CKPT_PREV: the generation before checkpoint-last.pt
+PREV = "checkpoint-prev.pt"  # workloads.assets.checkpoint.CKPT_PREV: the generation before checkpoint-last.pt
 ZIP_LOCAL = b"PK\x03\x04"
 ZIP_END = b"PK\x05\x06"  # end of central directory: the last 22 bytes of a zip without a comment
 END_SIZE = 22

@@ -1,10 +1,11 @@
 """The job entry point: one RunSpec (a run directory's spec.json) -> the workload of its kind.
 
 Every task (rank) calls `run(spec_path)`: in a submitted job as `python -m workloads.entry SPEC_JSON`, the child
-of orchestrator.job.CellJob's supervisor (workloads.supervisor: it records a rank killed by a signal or hung, and
+of orchestrator.submit.job.CellJob's supervisor (workloads.runtime.supervisor: it records a rank killed by a signal or
+hung, and
 requeues on preemption/timeout; the next attempt resumes from checkpoint-last.pt); torchrun/srun can run the same
 command directly.
-Rank 0 holds the run directory (workloads.runlock) before anything is written there: a second job that finds it
+Rank 0 holds the run directory (workloads.runtime.runlock) before anything is written there: a second job that finds it
 held by a live job stops on every rank with one line naming the holder, and writes nothing. Rank 0 writes
 env.json first and result.json last (its presence means the run finished); a failure writes error.txt (rank 0)
 or error-rank{r}.txt (other ranks) and re-raises: its FIRST line is the one-line summary `Type: message` that
@@ -23,7 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workloads import allocator, distributed, layout, preempt, ranks, runinfo, runlock
+from workloads import layout
+from workloads.runtime import allocator, distributed, preempt, ranks, runinfo, runlock
 from workloads.spec import KINDS, RunSpec, from_dict
 
 # kind -> module whose main(spec, run_dir, dist) -> dict runs it (imported lazily: each pulls different deps;
@@ -55,7 +57,7 @@ def error_text(exc: BaseException) -> str:
 
 def _record_failure(run_dir: Path, rank: int, exc: BaseException) -> None:
     """error.txt, or (when even that cannot be written, e.g. on a full disk) the summary on stderr. A failed
-    collective's first line names the peer that died or hung (workloads.ranks.peer_summary)."""
+    collective's first line names the peer that died or hung (workloads.runtime.ranks.peer_summary)."""
     try:
         peer = ranks.peer_summary(run_dir, rank, exc, summary_line(exc))
         text = error_text(exc) if peer is None else f"{peer}\n\n{traceback.format_exc()}"

@@ -47,7 +47,7 @@ SNAPSHOT_COLUMNS = (
 EPOCH_COLUMNS = (
     "run_id", "epoch", "train_s", "eval_s", "elapsed_s", "lr", "train_loss", "train_acc",
     "clean_acc", "adv_acc", "batch_per_rank", "world_size",
-    # appended (older files lack them and still parse): the catastrophic-overfitting guard (workloads.guard)
+    # appended (older files lack them and still parse): the catastrophic-overfitting guard (workloads.training.guard)
     "guard_clean_acc", "guard_adv_acc", "co_flag", "guard_s",
 )  # fmt: skip
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound="DataclassInstance")
 MAX_STRING = 4096  # PATH_MAX: no setting needs more
 INT64 = 2**63 - 1
-KEYS_DOC = "docs/grid-keys.md"  # every setting's type, default and meaning (orchestrator.grid_keys writes it)
+KEYS_DOC = "docs/grid-keys.md"  # every setting's type, default and meaning (orchestrator.grid.keys writes it)
 SHORT_LIST = 10  # a section with at most this many keys is listed whole in an unknown-key message
 
 

@@ -1,7 +1,7 @@
 """RunSpec: every setting of one grid cell, with its default and its valid range.
 
 This module is the one source of truth for parameter names, defaults and choices: the grid
-validator (orchestrator.grid) and the workloads (reading spec.json) both parse through
+validator (orchestrator.grid.files) and the workloads (reading spec.json) both parse through
 `from_dict`, so a key means the same thing everywhere and unknown keys are always errors.
 The parser itself is workloads.schema; dataset, model and method names and the methods' attack rules come
 from workloads.catalog. KIND_SECTIONS says which settings each kind reads. Torch-free. (Some 420 lines as one
@@ -22,7 +22,7 @@ from workloads.subsets import subset_problems
 KINDS = ("train", "evaluate", "bench", "visualize", "judge")
 NORMS = ("l2", "linf")
 PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("step", "onecycle", "cyclic", "cosine")  # workloads.schedules
+SCHEDULES = ("step", "onecycle", "cyclic", "cosine")  # workloads.training.schedules
 PEAK_SCHEDULES = ("onecycle", "cyclic")  # the schedules that read max_lr and peak_fraction
 ATTACK_MODES = ("eval", "train")
 CHECKPOINTS = ("best", "last")
@@ -33,7 +33,7 @@ _RECIPE = {"pattern": re.compile(r"^[A-Za-z][A-Za-z0-9_.]{0,63}$"), "expected": 
 
 @dataclass
 class Optimizer:
-    """SGD and its lr schedule, stepped per iteration (workloads.schedules): step (lr x gamma every step_epochs
+    """SGD and its lr schedule, stepped per iteration (workloads.training.schedules): step (lr x gamma every step_epochs
     epochs, the default), onecycle, cyclic (peak max_lr at peak_fraction of the run) or cosine; each takes an
     optional linear warm-up of warmup_epochs (the rise to the peak; onecycle and cyclic then peak at its end)."""
 
@@ -206,7 +206,8 @@ class Phase:
 
 @dataclass
 class Guard:
-    """Catastrophic-overfitting guard (kind train, workloads.guard): each epoch, clean and PGD accuracy on a fixed
+    """Catastrophic-overfitting guard (kind train, workloads.training.guard): each epoch, clean and PGD accuracy on a
+    fixed
     training subset; flags the run when the PGD accuracy falls more than `drop` below its best so far."""
 
     action: str = field(default="none", metadata=choices(*GUARD_ACTIONS))  # none: off; stop: end the run
@@ -241,7 +242,7 @@ class RunSpec:
     threads: int | None = field(default=None, metadata=at_least(1))  # torch threads per rank (None: torch's)
     tensorboard: bool = False  # TensorBoard event files in the run directory (extra [tensorboard])
     checkpoint_every_min: float = field(default=0.0, metadata=at_least(0))  # minutes between mid-epoch saves; 0 off
-    # kind train: a weights-only snapshot every K epochs and at the last (workloads.snapshots); 0 off
+    # kind train: a weights-only snapshot every K epochs and at the last (workloads.training.snapshots); 0 off
     snapshot_every: int = field(default=0, metadata=at_least(0))
     # N stratified training images held out of training (seeded, the same for every cell with that N): the run's
     # validation data (on-clock evaluation, best epoch, judge) instead of the test set; None: the test set
@@ -350,7 +351,8 @@ def _check_source_snapshot(spec: RunSpec, path: str = "") -> list[SpecError]:
 
 
 def _check_recipes(spec: RunSpec, path: str = "") -> list[SpecError]:
-    """The cross-field rules of method_schedule, attack.replays and the guard (workloads.recipe, workloads.guard)."""
+    """The cross-field rules of method_schedule, attack.replays and the guard (workloads.training.recipe,
+    workloads.training.guard)."""
     errors: list[SpecError] = []
     last = 0.0
     norm = resolve_attack(spec.method, spec.attack).norm

@@ -205,7 +205,7 @@ class BenchCosts:
 
     def free_step(self, replays: int, b: float, world: int | None = None) -> tuple[float, bool, str, int]:
         """One mini-batch of free training: `replays` weight steps, each one forward + one backward (the weight and
-        the input gradient at once) + an optimizer step, i.e. a standard step each (workloads.free_step)."""
+        the input gradient at once) + an optimizer step, i.e. a standard step each (workloads.training.free_step)."""
         t_std, extra, basis, g = self.train_step("standard", b, world)
         return replays * t_std, extra, f"{replays}x{basis}", g
 

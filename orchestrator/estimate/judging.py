@@ -2,7 +2,7 @@
 
 - Snapshots of a train cell: n_snap = every `snapshot_every` epochs and the last (the eval_epochs rule), each the
   model's weights (STATE_MB, fp32 state_dict of the catalog model at 10 classes, measured with torch) written at
-  SNAPSHOT_MB_S. Off the train clock (workloads.snapshots), on the wall-clock.
+  SNAPSHOT_MB_S. Off the train clock (workloads.training.snapshots), on the wall-clock.
 - A judge cell: for each followed cell, n_snap × ⌈⌈n/B⌉ / R⌉ × t_eval(B) with n = min(judge.examples, the cell's
   validation size), B = judge.batch_size, R = judge.ranks and t_eval the bench's validation batch at judge.steps
   and judge.restarts (bench_costs.eval_batch, the followed cell's model and precision). It runs beside the

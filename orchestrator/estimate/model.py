@@ -142,7 +142,7 @@ class RunSettings:
     eval_batch: int | None = None  # per GPU; None: the training batch per GPU
     train_subset: int | None = None
     val_subset: int | None = None
-    val_split: int | None = None  # training images held out to validate on (workloads.data)
+    val_split: int | None = None  # training images held out to validate on (workloads.assets.data)
     replays: int | None = None  # free's m (None: the catalog's)
     method_schedule: tuple[tuple[str, float], ...] = ()  # (method, until) phases before the run's method
 
@@ -334,7 +334,7 @@ def estimate_grid(
 ) -> pd.DataFrame:
     """One row per train cell of a grid file (all its documents): predicted wall-clock from bench data
     (a bench.csv or an experiment folder holding one); EstimateError when a cell has no matching bench data."""
-    from orchestrator.grid import load_grids  # lazy: the grid module pulls YAML parsing and profiles
+    from orchestrator.grid.files import load_grids  # lazy: the grid module pulls YAML parsing and profiles
 
     cells = [cell for grid in load_grids(Path(grid_path)) for cell in grid.cells]  # every document's cells
     bench = read_bench(Path(bench_source))

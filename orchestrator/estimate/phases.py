@@ -3,11 +3,11 @@
 - A method's step: the bench's train_step rows (or what `BenchCosts.train_step` derives them from: a twin with
   the same passes, nfgsm ≈ fast; the standard step plus the method's PGD), plus what each weight step adds on
   several GPUs when the rows were measured on fewer (the all-reduce), plus what data loading adds (`data_cost`).
-- free with m replays (workloads.free_step): m weight steps per mini-batch, each one forward + one backward +
+- free with m replays (workloads.training.free_step): m weight steps per mini-batch, each one forward + one backward +
   an optimizer step, i.e. m standard steps and m all-reduces; the data are loaded once. The grid's `epochs` is
   what runs (the recipe divides the epoch budget by m in the grid file; the trainer changes nothing), so the run
   costs epochs × batches × m standard steps.
-- method_schedule (workloads.recipe): each epoch trains with one phase's method (`phase_method`: the epoch's
+- method_schedule (workloads.training.recipe): each epoch trains with one phase's method (`phase_method`: the epoch's
   middle before `until` × epochs); all epochs have the same number of iterations, so a phase's share of the
   iterations is its share of the epochs, and the per-batch cost is the shares' weighted sum.
 - The eps warm-up changes eps, not the number of passes: no cost.
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from orchestrator.estimate.bench_costs import BenchCosts, EstimateError, is_gpu_device
 from workloads.catalog import method_info
-from workloads.recipe import phase_method
 from workloads.spec import Phase, RunSpec
+from workloads.training.recipe import phase_method
 
 PERFECT_SCALING = "+perfect_scaling"  # basis suffix: a multi-GPU step without any communication cost
 
@@ -52,7 +52,8 @@ def weight_steps(method: str, replays: int | None = None) -> int:
 
 
 def phase_shares(method: str, schedule: Sequence[tuple[str, float]], epochs: int) -> list[tuple[str, float]]:
-    """(method, share of the run's iterations) in training order: workloads.recipe.phase_method applied to every
+    """(method, share of the run's iterations) in training order: workloads.training.recipe.phase_method applied to
+    every
     epoch; a method that trains no epoch is left out. Without a schedule: [(method, 1.0)]."""
     if not schedule:
         return [(method, 1.0)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from orchestrator import recipe_key
+from orchestrator.grid import recipe_key
 from orchestrator.report.labels import approach_name, approach_order, dataset_label, dataset_order, fmt_time, pick_unit
 from orchestrator.report.table1 import Cell, recipe_names, row_keys, row_name
 from orchestrator.report.tables import Tables, number, robustness_by_dataset, train_runs, training_eps

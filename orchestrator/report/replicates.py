@@ -1,4 +1,4 @@
-"""Replicates grouped into recipes (orchestrator.recipe_key: every setting but the seed): per recipe and GPU count,
+"""Replicates grouped into recipes (orchestrator.grid.recipe_key: every setting but the seed): per recipe and GPU count,
 runs n, reached k of n, median time to target on the train clock and on the wall clock with its spread, median
 GPU-hours, best validation robust accuracy mean ± SD, final AutoAttack accuracy pooled over the replicates' test
 images with its binomial SE, and ratios against the baseline recipe with a bootstrap interval over seeds
@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from orchestrator import recipe_key
+from orchestrator.grid import recipe_key
 from orchestrator.report import stats
 from orchestrator.report.labels import DASH, approach_order, csv_number, dataset_label, dataset_order, to_hours
 from orchestrator.report.table1 import Baseline, recipe_names, row_keys, row_name

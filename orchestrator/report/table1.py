@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestrator import recipe_key
+from orchestrator.grid import recipe_key
 from orchestrator.report.labels import (
     DASH,
     MARK,
@@ -38,7 +38,7 @@ from workloads.catalog import METHOD_HELP, METHOD_RE
 TABLE1_COLUMNS = (
     "dataset", "approach", "gpus", "last_hours", "last_relative", "best_hours", "best_relative",
     "method", "runs", "state", "baseline", "last_hours_partial", "last_relative_partial",
-    "recipe",  # the row's recipe name (orchestrator.recipe_key.row_names), empty with one recipe per approach
+    "recipe",  # the row's recipe name (orchestrator.grid.recipe_key.row_names), empty with one recipe per approach
 )  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """A target fixed before the runs, relative to a baseline recipe (grid `report.target: {share, of, baseline}`,
-recorded at submit by orchestrator.grid_report): share x the baseline recipe's median best judged robust accuracy
+recorded at submit by orchestrator.grid.report_settings): share x the baseline recipe's median best judged robust
+accuracy
 (of: best_adv_acc) or its AutoAttack accuracy pooled over its runs' images (of: aa_acc). Only the baseline's
 finished runs that learned something count (reach_rule.at_chance); none is one line (ReportError, exit 2)."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orchestrator.grid_report import ReportSettings, baseline_matches
+from orchestrator.grid.report_settings import ReportSettings, baseline_matches
 from orchestrator.report import reach_rule, stats
 from orchestrator.report.tables import ReportError, Tables, autoattack_of, number, train_runs
 

@@ -10,7 +10,7 @@ Definitions (report.md states them):
   first hit is kept beside it (first_hit_* columns) and the ranking under it is stated;
 - GPU-hours: that wall-clock × the run's world size (runs.csv world_size, else epochs.csv's);
 - target: the given one (`--target-adv-acc`), else the grid's `report.target_adv_acc` (recorded at submit time,
-  orchestrator.grid_report), else per dataset TARGET_SHARE of the best adv_acc any train run of that dataset
+  orchestrator.grid.report_settings), else per dataset TARGET_SHARE of the best adv_acc any train run of that dataset
   reached at any evaluation;
 - AutoAttack: per run the robustness.csv row at the training eps with an aa_acc (the last checkpoint's where
   both were evaluated); PGD minus AutoAttack more than MASKING_POINTS points, and more than 2 SE of the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from orchestrator import grid_report
+from orchestrator.grid import report_settings as grid_report
 from orchestrator.report import masking, reach_rule, stats
 from orchestrator.report.labels import (
     DASH,
@@ -136,7 +136,7 @@ def _evaluated(epochs: pd.DataFrame, run_id: str) -> pd.DataFrame:
 
 def given_target(tables: Tables, target: float | None) -> tuple[float | None, str]:
     """The given target and where it comes from: the argument (--target-adv-acc), else the grid's report section
-    that `orchestrate submit` recorded for the experiment (orchestrator.grid_report), else (None, "")."""
+    that `orchestrate submit` recorded for the experiment (orchestrator.grid.report_settings), else (None, "")."""
     if target is not None:
         return target, "given (--target-adv-acc)"
     settings = grid_report.load(tables.exp_dir)

@@ -7,16 +7,16 @@ than on fresh weights with uniform noise, and 50 steps of training reach the tra
 on fresh weights: 58.3 ms). Without the dataset (no data root here): random inputs of the dataset's shape, fresh
 weights (column inputs says which). Then:
 - what=pgd: one K-step attack of each attacking method in spec.bench.methods (K forward + input-only backward
-  passes, `workloads.attacks.attack_from`, model in spec.attack.mode), as the paper's Fig. 1 left;
+  passes, `workloads.adversarial.attacks.attack_from`, model in spec.attack.mode), as the paper's Fig. 1 left;
 - what=forward: one forward pass (eval mode, no grad): the paper's "No PGD" proxy;
-- what=eval: one validation batch as `workloads.accuracy.dataset_accuracy` runs it (`batch_accuracy`: clean
+- what=eval: one validation batch as `workloads.training.accuracy.dataset_accuracy` runs it (`batch_accuracy`: clean
   forward, the eval attack of spec.eval with its restarts, adversarial forward);
-- what=train_step: one full training step of each method through `workloads.engine.train_step` (attack +
+- what=train_step: one full training step of each method through `workloads.training.engine.train_step` (attack +
   forward + backward + SGD update). The optimizer runs with lr 0, which costs the same arithmetic but keeps
   the weights fixed, so repeats time the same model and cannot diverge on random labels;
 - what=data: fetching one batch of B examples through the REAL dataset and per-sample transforms
-  (`workloads.data.build_datasets(spec)`) with a DataLoader configured as the trainer's
-  (`workloads.engine.loader_kwargs`): method data_train (the train split, augmented when spec.augment) and
+  (`workloads.assets.data.build_datasets(spec)`) with a DataLoader configured as the trainer's
+  (`workloads.training.engine.loader_kwargs`): method data_train (the train split, augmented when spec.augment) and
   data_val (the validation split, never augmented). CPU: the batch is loaded in-process (what a training step
   waits for); CUDA: worker processes, timed once their prefetch queue has drained, i.e. the loader's steady
   throughput per batch. Skipped, with a printed note, when the dataset cannot be read (e.g. no data root).
@@ -46,14 +46,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from workloads import distributed, layout
-from workloads.accuracy import batch_accuracy
-from workloads.allocator import tune_malloc
-from workloads.attacks import attack_from, attack_mode
+from workloads import layout
+from workloads.adversarial.attacks import attack_from, attack_mode
+from workloads.assets.data import DataBundle, DataError, build_datasets
+from workloads.assets.models import build_model
 from workloads.catalog import dataset_info
-from workloads.data import DataBundle, DataError, build_datasets
-from workloads.distributed import Dist
-from workloads.engine import (
+from workloads.runtime import distributed
+from workloads.runtime.allocator import tune_malloc
+from workloads.runtime.distributed import Dist
+from workloads.runtime.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
+from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
+from workloads.training.accuracy import batch_accuracy
+from workloads.training.engine import (
     amp_dtype,
     attack_amp_dtype,
     autocast,
@@ -64,9 +68,6 @@ from workloads.engine import (
     train_step,
     wrap_ddp,
 )
-from workloads.models import build_model
-from workloads.runinfo import device_name  # env.json's naming: bench rows and runs compare equal
-from workloads.spec import ResolvedAttack, RunSpec, resolve_attack, resolve_eval_attack
 
 BENCH_COLUMNS = (
     "device", "model", "dataset", "method", "attack_steps", "batch_size", "repeats", "median_s", "p10_s", "p90_s",

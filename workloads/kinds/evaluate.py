@@ -3,9 +3,9 @@
 Per eps: `steps`-step PGD with alpha = alpha_factor * eps / steps, `restarts` random starts and (zero_start)
 one more run from delta = 0. An example counts as robust only if it is classified correctly clean and at every
 point the attack evaluated (each iterate of each run, each returned delta): the worst case over restarts
-(`workloads.accuracy.batch_accuracy(worst_case=True)`).
+(`workloads.training.accuracy.batch_accuracy(worst_case=True)`).
 eps = 0 (or steps = 0) gives the clean accuracy.
-With `autoattack`, AutoAttack's standard ensemble (workloads.external.autoattack: APGD-CE, APGD-T, FAB-T, Square,
+With `autoattack`, AutoAttack's standard ensemble (workloads.assets.external.autoattack: APGD-CE, APGD-T, FAB-T, Square,
 the original code via pyautoattack) attacks every clean-correct example of the same batch with the same per-batch
 seed, so the sharding, resume and 1-vs-2-rank guarantees below hold for it too; robustness.csv gets its
 cumulative per-attack accuracies, aa_acc, worst_acc (worst case over AutoAttack and every PGD run) and the
@@ -38,18 +38,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from workloads import checkpoint, distributed, layout, snapshot_choice, stage
-from workloads.accuracy import batch_accuracy
-from workloads.attacks import attack_mode
+from workloads import layout, snapshot_choice, stage
+from workloads.adversarial.attacks import attack_mode
+from workloads.assets import checkpoint
+from workloads.assets.checkpoint import derive_seed
+from workloads.assets.data import build_split
+from workloads.assets.external import autoattack as strong  # `autoattack` is a setting's name here
+from workloads.assets.external import madry
+from workloads.assets.models import RobustModel
 from workloads.catalog import dataset_info
-from workloads.checkpoint import derive_seed
-from workloads.data import build_split
-from workloads.distributed import Dist
-from workloads.engine import loader_kwargs
-from workloads.external import autoattack as strong  # `autoattack` is a setting's name here
-from workloads.external import madry
-from workloads.models import RobustModel
+from workloads.runtime import distributed
+from workloads.runtime.distributed import Dist
 from workloads.spec import ResolvedAttack, RunSpec
+from workloads.training.accuracy import batch_accuracy
+from workloads.training.engine import loader_kwargs
 
 CSV_COLUMNS = (
     "run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc",  # design.md contract

@@ -1,6 +1,7 @@
 """kind: judge: evaluates the snapshots of the train runs it follows, off their training clock, as they appear.
 
-Each poll (judge.poll_s) rank 0 reads the followed runs' states and snapshot indexes (workloads.judge_follow) and
+Each poll (judge.poll_s) rank 0 reads the followed runs' states and snapshot indexes (workloads.runtime.judge_follow)
+and
 every rank learns the new snapshots from one collective. Each new snapshot is judged on its run's validation data
 (the val_split held out of training when the run sets it, else its test-set validation data; the first
 judge.examples images): clean accuracy and PGD accuracy (judge.steps steps, judge.restarts random starts,
@@ -24,12 +25,15 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from workloads import checkpoint, distributed, layout, snapshots
-from workloads.data import build_validation
-from workloads.distributed import Dist
-from workloads.judge_follow import Follower, Snapshot
+from workloads import layout
+from workloads.assets import checkpoint
+from workloads.assets.data import build_validation
 from workloads.kinds.evaluate import Settings, run_batches, summarize
+from workloads.runtime import distributed
+from workloads.runtime.distributed import Dist
+from workloads.runtime.judge_follow import Follower, Snapshot
 from workloads.spec import Judge, RunSpec, resolve_attack
+from workloads.training import snapshots
 
 
 def attack_label(norm: str, eps: float, j: Judge) -> str:

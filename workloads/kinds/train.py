@@ -4,7 +4,8 @@ Per step: the attack runs on the unwrapped model (no DDP gradient all-reduce for
 `spec.attack.mode`, then one SGD step on x + delta in train mode through DDP. Per epoch (rank 0 writes):
 an epochs.csv row, then checkpoint-best.pt when the validation metric improved, then checkpoint-last.pt.
 Within an epoch checkpoint-last.pt is also written every `checkpoint_every_min` minutes and on SIGUSR2 (then the
-job stops for its requeue): workloads.resume_point. A restart resumes from checkpoint-last.pt (an epoch boundary or
+job stops for its requeue): workloads.training.resume_point. A restart resumes from checkpoint-last.pt (an epoch
+boundary or
 the step it was saved at) and drops csv rows past its epoch, so an interrupted run ends bit-identical to an
 uninterrupted one.
 
@@ -26,13 +27,18 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from workloads import catalog, checkpoint, distributed, entry, layout, preempt, resume_point, snapshots
-from workloads.accuracy import dataset_accuracy
-from workloads.checkpoint import derive_seed
-from workloads.curves import EpochCurves
-from workloads.data import DataBundle, build_datasets
-from workloads.distributed import Dist
-from workloads.engine import (
+from workloads import catalog, entry, layout
+from workloads.assets import checkpoint
+from workloads.assets.checkpoint import derive_seed
+from workloads.assets.data import DataBundle, build_datasets
+from workloads.assets.models import RobustModel, build_model
+from workloads.runtime import distributed, preempt
+from workloads.runtime.distributed import Dist
+from workloads.spec import RunSpec, from_dict, resolve_eval_attack
+from workloads.training import resume_point, snapshots
+from workloads.training.accuracy import dataset_accuracy
+from workloads.training.curves import EpochCurves
+from workloads.training.engine import (
     amp_dtype,
     attack_amp_dtype,
     check_device,
@@ -43,13 +49,11 @@ from workloads.engine import (
     to_device,
     wrap_ddp,
 )
-from workloads.free_step import Stepper
-from workloads.guard import Guard, History
-from workloads.models import RobustModel, build_model
-from workloads.recipe import Recipe
-from workloads.resume_point import SAVE, STOP, Cadence, Partial
-from workloads.schedules import Schedule
-from workloads.spec import RunSpec, from_dict, resolve_eval_attack
+from workloads.training.free_step import Stepper
+from workloads.training.guard import Guard, History
+from workloads.training.recipe import Recipe
+from workloads.training.resume_point import SAVE, STOP, Cadence, Partial
+from workloads.training.schedules import Schedule
 
 # Independent random streams per (seed, rank): each is reproducible and none depends on another's use.
 STREAM_GLOBAL, STREAM_ATTACK, STREAM_EVAL, STREAM_LOADER = range(4)

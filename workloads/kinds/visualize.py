@@ -1,4 +1,5 @@
-"""kind: visualize (Figs. 3-5): the representation tools of workloads.representation, run for every source run
+"""kind: visualize (Figs. 3-5): the representation tools of workloads.adversarial.representation, run for every source
+run
 of a visualize cell on the same seeded images, units and targets.
 
 Step sizes are in pixel-space L2 units, so they scale with the image: the defaults (Engstrom et al.) are for
@@ -24,12 +25,19 @@ import torch
 from torch import Tensor
 
 from workloads import layout
-from workloads.accuracy import batch_accuracy
-from workloads.checkpoint import derive_seed, load_model
-from workloads.distributed import Dist
-from workloads.models import RobustModel
-from workloads.representation import Trace, high_freq_share, interpolate, large_targeted, pixel_blend, visualize_units
+from workloads.adversarial.representation import (
+    Trace,
+    high_freq_share,
+    interpolate,
+    large_targeted,
+    pixel_blend,
+    visualize_units,
+)
+from workloads.assets.checkpoint import derive_seed, load_model
+from workloads.assets.models import RobustModel
+from workloads.runtime.distributed import Dist
 from workloads.spec import RunSpec, resolve_attack, resolve_eval_attack
+from workloads.training.accuracy import batch_accuracy
 
 FEATURES_PT = "features.pt"
 FEATURES_CSV = "features.csv"
@@ -300,7 +308,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     """The visualize workload. Only rank 0 works (a few images per model); other ranks return {} at once."""
     if not dist.is_main:
         return {}
-    from workloads.data import build_datasets
+    from workloads.assets.data import build_datasets
     from workloads.kinds import visualize_plots  # matplotlib only where figures are drawn
 
     run_dir = Path(run_dir)

@@ -1,0 +1,1 @@
+"""Submission: plan the arrays, launch them through submitit, and the job callable."""

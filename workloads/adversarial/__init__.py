@@ -1,0 +1,1 @@
+"""Adversarial examples: the attacks and the representations they reveal."""

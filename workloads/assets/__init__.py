@@ -1,0 +1,1 @@
+"""What a run loads: datasets, models, checkpoints and the formats of outside tools (external/)."""
