@@ -1,5 +1,16 @@
-"""The package map holds: no import cycles, workloads never import orchestrator, the orchestrator stays torch-free,
-unittest/mock only in tests/, and no module over 400 lines without saying why it is one concept.
+"""The package map holds: modules live in their rooms, no room imports a room above it, no import cycles, workloads
+never import orchestrator, the orchestrator stays torch-free, unittest/mock only in tests/, and no module over 400
+lines without saying why it is one concept.
+
+Rooms, top to bottom (a module may import its own room and the rooms below it, never one above):
+
+    orchestrator: cli (and the job shim) > report > collect > submit > monitor > estimate > grid > errors
+    workloads:    kinds > entry > training > adversarial > runtime > assets > the contract at the package top
+                  (catalog, schema, spec, layout, checkpoint_record)
+
+The orchestrator as a whole sits above workloads (it imports the contract and a few torch-free modules; never the
+reverse). A room is a sub-package; a flat module at a package top is a room of its own, and only the modules of
+FLAT may be flat: a new module goes into a room.
 
 Imports are read with `ast` (nothing is executed) except in the torch test, which must import for real: it runs in a
 subprocess so this process's sys.modules (which the other tests fill with torch) does not matter.
@@ -22,6 +33,36 @@ PACKAGES = ("orchestrator", "workloads")
 MAX_LINES = 400
 ONE_CONCEPT = "one concept"
 TEST_ONLY = ("unittest", "mock")  # test doubles; production code must not patch at run time
+# The modules allowed at each package's top (the job shim: jobs pickled before the move name orchestrator.job).
+FLAT = {
+    "orchestrator": {"__init__", "cli", "errors", "collect", "job"},
+    "workloads": {"__init__", "catalog", "schema", "spec", "layout", "checkpoint_record", "entry"},
+}
+# Top to bottom; one tuple per level (rooms of one level may import each other only through no cycle).
+ROOM_ORDER: tuple[tuple[str, ...], ...] = (
+    ("orchestrator.cli", "orchestrator.job"),
+    ("orchestrator.report",),
+    ("orchestrator.collect",),
+    ("orchestrator.submit",),
+    ("orchestrator.monitor",),
+    ("orchestrator.estimate",),
+    ("orchestrator.grid",),
+    ("orchestrator.errors", "orchestrator"),
+    ("workloads.kinds",),
+    ("workloads.entry",),
+    ("workloads.training",),
+    ("workloads.adversarial",),
+    ("workloads.runtime",),
+    ("workloads.assets",),
+    (
+        "workloads",
+        "workloads.catalog",
+        "workloads.schema",
+        "workloads.spec",
+        "workloads.layout",
+        "workloads.checkpoint_record",
+    ),
+)
 
 
 def module_name(path: Path) -> str:
@@ -63,6 +104,20 @@ def imported_names(path: Path) -> Iterator[tuple[int, str]]:
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 yield node.lineno, f"{base}.{alias.name}"
+
+
+def room(module: str) -> str:
+    """A module's room: its sub-package under orchestrator/ or workloads/, or itself when it is flat at the top."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (len(parts) == 2 and is_package(parts)) else module
+
+
+def is_package(parts: list[str]) -> bool:
+    return (REPO.joinpath(*parts) / "__init__.py").is_file()
+
+
+def level(module: str) -> int:
+    return next(i for i, rooms in enumerate(ROOM_ORDER) if room(module) in rooms)
 
 
 def resolve(name: str, modules: dict[str, Path]) -> str | None:
@@ -159,6 +214,48 @@ def test_the_import_walk_sees_known_edges() -> None:
     assert "orchestrator.errors" in graph["orchestrator.cli"]
     assert "workloads.spec" in graph["orchestrator.grid.files"]
     assert sum(len(edges) for edges in graph.values()) > 20
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_only_the_allowed_modules_are_flat(package: str) -> None:
+    flat = {p.stem for p in (REPO / package).glob("*.py")}
+    extra, missing = sorted(flat - FLAT[package]), sorted(FLAT[package] - flat)
+    assert not extra, f"{package}/ takes no new flat module ({', '.join(extra)}): put it in a room of {package}/"
+    assert not missing, f"FLAT names modules {package}/ no longer has: {', '.join(missing)}"
+
+
+def test_every_room_has_its_place_in_the_order() -> None:
+    rooms = {room(module) for module in package_files()}
+    placed = {r for level_rooms in ROOM_ORDER for r in level_rooms}
+    assert rooms <= placed, f"rooms missing from ROOM_ORDER: {sorted(rooms - placed)}"
+    assert placed <= rooms, f"ROOM_ORDER names rooms that do not exist: {sorted(placed - rooms)}"
+
+
+def test_no_room_imports_a_room_above_it() -> None:
+    graph = import_graph()
+    upward = [
+        f"{module} (line {line}) imports {target}: {room(target)} is above {room(module)}"
+        for module, edges in sorted(graph.items())
+        for target, line in sorted(edges.items())
+        if level(target) < level(module)
+    ]
+    assert not upward, "imports against the room order (see this file's docstring):\n" + "\n".join(upward)
+
+
+def test_the_room_order_sees_an_upward_import() -> None:
+    """Guards the check itself: a training module importing a kind is upward, the reverse is not."""
+    assert level("workloads.kinds.train") < level("workloads.training.engine") < level("workloads.spec")
+    assert level("orchestrator.cli") < level("orchestrator.submit.launch") < level("orchestrator.grid.files")
+    assert room("orchestrator.grid.files") == "orchestrator.grid" and room("workloads.spec") == "workloads.spec"
+
+
+def test_the_entry_points_still_run() -> None:
+    """Job scripts and docs start `python -m workloads.entry` and `python -m workloads.kinds.train`."""
+    for module in ("workloads.entry", "workloads.kinds.train"):
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0 and "usage:" in out.stdout, f"python -m {module} --help:\n{out.stderr[-2000:]}"
 
 
 def test_cycle_finder_reports_a_cycle() -> None:
