@@ -1,7 +1,11 @@
 """Site profiles: what differs between Slurm clusters, and nothing else.
 
-A profile is a YAML file `slurm_templates/<name>.yaml`; a grid names it with `profile: <name>` (or a path to
-a .yaml file). Keys (all optional; see `Profile` for types and defaults):
+A profile is a YAML file `<name>.yaml`; a grid names it with `profile: <name>` (or a path to a .yaml file,
+relative to the grid file's folder). A name is looked up, first hit wins, in the folders of FASTROBUST_PROFILES
+(os.pathsep-separated: a site's own profiles, outside any checkout), slurm_templates/ next to the grid's folder and
+in the cwd, then the profiles shipped with the package (slurm_templates/, package data).
+
+Keys (all optional; see `Profile` for types and defaults):
 
     partition, account, qos, constraint   sbatch options (null: the cluster's default / not set)
     gpu_request: gpus_per_node            how GPUs are requested: gpus_per_node (--gpus-per-node=N),
@@ -20,6 +24,7 @@ a .yaml file). Keys (all optional; see `Profile` for types and defaults):
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import re
 import shlex
@@ -36,6 +41,8 @@ from workloads.spec import RunSpec
 
 GPU_REQUESTS = ("gpus_per_node", "gres", "none")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES_ENV = "FASTROBUST_PROFILES"
+SHIPPED_PACKAGE = "slurm_templates"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # sbatch options that have their own profile field or come from the cell: `additional` must not override them.
 RESERVED_SBATCH = {
@@ -83,10 +90,21 @@ _NOT_IN_FILE = ("name", "path")
 _MAPPING_KEYS = ("additional", "env")  # workloads.schema.parse handles no dicts: checked here
 
 
+def shipped_dir() -> Path:
+    """The folder of the profiles shipped with the package (installed: package data; a checkout: slurm_templates/)."""
+    try:
+        files = importlib.resources.files(SHIPPED_PACKAGE)
+    except ModuleNotFoundError:  # an editable install made before the profiles were package data
+        return REPO_ROOT / SHIPPED_PACKAGE
+    return files if isinstance(files, Path) else REPO_ROOT / SHIPPED_PACKAGE
+
+
 def profile_dirs(grid_dir: Path | None = None) -> list[Path]:
-    """Where profile names are looked up, first hit wins: next to the grid's folder, the cwd, the repository."""
-    dirs = [Path(grid_dir).resolve().parent / "slurm_templates"] if grid_dir is not None else []
-    dirs += [Path.cwd() / "slurm_templates", REPO_ROOT / "slurm_templates"]
+    """Where profile names are looked up, first hit wins: FASTROBUST_PROFILES, next to the grid's folder, the cwd,
+    the shipped profiles."""
+    dirs = [Path(d).expanduser() for d in os.environ.get(PROFILES_ENV, "").split(os.pathsep) if d]
+    dirs += [Path(grid_dir).resolve().parent / "slurm_templates"] if grid_dir is not None else []
+    dirs += [Path.cwd() / "slurm_templates", shipped_dir()]
     unique: list[Path] = []
     for d in dirs:
         if d.resolve() not in unique:
@@ -114,7 +132,8 @@ def find_profile(name_or_path: str, grid_dir: Path | None = None) -> Path:
             return candidate
     valid = ", ".join(available_profiles(grid_dir)) or "none found"
     where = ", ".join(str(d) for d in profile_dirs(grid_dir))
-    raise ProfileError([f"unknown profile {name_or_path!r}; available: {valid}, or a .yaml path (searched {where})"])
+    folders = f"searched {where}; {PROFILES_ENV} adds folders"
+    raise ProfileError([f"unknown profile {name_or_path!r}; available: {valid}, or a .yaml path ({folders})"])
 
 
 def load_profile(name_or_path: str, grid_dir: Path | None = None) -> Profile:
