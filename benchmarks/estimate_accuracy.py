@@ -1,4 +1,4 @@
-"""How well `orchestrate estimate` predicts measured wall-clock (issue 4 target: within 15 % per cell).
+"""How well `orchestrate estimate` predicts measured wall-clock (target: within 15 % per cell).
 
 Writes a two-document grid into a temporary folder: a `kind: bench` (small CNN on Fashion-MNIST, one thread,
 batch sizes 32/64/128, standard/fast/pgd7; one bench cell per shape, so G-GPU cells are predicted from rows

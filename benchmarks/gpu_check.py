@@ -1,4 +1,4 @@
-"""GPU proof (issue 15): one command that runs the project's CUDA paths and measures the paper's Table I cell.
+"""GPU proof: one command that runs the project's CUDA paths and measures the paper's Table I cell.
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py OUT_DIR [--cifar-root DIR] [--device cuda|cpu] [--quick]
         [--only STAGE,...] [--wheels DIR]

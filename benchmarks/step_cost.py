@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--precisions", default="", help="comma-separated: also standard and fast steps in these")
     parser.add_argument("--attack-precision", choices=tuple(AMP_DTYPES), help="also fast/PGD with attacks in this")
     parser.add_argument("--compile", action="store_true", help="also torch.compile'd standard and fast steps")
-    parser.add_argument("--single-step", action="store_true", help="also nfgsm, free, gradalign (issue 12 methods)")
+    parser.add_argument(
+        "--single-step", action="store_true", help="also nfgsm, free, gradalign (the newer single-step methods)"
+    )
     parser.add_argument("--replays", type=int, default=4, help="free: replays per mini-batch (cost shown per replay)")
     parser.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last")
     parser.add_argument("--attack-passes", action="store_true", help="also time each attack alone (ratio floors)")

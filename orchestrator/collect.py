@@ -31,7 +31,7 @@ ROBUSTNESS_CSV = layout.ROBUSTNESS
 FEATURES_CSV = "features.csv"  # the visualize workload's (workloads.kinds.visualize.FEATURES_CSV)
 
 RUN_COLUMNS = (
-    # design.md's columns, in its order
+    # the contract's columns, in their order
     "run_id", "experiment", "kind", "dataset", "model", "method", "attack_norm", "attack_eps", "attack_steps",
     "attack_alpha", "nodes", "gpus_per_node", "world_size", "global_batch_size", "epochs", "state", "job_ids",
     "elapsed_s_last", "best_epoch", "elapsed_s_best", "best_adv_acc", "last_clean_acc", "last_adv_acc", "device",

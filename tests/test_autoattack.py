@@ -1,4 +1,4 @@
-"""AutoAttack as the judge (issue 16): the package's own loop, stronger than PGD-20x10, eps 0 = clean, 1 vs 2 gloo
+"""AutoAttack as the judge: the package's own loop, stronger than PGD-20x10, eps 0 = clean, 1 vs 2 gloo
 ranks, resume, and a model with masked gradients caught by Square and flagged by the report.
 
 Budgets are cut (version "custom": 5-20 iterations, 20-300 Square queries) so each test stays well under a minute

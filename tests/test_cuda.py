@@ -1,4 +1,4 @@
-"""The CUDA paths (issue 15): training steps under autocast + channels_last, attacks with a CPU generator,
+"""The CUDA paths: training steps under autocast + channels_last, attacks with a CPU generator,
 NCCL, the bench's CUDA-event timing and the evaluators' counts against CPU.
 
 Every test is marked `cuda` and skipped without a CUDA device; tests/conftest.py exempts the marker from
@@ -95,7 +95,7 @@ def test_training_step_on_cuda(method: str, precision: str) -> None:
 
 @pytest.mark.parametrize("method", ["fast", "pgd7"])
 def test_fp16_training_steps_with_grad_scaler(method: str) -> None:
-    """fp16 autocast + torch.amp.GradScaler (issue 12's precision fp16), where train_step takes a scaler:
+    """fp16 autocast + torch.amp.GradScaler (precision fp16), where train_step takes a scaler:
     three steps, finite losses, every weight moves, weights stay fp32, the scale stays finite."""
     if "scaler" not in inspect.signature(train_step).parameters:
         pytest.skip("train_step has no fp16 GradScaler path yet")

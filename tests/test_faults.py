@@ -1,4 +1,4 @@
-"""Faults (issue 14): what Slurm states mean, concurrent submissions, one writer per run directory, torn or
+"""Faults: what Slurm states mean, concurrent submissions, one writer per run directory, torn or
 foreign checkpoints, a full disk. The cluster cases run on the real local Slurm (marked `slurm`) with the trivial
 StubCell job (tests/slurm_stub.py) where the workload itself does not matter."""
 

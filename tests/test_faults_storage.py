@@ -1,4 +1,4 @@
-"""Faults of storage (issue 14): a torn or foreign checkpoint, a full disk. Each case trains a tiny real run
+"""Faults of storage: a torn or foreign checkpoint, a full disk. Each case trains a tiny real run
 through the job entry point in this process (Fashion-MNIST subset, one thread) and counts the epochs.csv rows."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The catastrophic-overfitting guard (issue 12): a fixed subset, the flag rule, resume, and real training runs
+"""The catastrophic-overfitting guard: a fixed subset, the flag rule, resume, and real training runs
 that collapse (Linf FGSM-RS with a large step) or stay healthy (L2 fast)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile grid files (issue 14): each is refused as one line per problem (exit 2, no traceback), within bounded
+"""Hostile grid files: each is refused as one line per problem (exit 2, no traceback), within bounded
 time and memory, and nothing is submitted. The hand-written cases live in tests/grids/bad/hostile_*.yaml (also run
 by test_grid and test_launch); here: what needs generating (binary, non-UTF-8, huge files, every numeric and
 string field of RunSpec), the time and memory bounds, the dry-run summary, the results-root rule and the shell

@@ -1,4 +1,4 @@
-"""Load (issue 14): many cells finishing at once leave their experiment's shared files whole, and `orchestrate
+"""Load: many cells finishing at once leave their experiment's shared files whole, and `orchestrate
 status` on 10^4 cells asks the scheduler once.
 
 - Locally: the run directories of 256 planned and recorded cells written by 256 processes released at the same

@@ -1,4 +1,4 @@
-"""The newer single-step methods (issue 12): N-FGSM's noise, step and missing projection, free training's replays
+"""The newer single-step methods: N-FGSM's noise, step and missing projection, free training's replays
 (one backward per replay), the trainer's step dispatch, and the catalog/spec rules that name them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Recipes over a run (issue 12): the method schedule and the eps warm-up (values per iteration, validation,
+"""Recipes over a run: the method schedule and the eps warm-up (values per iteration, validation,
 run_ids, resume exactness), and the epochs.csv columns they and the guard add."""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_old_epochs_csv_still_parses(tmp_path: Path) -> None:
 
 
 def test_grid_file_with_phases_and_guard(tmp_path: Path) -> None:
-    """The YAML form of the README: a schedule axis and the guard expand into cells with readable run_ids."""
+    """The documented YAML form: a schedule axis and the guard expand into cells with readable run_ids."""
     from orchestrator.grid.files import load_grid
 
     path = tmp_path / "phases.yaml"

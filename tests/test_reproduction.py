@@ -4,7 +4,7 @@
     the committed report/table1.csv byte for byte, and the committed numbers show the paper's qualitative findings.
 (b) `orchestrate submit <paper grid> --dry-run` is pinned by golden files (FASTROBUST_UPDATE_GOLDEN=1 rewrites them).
 (c) `orchestrate estimate <paper grid> --bench experiments/bench/cpu_paper_models.csv` prints predicted hours.
-(d) experiments/demo.yaml loads and its cells are the study of issue 7; the committed spec.json files are its cells.
+(d) experiments/demo.yaml loads and its cells are the demo study; the committed spec.json files are its cells.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_committed_run_shows_the_papers_findings() -> None:
 
 
 def test_committed_run_is_predicted_by_its_bench_within_15_percent() -> None:
-    """Issue 4's target on the reference run: `estimate` from the run's own bench.csv (rows at each cell's world
+    """The estimate's target on the reference run: `estimate` from the run's own bench.csv (rows at each cell's world
     size) against each training run's measured wall-clock. The committed numbers, not a new timing."""
     from orchestrator.estimate.compare import compare_runs
 
@@ -197,7 +197,7 @@ def test_estimate_of_the_fast_recipes_grid_follows_from_its_committed_bench(caps
 
 
 def test_committed_bench_is_labelled_cpu() -> None:
-    """The committed bench is measured on a CPU (no GPU here): its file name says so; so must the README."""
+    """The committed bench is measured on a CPU (no GPU here): its file name says so."""
     bench = pd.read_csv(CPU_BENCH)
     assert CPU_BENCH.name.startswith("cpu")
     assert {"resnet50_cifar", "resnet50"} <= set(bench["model"])

@@ -114,7 +114,7 @@ def test_sacct_command_is_one_batched_call(monkeypatch: pytest.MonkeyPatch) -> N
     assert records["7_1"].state == "RUNNING"
 
 
-# -- a finished run whose checkpoint is unreadable (issue 14) ---------------------------------------------------
+# -- a finished run whose checkpoint is unreadable ---------------------------------------------------------
 
 
 def _finished_train_run(results: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Time to target (issue 16) on synthetic epochs.csv rows with known answers: reached mid-run, never reached,
+"""Time to target on synthetic epochs.csv rows with known answers: reached mid-run, never reached,
 reached at the first evaluation, ties, the default rule, unit choice, GPU-hours = wall x world size, the
 AutoAttack columns and the masking flag, the report files and the CLI's --target-adv-acc."""
 

@@ -1,8 +1,8 @@
 """The domain tables: datasets, models and training methods — one entry each, torch-free.
 
 Every other module (spec validation, data loading, the trainer, collect, estimate, report) reads its facts
-here, so adding a dataset, model or method is one entry in this file plus the code that implements it
-(README, "Extending fastrobust"). Nothing here imports torch: the orchestrator reads it too.
+here, so adding a dataset, model or method is one entry in this file plus the code that implements it.
+Nothing here imports torch: the orchestrator reads it too.
 """
 
 from __future__ import annotations

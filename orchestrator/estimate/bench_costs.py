@@ -76,7 +76,7 @@ def read_bench(source: Path) -> pd.DataFrame:
     missing = {"device", "model", "dataset", "method", "attack_steps", "batch_size", "median_s"} - set(df.columns)
     if missing:
         raise EstimateError(f"{path}: bench.csv lacks columns {', '.join(sorted(missing))}")
-    if "what" not in df.columns:  # a file with only the design.md minimum: attack rows and the forward proxy
+    if "what" not in df.columns:  # a file with only the minimum columns: attack rows and the forward proxy
         df["what"] = ["forward" if s == 0 else "pgd" for s in df["attack_steps"]]
     return with_world_size(df)
 

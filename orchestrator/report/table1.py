@@ -1,4 +1,4 @@
-"""Table I (paper Table I, Timing semantics in design.md): cells from runs.csv, then table1.csv/.md/.tex.
+"""Table I (the paper's Table I and its timing semantics): cells from runs.csv, then table1.csv/.md/.tex.
 
 Rows dataset × approach × recipe (every setting but the seed, the method and the shape: runs.csv's recipe_key,
 else its recipe column), so only replicates (runs that differ in seed alone) are averaged into a cell; columns

@@ -53,7 +53,7 @@ class RobustModel(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Small CNN: BatchNorm-free so that DDP (per-rank batches) and single-process training are exactly
-# equivalent; narrow (16/32 channels) so a batch-128 step costs ~15 ms on 2 CPU cores.
+# equivalent; narrow (16/32 channels) so CPU steps stay cheap.
 
 
 def _small_cnn_body(in_channels: int) -> nn.Module:

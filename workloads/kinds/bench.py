@@ -2,10 +2,9 @@
 
 For every batch size in spec.bench.batch_sizes, on the job's device, on one batch of the real training split
 (augmented as in training), after spec.bench.prime_steps standard SGD steps on real batches. CPU kernels are
-value-dependent: measured on the small CNN, a fast-L2 step cost 10 % less on a trained model with real images
-than on fresh weights with uniform noise, and 50 steps of training reach the trained cost (53.1 vs 52.6 ms; noise
-on fresh weights: 58.3 ms). Without the dataset (no data root here): random inputs of the dataset's shape, fresh
-weights (column inputs says which). Then:
+value-dependent: a step costs less on a trained model with real images than on fresh weights with uniform noise,
+and a few dozen steps of training reach the trained cost. Without the dataset (no data root here): random inputs
+of the dataset's shape, fresh weights (column inputs says which). Then:
 - what=pgd: one K-step attack of each attacking method in spec.bench.methods (K forward + input-only backward
   passes, `workloads.adversarial.attacks.attack_from`, model in spec.attack.mode), as the paper's Fig. 1 left;
 - what=forward: one forward pass (eval mode, no grad): the paper's "No PGD" proxy;
@@ -77,9 +76,9 @@ BENCH_COLUMNS = (
 
 
 # At world size > 1 single calls are noisy (each waits on the slowest rank at every collective) and the first
-# few after a barrier run slow while the ranks fall into step (measured: 2 CPU ranks, DDP steps of 18-34 ms,
-# the first 5 up to 2x). A sample is then the mean of DDP_CALLS_PER_REPEAT consecutive calls, after at least
-# DDP_MIN_WARMUP untimed ones: the per-step cost of a long run, which is what an epoch sums.
+# few after a barrier run slow while the ranks fall into step. A sample is then the mean of DDP_CALLS_PER_REPEAT
+# consecutive calls, after at least DDP_MIN_WARMUP untimed ones: the per-step cost of a long run, which is what an
+# epoch sums.
 DDP_CALLS_PER_REPEAT, DDP_MIN_WARMUP = 5, 5
 
 

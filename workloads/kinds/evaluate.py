@@ -54,7 +54,7 @@ from workloads.training.accuracy import batch_accuracy
 from workloads.training.engine import loader_kwargs
 
 CSV_COLUMNS = (
-    "run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc",  # design.md contract
+    "run_id", "method", "eps", "steps", "restarts", "n", "clean_acc", "adv_acc",  # the contract's columns
     "norm", "alpha", "zero_start", "checkpoint", "checkpoint_epoch", "source_experiment", "dataset", "model",
     "attack_eps",  # the training eps: Fig. 2's dotted line (empty for standard training)
     # evaluate.autoattack only (empty otherwise): accuracy after each attack of AutoAttack's ensemble, cumulative

@@ -7,8 +7,7 @@ again on every step. How often that happens depends on what ran before — datas
 pass with other tensor sizes — so the same step ran 5-20 % slower after the first evaluation of a run, and a
 bench that had not allocated the same way mispredicted training. Setting both thresholds with mallopt keeps
 freed memory in the heap for reuse, whatever ran before: the same step costs the same time throughout a run
-and in the bench (measured: benchmarks/malloc_tuning.py, 1.20-1.22x per training epoch, 1.28-1.29x per
-evaluation on a 2-vCPU EPYC).
+and in the bench (benchmarks/malloc_tuning.py measures the difference).
 """
 
 from __future__ import annotations
