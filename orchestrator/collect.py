@@ -57,16 +57,6 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _best_row(rows: list[dict[str, str]], metric: str) -> dict[str, str] | None:
-    """The evaluated epoch with the highest `metric` (earliest on ties)."""
-    best, best_value = None, -math.inf
-    for row in rows:
-        value = _num(row.get(metric))
-        if value is not None and value > best_value:
-            best, best_value = row, value
-    return best
-
-
 def _co_flag(rows: list[dict[str, str]]) -> tuple[bool | None, str | None]:
     """(flagged, first flagged epoch) from epochs.csv's co_flag column; (None, None) when the guard was off."""
     measured = [r for r in rows if r.get("co_flag") not in (None, "")]
@@ -79,7 +69,7 @@ def run_row(
 ) -> dict[str, Any]:
     attack = resolve_attack(spec.method, spec.attack)
     metric = method_info(spec.method).best_metric  # Table I's "best epoch", as the trainer chose it
-    best = _best_row(rows, metric)
+    best = layout.best_epoch_row(rows, metric)
     last = rows[-1] if rows else {}
     co_flag, co_epoch = _co_flag(rows)
     train = spec.kind == "train"  # the training settings mean nothing for other kinds (module docstring)

@@ -31,7 +31,7 @@ from workloads.kinds import evaluate
 from workloads.kinds.train import train
 from workloads.runtime import distributed
 from workloads.schema import SpecError
-from workloads.spec import Attack, Eval, Evaluate, Optimizer, RunSpec, from_dict
+from workloads.spec import Attack, Evaluate, Optimizer, RunSpec, Validation, from_dict
 
 EXP = "fm"
 EPS = 1.0
@@ -52,7 +52,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             experiment=EXP, run_id=method, dataset="fashion_mnist", train_subset=3000, val_subset=200,
             model="small_cnn", method=method, epochs=3, global_batch_size=64, seed=0, threads=1,
             optimizer=Optimizer(lr=0.05, step_epochs=100), attack=Attack(norm="l2", eps=EPS),
-            eval=Eval(every=100, steps=3),
+            eval=Validation(every=100, steps=3),
         )  # fmt: skip
         train(spec, root / EXP / "runs" / method)
     return root

@@ -189,5 +189,5 @@ def test_two_ranks_bench_ddp_steps_and_the_gradient_allreduce(tmp_path: Path) ->
     assert (basis, world) == ("train_step", 2) and step > 0
 
 
-def test_summarize_percentiles() -> None:
-    assert bench.summarize([1.0, 2.0, 3.0, 4.0, 5.0]) == {"median_s": 3.0, "p10_s": 1.4, "p90_s": 4.6}
+def test_timing_stats_percentiles() -> None:
+    assert bench.timing_stats([1.0, 2.0, 3.0, 4.0, 5.0]) == {"median_s": 3.0, "p10_s": 1.4, "p90_s": 4.6}

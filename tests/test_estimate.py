@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.estimate import bench_costs, compare
 from orchestrator.estimate import model as estimate
-from orchestrator.estimate.bench_costs import EstimateError, interpolate
+from orchestrator.estimate.bench_costs import EstimateError, interpolate_cost
 from tests import fixtures
 from workloads.layout import write_csv_atomic
 
@@ -58,36 +58,36 @@ def costs_of(bench: pd.DataFrame) -> bench_costs.BenchCosts:
 def test_interpolation_exact_on_measured_points() -> None:
     points = {b: t_pass(b) for b in BATCHES}
     for b in BATCHES:
-        assert interpolate(points, b) == (t_pass(b), False)
+        assert interpolate_cost(points, b) == (t_pass(b), False)
 
 
 def test_interpolation_between_points_is_log_log_linear() -> None:
     # exact for a power law, whatever its exponent
     power = {b: 0.003 * b**0.7 for b in BATCHES}
     for b in (20, 48, 100, 200):
-        t, extra = interpolate(power, b)
+        t, extra = interpolate_cost(power, b)
         assert t == pytest.approx(0.003 * b**0.7, rel=1e-12) and not extra
     # close to, and bracketed by, an affine cost between its neighbours
     affine = {b: t_pass(b) for b in BATCHES}
-    t, extra = interpolate(affine, 48)
+    t, extra = interpolate_cost(affine, 48)
     assert not extra and t_pass(32) < t < t_pass(64)
     assert t == pytest.approx(t_pass(48), rel=0.03)
 
 
 def test_extrapolation_is_flagged_and_slope_clamped() -> None:
     power = {b: 0.003 * b**0.7 for b in BATCHES}
-    t, extra = interpolate(power, 512)
+    t, extra = interpolate_cost(power, 512)
     assert extra and t == pytest.approx(0.003 * 512**0.7, rel=1e-12)  # the end segment's slope continues
-    t, extra = interpolate(power, 4)
+    t, extra = interpolate_cost(power, 4)
     assert extra and t == pytest.approx(0.003 * 4**0.7, rel=1e-12)
     # superlinear measured points: beyond them time grows at most proportionally (slope clamped to 1)
     square = {8: 1.0, 16: 4.0}
-    t, extra = interpolate(square, 32)
+    t, extra = interpolate_cost(square, 32)
     assert extra and t == pytest.approx(8.0)
     # a single point: proportional to the batch, flagged
-    assert interpolate({32: 2.0}, 64) == (4.0, True)
+    assert interpolate_cost({32: 2.0}, 64) == (4.0, True)
     with pytest.raises(EstimateError):
-        interpolate({}, 8)
+        interpolate_cost({}, 8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from workloads.assets.models import RobustModel, build_model
 from workloads.kinds import evaluate
 from workloads.kinds.train import train
 from workloads.runtime import distributed
-from workloads.spec import Attack, Eval, Evaluate, Optimizer, RunSpec
+from workloads.spec import Attack, Evaluate, Optimizer, RunSpec, Validation
 
 EXP = "fm"
 TRAIN_EPS = 1.0
@@ -45,7 +45,7 @@ def trained_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             experiment=EXP, run_id=method, dataset="fashion_mnist", train_subset=3000, val_subset=200,
             model="small_cnn", method=method, epochs=3, global_batch_size=64, seed=0, threads=1,
             optimizer=Optimizer(lr=0.05, step_epochs=100), attack=Attack(norm="l2", eps=TRAIN_EPS),
-            eval=Eval(every=100, steps=3),
+            eval=Validation(every=100, steps=3),
         )  # fmt: skip
         train(spec, root / EXP / "runs" / method)
     return root

@@ -19,7 +19,7 @@ from workloads.assets.data import build_datasets
 from workloads.kinds import visualize, visualize_plots
 from workloads.kinds.train import train
 from workloads.runtime.distributed import Dist
-from workloads.spec import Attack, Eval, Optimizer, RunSpec, Visualize
+from workloads.spec import Attack, Optimizer, RunSpec, Validation, Visualize
 
 SOURCE_EXPERIMENT = "src"
 METHODS = ("standard", "fast")
@@ -32,7 +32,7 @@ def results_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         spec = RunSpec(
             experiment=SOURCE_EXPERIMENT, run_id=method, method=method, train_subset=4000, val_subset=200,
             epochs=3, global_batch_size=128, threads=1, optimizer=Optimizer(lr=0.05),
-            attack=Attack(eps=2.0), eval=Eval(every=3, steps=5),
+            attack=Attack(eps=2.0), eval=Validation(every=3, steps=5),
         )  # fmt: skip
         train(spec, root / SOURCE_EXPERIMENT / "runs" / method)
     return root
@@ -197,7 +197,7 @@ def vis_spec(results_root: Path, **overrides: object) -> RunSpec:
     )  # fmt: skip
     settings.update(overrides)
     return RunSpec(
-        experiment="vis", run_id="vis0", kind="visualize", threads=2, eval=Eval(steps=3),
+        experiment="vis", run_id="vis0", kind="visualize", threads=2, eval=Validation(steps=3),
         visualize=Visualize(**settings),  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -245,7 +245,7 @@ def test_main_on_other_ranks_does_nothing(results_root: Path, tmp_path: Path) ->
 
 
 def test_render_grid_shape() -> None:
-    grid = visualize_plots.Grid(
+    grid = visualize_plots.FigureGrid(
         images=[[torch.rand(3, 8, 8) for _ in range(4)] for _ in range(3)],
         titles=[[f"{r}{c}" for c in range(4)] for r in range(3)],
         row_labels=["a", "b", "c"],

@@ -41,3 +41,20 @@ def test_json_roundtrip_and_readable_mode(tmp_path: Path) -> None:
     layout.write_json_atomic(path, {"b": 1, "a": [1.5, None]})
     assert layout.read_json(path) == {"a": [1.5, None], "b": 1}
     assert path.stat().st_mode & 0o777 == 0o666 & ~layout.UMASK
+
+
+def test_the_best_epoch_is_the_earliest_highest_and_skips_missing_and_nan() -> None:
+    rows = [
+        {"epoch": "1", "adv_acc": ""},  # not evaluated
+        {"epoch": "2", "adv_acc": "0.5"},
+        {"epoch": "3", "adv_acc": "nan"},  # a diverged evaluation never wins
+        {"epoch": "4", "adv_acc": "0.7"},
+        {"epoch": "5", "adv_acc": "0.7"},  # a tie: the earlier epoch stays best
+        {"epoch": "6", "adv_acc": "n/a"},
+    ]
+    best = layout.best_epoch_row(rows, "adv_acc")
+    assert best is not None and best["epoch"] == "4"
+    assert layout.best_epoch_row(rows[:1], "adv_acc") is None and layout.best_epoch_row([], "adv_acc") is None
+    assert layout.best_epoch_row([{"epoch": "1"}], "clean_acc") is None  # a column the rows lack
+    assert layout.improves(0.1, None) and not layout.improves(None, None) and not layout.improves(float("nan"), None)
+    assert layout.improves(0.6, 0.5) and not layout.improves(0.5, 0.5) and not layout.improves(0.4, 0.5)

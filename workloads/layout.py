@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -150,3 +151,22 @@ def append_csv_row_atomic(path: str | os.PathLike[str], columns: Sequence[str], 
     """Append one row by rewriting the file atomically (files here are small: one row per epoch)."""
     rows: Sequence[Mapping[str, Any]] = read_csv(path) if Path(path).exists() else []
     write_csv_atomic(path, columns, [*rows, row])
+
+
+def improves(value: float | None, best: float | None) -> bool:
+    """The best-epoch rule (Table I's best epoch): a value beats the best so far only when strictly higher, so the
+    earliest of equal epochs stays best; a missing or NaN value never does."""
+    return value is not None and not math.isnan(value) and (best is None or value > best)
+
+
+def best_epoch_row(rows: Iterable[dict[str, str]], metric: str) -> dict[str, str] | None:
+    """The epochs.csv row that `improves` leaves best for `metric` (None: no epoch measured it)."""
+    best, best_value = None, None
+    for row in rows:
+        try:
+            value = float(row.get(metric) or "nan")
+        except ValueError:
+            continue
+        if improves(value, best_value):
+            best, best_value = row, value
+    return best

@@ -66,7 +66,7 @@ class Attack:
 
 
 @dataclass
-class Eval:
+class Validation:
     """Validation during training: clean accuracy and PGD accuracy every `every` epochs and at the end (every 0:
     none at all, e.g. when a judge job evaluates the run's snapshots off the training clock)."""
 
@@ -250,7 +250,7 @@ class RunSpec:
     collective_timeout_s: float = field(default=600.0, metadata=at_least(1))  # s a hung rank's peers wait
     optimizer: Optimizer = field(default_factory=Optimizer)
     attack: Attack = field(default_factory=Attack)
-    eval: Eval = field(default_factory=Eval)
+    eval: Validation = field(default_factory=Validation)
     guard: Guard = field(default_factory=Guard)
     shape: Shape = field(default_factory=Shape)
     resources: Resources = field(default_factory=Resources)

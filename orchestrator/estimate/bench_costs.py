@@ -39,7 +39,7 @@ def is_gpu_device(device: str) -> bool:
     return any(hint in name for hint in GPU_NAME_HINTS)
 
 
-def interpolate(points: Mapping[int, float], b: float) -> tuple[float, bool]:
+def interpolate_cost(points: Mapping[int, float], b: float) -> tuple[float, bool]:
     """t(b) from measured {batch_size: seconds}: log-log linear; returns (t, extrapolated)."""
     if not points:
         raise EstimateError("no measured batch sizes to interpolate from")
@@ -146,7 +146,7 @@ class BenchCosts:
         curve = self._curve("forward", world=world)
         if not curve:
             raise EstimateError(f"bench data for {self.device} has no forward rows")
-        return interpolate(curve, b)
+        return interpolate_cost(curve, b)
 
     def pgd(self, steps: int, b: float, method: str | None = None, world: int | None = None) -> tuple[float, bool]:
         """K-step PGD: this method's rows, else any rows with K steps, else scaled per pass from the largest K."""
@@ -155,12 +155,12 @@ class BenchCosts:
         for m in (method, None):
             curve = self._curve("pgd", m, steps, world=world)
             if curve:
-                return interpolate(curve, b)
+                return interpolate_cost(curve, b)
         measured = [k for (w, _, k, _, _) in self._times if w == "pgd"]
         if not measured:
             raise EstimateError(f"bench data for {self.device} has no pgd rows (needed for {steps}-step PGD)")
         k = max(measured)  # most passes: per-pass cost least noisy
-        t, extra = interpolate(self._curve("pgd", None, k, world=world), b)
+        t, extra = interpolate_cost(self._curve("pgd", None, k, world=world), b)
         return t * steps / k, extra
 
     def train_step(
@@ -178,12 +178,12 @@ class BenchCosts:
         for g in dict.fromkeys([world or smallest, smallest]):
             curve, used = self._curve_at(g, "train_step", method)
             if curve and used == g:
-                return (*interpolate(curve, b), "train_step", g)
+                return (*interpolate_cost(curve, b), "train_step", g)
             if (twin := self._twin(method, g)) is not None:
-                return (*interpolate(self._curve_at(g, "train_step", twin)[0], b), f"train_step({twin})", g)
+                return (*interpolate_cost(self._curve_at(g, "train_step", twin)[0], b), f"train_step({twin})", g)
             std, used = self._curve_at(g, "train_step", "standard")
             if std and used == g and info.step == "pgd":  # GradAlign's double backprop has no cheaper proxy
-                t_std, e1 = interpolate(std, b)
+                t_std, e1 = interpolate_cost(std, b)
                 t_pgd, e2 = self.pgd(info.steps, b, method, world=g)
                 return t_std + t_pgd, e1 or e2, "pgd+standard", g
         needs = f"{method} or standard" if info.step == "pgd" else method
@@ -216,13 +216,13 @@ class BenchCosts:
         if not worlds:
             return None
         g = min(worlds, key=lambda w: (abs(math.log(w / world)), -w))
-        t, extra = interpolate(self._curve("allreduce", world=g), b)
+        t, extra = interpolate_cost(self._curve("allreduce", world=g), b)
         return t, extra or g != world
 
     def data(self, split: str, b: float, world: int | None = None) -> tuple[float, bool] | None:
         """Seconds to load one batch of the "train" or "val" split (`what == data` rows), None without rows."""
         curve = self._curve("data", f"data_{split}", world=world)
-        return interpolate(curve, b) if curve else None
+        return interpolate_cost(curve, b) if curve else None
 
     def lower_bound_step(self, method: str, b: float, replays: int | None = None) -> tuple[float, bool]:
         """The paper's Fig. 1 proxy: K-step PGD, or one forward pass for standard training (one device); free:
@@ -240,7 +240,7 @@ class BenchCosts:
         if basis == "train_step":
             curve = self._curve("eval", None, steps, restarts, world=world)
             if curve:
-                return interpolate(curve, b)
+                return interpolate_cost(curve, b)
         else:
             world = None  # the paper's bound: one device's costs
         t_fwd, e1 = self.forward(b, world)

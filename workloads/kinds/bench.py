@@ -107,7 +107,7 @@ def time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup
     return times
 
 
-def summarize(times: list[float]) -> dict[str, float]:
+def timing_stats(times: list[float]) -> dict[str, float]:
     p10, p50, p90 = np.percentile(np.asarray(times, dtype=np.float64), [10, 50, 90])
     return {"median_s": float(p50), "p10_s": float(p10), "p90_s": float(p90)}
 
@@ -138,7 +138,7 @@ class _Bench:
         distributed.barrier(self.dist)  # all ranks start each measurement together (contention as in training)
         times = time_calls(fn, self.device, self.spec.bench.repeats, self.common["warmup"],
                            self.common["calls_per_repeat"])  # fmt: skip
-        row = {**self.common, **fields, **summarize(times)}
+        row = {**self.common, **fields, **timing_stats(times)}
         if self.dist.is_main:
             what, method, b = row["what"], row["method"], row["batch_size"]
             print(f"bench {what} {method} b={b} world={self.dist.world_size}: {row['median_s']:.4g} s", flush=True)
@@ -261,7 +261,7 @@ def data_rows(spec: RunSpec, data: DataBundle, b: int, dist: Dist, common: dict[
         distributed.barrier(dist)
         times = time_batches(dataset, b, dist, spec.bench.repeats, common["warmup"], spec.seed + b + dist.rank)
         row = {**common, "what": "data", "method": method, "attack_steps": 0, "attack_restarts": 1,
-               "batch_size": b, "calls_per_repeat": 1, **summarize(times)}  # fmt: skip
+               "batch_size": b, "calls_per_repeat": 1, **timing_stats(times)}  # fmt: skip
         if dist.is_main:
             print(f"bench data {method} b={b} world={dist.world_size}: {row['median_s']:.4g} s", flush=True)
         rows.append(row)

@@ -171,7 +171,7 @@ def run_batches(
     return results
 
 
-def summarize(results: Mapping[int, list[int]], s: Settings, dist: Dist | None = None) -> list[dict[str, Any]]:
+def accuracy_rows(results: Mapping[int, list[int]], s: Settings, dist: Dist | None = None) -> list[dict[str, Any]]:
     """Sum per-batch counts (then over ranks: collective when distributed) -> one row per eps."""
     totals = [0] * s.width()
     for counts in results.values():
@@ -258,7 +258,7 @@ def evaluate_model(
         num_classes=num_classes,
     )
     results = run_batches(model, data, s, dist, device=device, num_workers=num_workers)
-    return summarize(results, s, dist if dist is not None and dist.distributed else None)
+    return accuracy_rows(results, s, dist if dist is not None and dist.distributed else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
         results = run_batches(
             model, data, s, dist, num_workers=loader_kwargs(dist)["num_workers"], done=done, on_batch=record
         )
-    rows = summarize(results, s, dist if dist.distributed else None)
+    rows = accuracy_rows(results, s, dist if dist.distributed else None)
 
     label = {
         "run_id": source.run_id,

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 from workloads import layout
 from workloads.assets import checkpoint
 from workloads.assets.data import build_validation
-from workloads.kinds.evaluate import Settings, run_batches, summarize
+from workloads.kinds.evaluate import Settings, accuracy_rows, run_batches
 from workloads.runtime import distributed
 from workloads.runtime.distributed import Dist
 from workloads.runtime.judge_follow import Follower, Snapshot
@@ -72,7 +72,7 @@ class Judged:
         eps = source.attack.eps if j.eps is None else j.eps
         s = Settings(norm=norm, eps_list=(eps,), steps=j.steps, restarts=j.restarts, alpha_factor=j.alpha_factor,
                      generator_seed=self.spec.seed, batch_size=j.batch_size, zero_start=j.zero_start)  # fmt: skip
-        (row,) = summarize(run_batches(model, data, s, dist), s, dist if dist.distributed else None)
+        (row,) = accuracy_rows(run_batches(model, data, s, dist), s, dist if dist.distributed else None)
         return {
             "run_id": snap.run_id, "epoch": snap.epoch, "train_s": snap.train_s, "elapsed_s": snap.elapsed_s,
             "clean_acc": row["clean_acc"], "adv_acc": row["adv_acc"], "n": row["n"],

@@ -96,12 +96,11 @@ def truncate_epochs_csv(run_dir: Path, completed: int) -> None:
             layout.write_csv_atomic(path, layout.EPOCH_COLUMNS, kept)
 
 
-def summary(run_dir: Path, spec: RunSpec, metric_name: str) -> dict[str, Any]:
+def run_result(run_dir: Path, spec: RunSpec, metric_name: str) -> dict[str, Any]:
     """result.json contents from epochs.csv (rank 0)."""
     path = run_dir / layout.EPOCHS
     rows = layout.read_csv(path) if path.exists() else []
-    evaluated = [r for r in rows if r[metric_name] != ""]
-    best = max(evaluated, key=lambda r: float(r[metric_name]), default=None)  # first of equals: earliest
+    best = layout.best_epoch_row(rows, metric_name)
     last = rows[-1] if rows else {}
     number = lambda r, k: float(r[k]) if r and r.get(k) not in (None, "") else None  # noqa: E731
     return {
@@ -304,7 +303,7 @@ def end_epoch(t: Trainer, run_dir: Path, epoch: int, at: Position, e: EpochStats
         "batch_per_rank": t.batch, "world_size": dist.world_size, **guard_row,
     }  # fmt: skip
     metric = clean_acc if catalog.method_info(spec.method).best_metric == "clean_acc" else adv_acc
-    improved = metric is not None and (at.best is None or metric > at.best["metric"])
+    improved = layout.improves(metric, at.best["metric"] if at.best else None)
     if improved:
         at.best = {"epoch": epoch, "metric": metric}
     at.completed, at.train_clock = epoch, at.train_clock + train_s
@@ -346,7 +345,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist, data: DataBundle | None
     if curves is not None:
         curves.close()
     metric_name = catalog.method_info(spec.method).best_metric
-    return {**summary(run_dir, spec, metric_name), **guard.summary()} if dist.is_main else {"rank": dist.rank}
+    return {**run_result(run_dir, spec, metric_name), **guard.summary()} if dist.is_main else {"rank": dist.rank}
 
 
 def save_mid_epoch(

@@ -210,7 +210,7 @@ def run_all(
     }
 
 
-def summarise(
+def feature_tables(
     spec: RunSpec, out: dict[str, Any], models: dict[str, tuple[RobustModel, RunSpec]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """features.csv rows (one per model) and features_transfer.csv rows (one per model pair)."""
@@ -326,7 +326,7 @@ def main(spec: RunSpec, run_dir: str | Path, dist: Dist) -> dict[str, Any]:
     data = build_datasets(data_spec)
     classes = data.info.classes
     out = run_all(spec, models, data.val, classes, dist.device)
-    feature_rows, transfer_rows = summarise(spec, out, models)
+    feature_rows, transfer_rows = feature_tables(spec, out, models)
 
     raw = raw_tensors(out, classes, spec)
     buf = io.BytesIO()

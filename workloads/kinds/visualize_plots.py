@@ -27,7 +27,7 @@ CELL_INCHES = 1.1
 
 
 @dataclass
-class Grid:
+class FigureGrid:
     """A figure's cells: images[r][c] (C, H, W) in [0, 1], a title per cell, a label per row."""
 
     images: list[list[Tensor]]
@@ -44,7 +44,7 @@ def _to_numpy(img: Tensor) -> np.ndarray:
     return arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)
 
 
-def render(grid: Grid, title: str = "") -> Figure:
+def render(grid: FigureGrid, title: str = "") -> Figure:
     """A Figure with an nrows x ncols grid of image axes (ticks off, titles small, row labels on the left)."""
     nrows, ncols = grid.shape
     # each row gets room for its cells' titles, so they never overlap the row above
@@ -80,7 +80,7 @@ def save_atomic(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
         raise
 
 
-def write(grid: Grid, stem: str | os.PathLike[str], title: str = "") -> Figure:
+def write(grid: FigureGrid, stem: str | os.PathLike[str], title: str = "") -> Figure:
     """Render and write <stem>.png and <stem>.pdf; returns the Figure (axes grid = grid.shape)."""
     fig = render(grid, title)
     for fmt in ("png", "pdf"):
@@ -96,7 +96,7 @@ def _row_label(run_id: str, method: str) -> str:
     return f"{method}\n{run_id}" if method != run_id else run_id
 
 
-def fig3_grid(raw: dict[str, Any]) -> Grid:
+def fig3_grid(raw: dict[str, Any]) -> FigureGrid:
     seeds, classes = raw["seeds"], raw["classes"]
     images, titles, labels = [], [], []
     for rid, m in raw["models"].items():
@@ -109,10 +109,10 @@ def fig3_grid(raw: dict[str, Any]) -> Grid:
         images.append(row)
         titles.append(trow)
         labels.append(_row_label(rid, m["method"]))
-    return Grid(images, titles, labels)
+    return FigureGrid(images, titles, labels)
 
 
-def fig4_grid(raw: dict[str, Any]) -> Grid:
+def fig4_grid(raw: dict[str, Any]) -> FigureGrid:
     lambdas = raw["lambdas"].tolist()
     order = sorted(range(len(lambdas)), key=lambda i: -lambdas[i])  # x1 side first
     images, titles, labels = [], [], []
@@ -124,10 +124,10 @@ def fig4_grid(raw: dict[str, Any]) -> Grid:
         images.append(row)
         titles.append(trow)
         labels.append(_row_label(rid, m["method"]))
-    return Grid(images, titles, labels)
+    return FigureGrid(images, titles, labels)
 
 
-def fig5_grid(raw: dict[str, Any]) -> Grid:
+def fig5_grid(raw: dict[str, Any]) -> FigureGrid:
     classes, targets = raw["classes"], raw["targets"]
     originals = raw["originals"]
     images, titles, labels = [], [], []
@@ -139,7 +139,7 @@ def fig5_grid(raw: dict[str, Any]) -> Grid:
         images.append(row)
         titles.append(trow)
         labels.append(_row_label(rid, m["method"]))
-    return Grid(images, titles, labels)
+    return FigureGrid(images, titles, labels)
 
 
 FIGURES = {
