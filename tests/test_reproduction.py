@@ -22,6 +22,7 @@ from orchestrator import cli
 from orchestrator.grid.files import load_grids
 from tests.fixtures import normalise
 from workloads import layout
+from workloads.schema import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_GRID = REPO / "experiments" / "demo.yaml"
@@ -254,14 +255,6 @@ def test_committed_specs_are_the_demo_cells() -> None:
     assert set(committed) == set(cells)
     for run_id, spec in committed.items():
         # every recorded setting as the grid gives it now (settings added to RunSpec later may be absent)
-        now = _flat(cells[run_id].to_dict())
-        differ = {k: (v, now.get(k, "<no such setting>")) for k, v in _flat(spec).items() if now.get(k) != v}
+        now = flatten(cells[run_id].to_dict())
+        differ = {k: (v, now.get(k, "<no such setting>")) for k, v in flatten(spec).items() if now.get(k) != v}
         assert not differ, f"{run_id}: spec.json differs from experiments/demo.yaml (recorded, now): {differ}"
-
-
-def _flat(data: dict[str, object], prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
-    return out

@@ -117,6 +117,13 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def savefig_atomic(fig: Any, path: str | os.PathLike[str], **savefig_kwargs: Any) -> None:
+    """A matplotlib figure rendered in memory, then written by write_bytes_atomic: never a torn file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, **savefig_kwargs)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode())
 

@@ -18,7 +18,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -182,3 +182,12 @@ def parse(cls: type[T], data: Any, path: str = "") -> tuple[T, list[SpecError]]:
     errors: list[SpecError] = []
     obj = _from_dict(cls, data, path, errors)
     return obj, errors
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a spec dict) as {dotted key path: leaf value}; lists are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        flat.update(flatten(value, path) if isinstance(value, Mapping) else {path: value})
+    return flat

@@ -24,6 +24,7 @@ import re
 from collections import Counter
 from typing import Any
 
+from workloads import schema
 from workloads.spec import PEAK_SCHEDULES, RunSpec
 
 # Settings spelled out in the run_id prefix of each kind; other settings that vary become -{key}{value}.
@@ -37,21 +38,15 @@ ID_FIELDS = {
 SAME_IN_A_DOCUMENT = ("experiment", "run_id", "kind")
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
     """A RunSpec dict as {dotted name: value} (orchestrator.grid.recipe_key reads settings the same way)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(flatten(value, path))
-        else:
-            # a list of mappings (method_schedule) becomes a tuple of their values: hashable, formats as a_b_c
-            flat[path] = (
-                tuple(tuple(v.values()) if isinstance(v, dict) else v for v in value)
-                if isinstance(value, list)
-                else value
-            )
-    return flat
+    # a list of mappings (method_schedule) becomes a tuple of their values: hashable, formats as a_b_c
+    return {
+        path: tuple(tuple(v.values()) if isinstance(v, dict) else v for v in value)
+        if isinstance(value, list)
+        else value
+        for path, value in schema.flatten(data).items()
+    }
 
 
 def format_value(value: Any) -> str:

@@ -7,8 +7,6 @@ PNG + PDF written atomically (temp file in the same folder, then os.replace). Ma
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,23 +24,17 @@ from matplotlib.ticker import FixedLocator, LogFormatter, LogLocator, NullFormat
 from orchestrator.estimate.bench_costs import BenchCosts, EstimateError, with_world_size
 from orchestrator.estimate.model import RunSettings, predict_run
 from orchestrator.report.labels import Unit, approach_name, approach_order, dataset_label, pick_unit
+from workloads import layout
 
 PAPER_DEFAULTS = {"epochs": 150, "global_batch_size": 256, "eval_every": 5, "eval_steps": 20, "eval_restarts": 1}
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """stem.png and stem.pdf, each written to a temp name in out_dir then renamed (never a torn file)."""
+    """stem.png and stem.pdf, each written whole (layout.savefig_atomic)."""
     paths = []
     for ext, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
         path = out_dir / f"{stem}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=f".{ext}")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=120, metadata=metadata)  # layout done by the caller: one draw
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        layout.savefig_atomic(fig, path, format=ext, dpi=120, metadata=metadata)  # layout done by the caller
         paths.append(path)
     plt.close(fig)
     return paths

@@ -19,13 +19,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.grid import snapshot_source
 from orchestrator.grid.files import Grid
 from orchestrator.monitor import manifest, status
 from workloads import layout
+from workloads.schema import flatten
 from workloads.spec import RunSpec, kind_settings
 
 # Settings the orchestrator fills at submit time from others (source_experiment/source_run(s) and the results
@@ -82,23 +82,15 @@ def resolve_sources(cell: RunSpec, root: Path) -> RunSpec:
     return cell
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
-    return out
-
-
 def spec_differences(cell: RunSpec, spec_path: Path) -> list[str]:
     """Dotted settings the cell's kind reads whose value in the recorded spec.json differs from the grid's;
     empty when there is no file. A setting the file lacks was added after the run was made, and every new
     setting's default keeps the old behaviour, so it is compared as its default."""
     if not spec_path.exists():
         return []
-    defaults = _flat(kind_settings(cell.kind, RunSpec().to_dict()))
-    recorded = _flat(kind_settings(cell.kind, layout.read_json(spec_path)))
-    wanted = _flat(kind_settings(cell.kind, cell.to_dict()))
+    defaults = flatten(kind_settings(cell.kind, RunSpec().to_dict()))
+    recorded = flatten(kind_settings(cell.kind, layout.read_json(spec_path)))
+    wanted = flatten(kind_settings(cell.kind, cell.to_dict()))
     keys = list(wanted) + [k for k in recorded if k not in wanted]  # RunSpec order, then settings gone since
     return [
         k

@@ -12,7 +12,6 @@ figures are garbage-collected without plt.close.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from workloads import layout
 
 CELL_INCHES = 1.1
 
@@ -66,25 +67,11 @@ def render(grid: FigureGrid, title: str = "") -> Figure:
     return fig
 
 
-def save_atomic(fig: Figure, path: str | os.PathLike[str], fmt: str) -> None:
-    """savefig to a temp name in the same folder, then os.replace: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=150)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write(grid: FigureGrid, stem: str | os.PathLike[str], title: str = "") -> Figure:
     """Render and write <stem>.png and <stem>.pdf; returns the Figure (axes grid = grid.shape)."""
     fig = render(grid, title)
     for fmt in ("png", "pdf"):
-        save_atomic(fig, f"{stem}.{fmt}", fmt)
+        layout.savefig_atomic(fig, f"{stem}.{fmt}", format=fmt, dpi=150)
     return fig
 
 
