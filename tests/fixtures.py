@@ -168,6 +168,36 @@ def normalise(text: str, results: Path, repo: Path | None = None) -> str:
     return text if repo is None else text.replace(str(repo), "<REPO>")
 
 
+def train_standard_and_fast(root: Path, experiment: str, eps: float) -> Path:
+    """root/<experiment>/runs/{standard,fast}: small_cnn trained for 3 epochs on 3000 Fashion-MNIST images, one
+    thread (the models the evaluate and AutoAttack tests attack); returns root."""
+    import torch
+
+    from workloads.kinds.train import train
+    from workloads.spec import Attack, Optimizer, RunSpec, Validation
+
+    torch.set_num_threads(1)
+    for method in ("standard", "fast"):
+        spec = RunSpec(
+            experiment=experiment,
+            run_id=method,
+            dataset="fashion_mnist",
+            train_subset=3000,
+            val_subset=200,
+            model="small_cnn",
+            method=method,
+            epochs=3,
+            global_batch_size=64,
+            seed=0,
+            threads=1,
+            optimizer=Optimizer(lr=0.05, step_epochs=100),
+            attack=Attack(norm="l2", eps=eps),
+            eval=Validation(every=100, steps=3),
+        )
+        train(spec, root / experiment / "runs" / method)
+    return root
+
+
 def manual_sgd_training(spec: Any, scheduler: Callable[[Any, int], Any] | None = None) -> dict[str, Any]:
     """Plain single-process SGD over the global batches that DistributedSampler(seed) hands out; `scheduler`
     (optimizer, steps per epoch) -> an lr scheduler stepped after every optimizer step (None: constant lr).

@@ -28,10 +28,9 @@ from workloads.assets.data import build_split
 from workloads.assets.external import autoattack
 from workloads.assets.models import RobustModel
 from workloads.kinds import evaluate
-from workloads.kinds.train import train
 from workloads.runtime import distributed
 from workloads.schema import SpecError
-from workloads.spec import Attack, Evaluate, Optimizer, RunSpec, Validation, from_dict
+from workloads.spec import Evaluate, RunSpec, from_dict
 
 EXP = "fm"
 EPS = 1.0
@@ -44,18 +43,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """results/fm/runs/{standard,fast}: small_cnn trained for 3 epochs on 3000 Fashion-MNIST images (~10 s)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("autoattack") / "results"
-    for method in ("standard", "fast"):
-        spec = RunSpec(
-            experiment=EXP, run_id=method, dataset="fashion_mnist", train_subset=3000, val_subset=200,
-            model="small_cnn", method=method, epochs=3, global_batch_size=64, seed=0, threads=1,
-            optimizer=Optimizer(lr=0.05, step_epochs=100), attack=Attack(norm="l2", eps=EPS),
-            eval=Validation(every=100, steps=3),
-        )  # fmt: skip
-        train(spec, root / EXP / "runs" / method)
-    return root
+    """results/fm/runs/{standard,fast} (fixtures.train_standard_and_fast)."""
+    return fixtures.train_standard_and_fast(tmp_path_factory.mktemp("autoattack") / "results", EXP, EPS)
 
 
 def model_of(results: Path, method: str) -> RobustModel:

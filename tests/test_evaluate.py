@@ -23,9 +23,8 @@ from workloads.assets.data import build_split
 from workloads.assets.external import autoattack, madry
 from workloads.assets.models import RobustModel, build_model
 from workloads.kinds import evaluate
-from workloads.kinds.train import train
 from workloads.runtime import distributed
-from workloads.spec import Attack, Evaluate, Optimizer, RunSpec, Validation
+from workloads.spec import Attack, Evaluate, RunSpec
 
 EXP = "fm"
 TRAIN_EPS = 1.0
@@ -37,18 +36,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; sma
 
 @pytest.fixture(scope="module")
 def trained_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """results/fm/runs/{standard,fast}: small_cnn trained briefly on 3000 Fashion-MNIST images (once)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("evaluate") / "results"
-    for method in ("standard", "fast"):
-        spec = RunSpec(
-            experiment=EXP, run_id=method, dataset="fashion_mnist", train_subset=3000, val_subset=200,
-            model="small_cnn", method=method, epochs=3, global_batch_size=64, seed=0, threads=1,
-            optimizer=Optimizer(lr=0.05, step_epochs=100), attack=Attack(norm="l2", eps=TRAIN_EPS),
-            eval=Validation(every=100, steps=3),
-        )  # fmt: skip
-        train(spec, root / EXP / "runs" / method)
-    return root
+    """results/fm/runs/{standard,fast} (fixtures.train_standard_and_fast), once."""
+    return fixtures.train_standard_and_fast(tmp_path_factory.mktemp("evaluate") / "results", EXP, TRAIN_EPS)
 
 
 def trained(trained_results: Path, method: str) -> tuple[RobustModel, RunSpec]:
