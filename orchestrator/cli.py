@@ -71,7 +71,7 @@ def _grid_experiments(grid_path: str, root: Path, executor: str | None = None) -
 
 def _results_root(args: argparse.Namespace) -> Path:
     """The results root of a command that writes there, checked writable before anything runs."""
-    root = launch.results_root(args.results)
+    root = layout.results_root(args.results)
     folder_checks.require_writable([root], f"results root ({folder_checks.root_origin(args.results)})")
     return root
 
@@ -153,7 +153,7 @@ def _bench_path(value: str | None, root: Path) -> Path | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    root = launch.results_root(args.results)
+    root = layout.results_root(args.results)
     if args.target is None:
         exps = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         targets: dict[Path, list[str] | None] = dict.fromkeys(exps)
@@ -188,7 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from orchestrator.monitor import logs
 
-    exp_dir, run_id = logs.find_cell(launch.results_root(args.results), args.cell)
+    exp_dir, run_id = logs.find_cell(layout.results_root(args.results), args.cell)
     _check_rank(exp_dir, run_id, args.rank)
     found = logs.cell_logs(exp_dir, run_id, rank=args.rank, attempt=args.attempt)
 
@@ -218,7 +218,7 @@ def _check_rank(exp_dir: Path, run_id: str, rank: int) -> None:
 def cmd_collect(args: argparse.Namespace) -> int:
     from orchestrator import collect
 
-    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    exp_dir = experiment_dir(args.experiment, layout.results_root(args.results))
     folder_checks.require_writable([exp_dir], "experiment folder")
     for path in collect.collect(exp_dir).values():
         print(path)
@@ -240,7 +240,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report.table1 import parse_baseline
     from orchestrator.report.time_to_target import parse_target
 
-    root = launch.results_root(args.results)
+    root = layout.results_root(args.results)
     exp_dirs = [experiment_dir(name, root) for name in args.experiment]
     parse_baseline(args.baseline), parse_target(args.target_adv_acc)  # refused before any CSV is rewritten
     folder_checks.require_writable(exp_dirs, "experiment folder")
@@ -257,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from orchestrator.estimate.model import estimate_grid, format_estimate
 
-    root = launch.results_root(args.results)
+    root = layout.results_root(args.results)
     bench = Path(args.bench).expanduser()
     if not bench.exists():
         if not (root / args.bench).is_dir():
@@ -273,7 +273,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from orchestrator.submit import clean
 
-    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    exp_dir = experiment_dir(args.experiment, layout.results_root(args.results))
     folder_checks.require_experiment(exp_dir)
     if not args.dry_run:
         folder_checks.require_writable([exp_dir], "experiment folder")
@@ -286,7 +286,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    exp_dir = experiment_dir(args.experiment, launch.results_root(args.results))
+    exp_dir = experiment_dir(args.experiment, layout.results_root(args.results))
     runner = local_queue.stop(exp_dir)  # first: it would start the next cell
     if runner is not None:
         print(f"stopped the local queue (pid {runner}): its waiting cells stay unsubmitted")
@@ -298,7 +298,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from orchestrator.monitor import listing
 
-    sys.stdout.write(listing.list_table(launch.results_root(args.results)))
+    sys.stdout.write(listing.list_table(layout.results_root(args.results)))
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import submitit
 
-from orchestrator.monitor import manifest, progress
+from orchestrator.monitor import manifest, progress, scheduler
 from orchestrator.submit import launch, plan
 from tests.slurm_stub import StubCell
 from workloads import layout
@@ -34,7 +34,7 @@ def scancel(*job_ids: str) -> None:
 
 
 def test_arrays_split_at_max_array_size_with_the_throttle(tmp_path: Path, results: Path) -> None:
-    limit = launch.max_array_size()
+    limit = scheduler.max_array_size()
     assert limit is not None, "scontrol show config gave no MaxArraySize"
     if limit > 64:
         pytest.skip(f"MaxArraySize {limit}: restart the cluster with scripts/slurm/slurm.conf's small value (--fresh)")

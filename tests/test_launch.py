@@ -110,11 +110,11 @@ def test_unknown_experiment_is_a_user_error(results: Path, capsys: pytest.Captur
 
 def test_results_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FASTROBUST_RESULTS", str(tmp_path / "env"))
-    assert launch.results_root(tmp_path / "cli") == tmp_path / "cli"
-    assert launch.results_root(None) == tmp_path / "env"
+    assert layout.results_root(tmp_path / "cli") == tmp_path / "cli"
+    assert layout.results_root(None) == tmp_path / "env"
     monkeypatch.delenv("FASTROBUST_RESULTS")
     monkeypatch.chdir(tmp_path)
-    assert launch.results_root(None) == tmp_path / "results"
+    assert layout.results_root(None) == tmp_path / "results"
 
 
 def test_clean_submission_env_hides_and_restores(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -53,6 +53,15 @@ EPOCH_COLUMNS = (
 )  # fmt: skip
 
 
+RESULTS_ENV = "FASTROBUST_RESULTS"
+
+
+def results_root(cli_value: str | os.PathLike[str] | None = None) -> Path:
+    """--results DIR, else $FASTROBUST_RESULTS, else ./results."""
+    value = cli_value or os.environ.get(RESULTS_ENV) or "results"
+    return Path(value).expanduser().absolute()
+
+
 def experiment_dir(results_root: str | os.PathLike[str], experiment: str) -> Path:
     return Path(results_root) / experiment
 

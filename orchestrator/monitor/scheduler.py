@@ -15,9 +15,11 @@ and a poll of 10^4 cells with long-settled failures stays ONE call. sacct prints
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -162,3 +164,29 @@ def _local_alive(pid: str) -> bool:
 
 def query_local(job_ids: Iterable[str]) -> dict[str, JobRecord]:
     return {j: JobRecord("ALIVE" if _local_alive(j) else "ENDED") for j in job_ids}
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (`scontrol show config`); None when scontrol is missing or does not answer.
+    Array indices run 0..MaxArraySize-1, so an array holds at most MaxArraySize cells."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
+    return int(match.group(1)) if out.returncode == 0 and match else None
+
+
+def cancel_slurm(job_ids: list[str]) -> None:
+    """scancel the jobs (none: no call)."""
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], check=True, timeout=60)
+
+
+def cancel_local(pids: list[str]) -> None:
+    """Stop local-executor jobs as submitit's LocalJob.cancel does: SIGINT to the controller, which stops its tasks."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGINT)

@@ -18,8 +18,7 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from orchestrator.monitor import manifest
 from workloads import layout
-
-RESULTS_ENV = "FASTROBUST_RESULTS"
+from workloads.layout import RESULTS_ENV
 
 
 class FolderError(UserError):

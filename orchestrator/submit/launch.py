@@ -13,10 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +26,7 @@ from orchestrator.estimate import time_guard
 from orchestrator.grid import judge_plan, snapshot_source
 from orchestrator.grid.files import Grid, load_grids
 from orchestrator.grid.profiles import executor_kwargs, slurm_parameters
-from orchestrator.monitor import manifest, status
+from orchestrator.monitor import manifest, scheduler, status
 from orchestrator.monitor.progress import LocalProgress
 from orchestrator.submit import deferred_stop, folder_checks, submitit_compat
 from orchestrator.submit import summary as submit_summary
@@ -56,12 +52,6 @@ class SubmitResult:
     n_arrays: int = 0  # arrays as the scheduler sees them: a local shape is one, run cell by cell
     seconds: float = 0.0
     local: LocalProgress | None = None  # local cells: the last one may still run when submit returns
-
-
-def results_root(cli_value: str | Path | None = None) -> Path:
-    """--results DIR, else $FASTROBUST_RESULTS, else ./results."""
-    value = cli_value or os.environ.get("FASTROBUST_RESULTS") or "results"
-    return Path(value).expanduser().absolute()
 
 
 def submitit_folder(exp_dir: Path) -> Path:
@@ -136,19 +126,6 @@ def dependency_type(kind: str) -> str:
 
 class Rejected(Exception):
     """sbatch refused an array; the message is sbatch's own (its stderr, on one line)."""
-
-
-def max_array_size() -> int | None:
-    """The cluster's MaxArraySize (`scontrol show config`); None when scontrol is missing or does not answer.
-    Array indices run 0..MaxArraySize-1, so an array holds at most MaxArraySize cells."""
-    if shutil.which("scontrol") is None:
-        return None
-    try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return None
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.M)
-    return int(match.group(1)) if out.returncode == 0 and match else None
 
 
 def split(cells: list[RunSpec], limit: int | None) -> list[list[RunSpec]]:
@@ -255,7 +232,7 @@ def submit(
         log = result.local.write
         if earlier:
             result.local.start(*earlier[0])
-    limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
+    limit = scheduler.max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     for line in submit_summary.plan_lines(plans, limit):  # before the first local cell runs and prints
         log(line)
     result.n_arrays = sum(submit_summary.arrays_of(p, limit) for p in plans if p.submit)
@@ -301,7 +278,7 @@ def dry_run(grid_path: str | Path, root: Path, executor: str | None = None, only
     """What `submit` would submit: each array's exact sbatch script (Slurm) or its processes (local)."""
     plans = decide(load_grids(grid_path, executor), root, only_missing)
     folder_checks.require_writable((p.exp_dir for p in plans), "experiment folder")
-    limit = max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
+    limit = scheduler.max_array_size() if any(p.submit and p.grid.executor == "slurm" for p in plans) else None
     out: list[str] = []
     for i, p in enumerate(plans):
         for array_name, cells in p.arrays():
@@ -338,13 +315,8 @@ def cancel(exp_dir: Path, log: Callable[[str], None] = print) -> int:
     """Cancel every running/pending cell of an experiment; returns how many were cancelled."""
     entries = manifest.load(exp_dir)
     active = [c for c in status.poll(exp_dir) if c.state in ("running", "pending") and c.job_id]
-    slurm_ids = [str(c.job_id) for c in active if entries[c.run_id].executor == "slurm"]
-    if slurm_ids:
-        subprocess.run(["scancel", *slurm_ids], check=True, timeout=60)
-    for c in active:
-        if entries[c.run_id].executor == "local" and c.job_id:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(c.job_id), signal.SIGINT)  # submitit's LocalJob.cancel: the controller stops its tasks
+    scheduler.cancel_slurm([str(c.job_id) for c in active if entries[c.run_id].executor == "slurm"])
+    scheduler.cancel_local([str(c.job_id) for c in active if entries[c.run_id].executor == "local" and c.job_id])
     for c in active:
         log(f"cancelled {c.run_id} (job {c.job_id})")
     return len(active)
