@@ -16,6 +16,8 @@
 EXPERIMENT is a name under the results root (--results DIR, else $FASTROBUST_RESULTS, else ./results) or the
 path of an experiment folder. Exit codes: 0 ok, 1 a cell failed (submit --wait), 2 a user error (one line per
 problem, no traceback).
+
+One concept, the command line: each command parses its arguments and calls a room that does the work.
 """
 
 from __future__ import annotations

@@ -36,7 +36,20 @@ TEST_ONLY = ("unittest", "mock")  # test doubles; production code must not patch
 # The modules allowed at each package's top (the job shim: jobs pickled before the move name orchestrator.job).
 FLAT = {
     "orchestrator": {"__init__", "cli", "errors", "collect", "job"},
-    "workloads": {"__init__", "catalog", "schema", "spec", "layout", "checkpoint_record", "entry"},
+    # the torch-free contract the orchestrator reads too: subsets (split limits, checked by spec), snapshot_choice
+    # (which judged snapshot an evaluate cell reads) and stage (a running cell's stage.json)
+    "workloads": {
+        "__init__",
+        "catalog",
+        "schema",
+        "spec",
+        "layout",
+        "checkpoint_record",
+        "entry",
+        "subsets",
+        "snapshot_choice",
+        "stage",
+    },  # fmt: skip
 }
 # Top to bottom; one tuple per level (rooms of one level may import each other only through no cycle).
 ROOM_ORDER: tuple[tuple[str, ...], ...] = (
@@ -61,6 +74,9 @@ ROOM_ORDER: tuple[tuple[str, ...], ...] = (
         "workloads.spec",
         "workloads.layout",
         "workloads.checkpoint_record",
+        "workloads.subsets",
+        "workloads.snapshot_choice",
+        "workloads.stage",
     ),
 )
 

@@ -3,7 +3,7 @@
 Every problem of the document is collected, one line each, as `FILE:LINE: key.path: what was expected`; a line is
 printable (control characters escaped) and bounded in length whatever the file holds, since a grid file is user
 input. Names that become paths match orchestrator.grid.names.NAME_RE, so nothing a cell names can leave the
-results root.
+results root. One concept: a document's keys checked against the spec and expanded into cells.
 """
 
 from __future__ import annotations
