@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = """
 import ctypes, json, sys
 sys.path.insert(0, {root!r})
-from workloads import allocator
+from workloads.runtime import allocator
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -169,7 +169,7 @@ def test_node_down_mid_run_is_pending_then_finished(
 RACER = """\
 import json, sys, time
 from pathlib import Path
-from orchestrator import launch
+from orchestrator.submit import launch
 from orchestrator.errors import UserError
 from tests.slurm_stub import StubCell
 folder, root, me, reps = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -269,7 +269,7 @@ def test_a_submission_refused_under_the_lock_names_every_cell_the_other_submitte
 HOLDER = """\
 import os, sys, time
 from pathlib import Path
-from workloads import runlock
+from workloads.runtime import runlock
 lock = runlock.acquire(Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(600)

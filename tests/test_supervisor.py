@@ -115,7 +115,7 @@ def test_a_failed_rank_is_named_by_its_peers(run_dir: Path) -> None:
     """A child that held the run directory (announced itself) and failed: its record says so, for a survivor."""
     code = f"""
     from pathlib import Path
-    from workloads import ranks
+    from workloads.runtime import ranks
     ranks.announce(Path({str(run_dir)!r}), 1)
     with open(os.environ["FASTROBUST_CHILD_REPORT"], "w") as f:
         json.dump({{"error": "OutOfMemoryError: CUDA out of memory"}}, f)
@@ -193,7 +193,7 @@ def test_the_child_dies_with_its_supervisor(run_dir: Path, tmp_path: Path) -> No
     pid_file = tmp_path / "child.pid"
     body = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
     script = (
-        "import sys; from workloads import supervisor\n"
+        "import sys; from workloads.runtime import supervisor\n"
         f"supervisor.run_supervised({str(run_dir / layout.SPEC)!r}, [sys.executable, '-c', {body!r}])\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
