@@ -49,7 +49,7 @@ FLAT = {
         "subsets",
         "snapshot_choice",
         "stage",
-    },  # fmt: skip
+    },
 }
 # Top to bottom; one tuple per level (rooms of one level may import each other only through no cycle).
 ROOM_ORDER: tuple[tuple[str, ...], ...] = (

@@ -28,7 +28,8 @@ GRID = "name: ctrlc\nkind: train\nexecutor: local\ngrid:\n  seed: [0, 1]\n"
 FIRST, SECOND = "standard-n1g1-b128-s0", "standard-n1g1-b128-s1"
 # the real CLI, its cells running the stub job (no torch): the one thing a test replaces
 ORCHESTRATE = (
-    "import sys; from orchestrator import cli; from orchestrator.submit import launch; from tests.slurm_stub import StubCell; "
+    "import sys; from orchestrator import cli; from orchestrator.submit import launch; "
+    "from tests.slurm_stub import StubCell; "
     "launch.CellJob = StubCell; sys.exit(cli.main(sys.argv[1:]))"
 )
 
