@@ -53,6 +53,7 @@ def test_opt_out_keeps_glibc_defaults() -> None:
     assert probe("0") == {"applied": None, "mmapped": 1}
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_env_json_records_the_setting(tmp_path: Path) -> None:
     """A job through workloads.entry tunes malloc before it loads anything and says so in env.json."""
     from tests.test_distributed import clean_env, write_spec

@@ -265,6 +265,7 @@ def test_the_room_order_sees_an_upward_import() -> None:
     assert room("orchestrator.grid.files") == "orchestrator.grid" and room("workloads.spec") == "workloads.spec"
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_the_entry_points_still_run() -> None:
     """Job scripts and docs start `python -m workloads.entry` and `python -m workloads.kinds.train`."""
     for module in ("workloads.entry", "workloads.kinds.train"):

@@ -36,6 +36,7 @@ EXP = "fm"
 EPS = 1.0
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
+    pytest.mark.slow,  # the module trains its models: not in the quick lane
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(not autoattack.available(), reason="pyautoattack not installed (extra [strong])"),
 ]

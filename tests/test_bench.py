@@ -164,6 +164,7 @@ def test_only_rank_zero_writes(tmp_path: Path) -> None:
     assert not (tmp_path / "bench.csv").exists()
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_two_ranks_bench_ddp_steps_and_the_gradient_allreduce(tmp_path: Path) -> None:
     """A bench cell of shape 1x2 (two gloo ranks through workloads.entry, as a job runs it): every row says
     world size 2, training steps run through DDP (so cost at least the rank's compute), and what=allreduce

@@ -79,6 +79,7 @@ def torchrun_entry(spec_path: Path, world: int = 2) -> list[subprocess.Completed
     return done
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: Path) -> None:
     spec_path, spec = write_spec(tmp_path / "ddp-std", method="standard")
     assert spec.batch_per_rank == 32 and len(build_datasets(spec).train) % spec.global_batch_size == 0
@@ -104,6 +105,7 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batches(tmp_path: P
     assert not list(run_dir.glob("error*.txt"))
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_fast_method_runs_under_ddp(tmp_path: Path) -> None:
     spec_path, _ = write_spec(tmp_path / "ddp-fast", method="fast", epochs=1, augment=True)
     procs = torchrun_entry(spec_path)
@@ -135,6 +137,7 @@ def _eval_worker(rank: int, world: int, port: int, ckpt: str, spec_dict: dict[st
         distributed.cleanup()
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_eval_counts_are_exact_across_ranks(tmp_path: Path) -> None:
     spec_path, spec = write_spec(tmp_path / "eval", epochs=1, shape={"nodes": 1, "gpus_per_node": 1})
     from workloads.kinds.train import train

@@ -31,7 +31,8 @@ TRAIN_EPS = 1.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared; small_cnn on a few hundred images
+# the machine is shared (small_cnn on a few hundred images); slow: the module trains its models (not in the quick lane)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -247,6 +247,7 @@ def test_plain_resubmit_submits_missing_cells_and_names_the_retry_flag(
 # -- orchestrate clean --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_clean_removes_run_directories_but_never_a_live_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "results"
     grid = finished_experiment(tmp_path, root)
@@ -300,6 +301,7 @@ def test_status_of_a_folder_that_is_not_an_experiment(tmp_path: Path, capsys: py
     assert cli.main(["status", str(root / "fail")]) == 0
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_resubmission_waits_for_a_local_cell_still_running(tmp_path: Path) -> None:
     """After a Ctrl-C the interrupted submission's cell still runs: --retry-failed starts the next one only after
     it ended (local cells run one at a time, whoever submitted them)."""

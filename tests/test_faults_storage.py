@@ -53,6 +53,7 @@ def test_one_generation_is_kept_and_a_torn_last_falls_back(tmp_path: Path, capfd
 
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("foreign", ["pickle", "dict", "empty"])
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_no_loadable_checkpoint_fails_in_one_line(tmp_path: Path, results: Path, foreign: str) -> None:
     import pickle
 

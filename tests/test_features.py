@@ -21,6 +21,7 @@ from workloads.kinds.train import train
 from workloads.runtime.distributed import Dist
 from workloads.spec import Attack, Optimizer, RunSpec, Validation, Visualize
 
+pytestmark = pytest.mark.slow  # the module trains its models: not in the quick lane
 SOURCE_EXPERIMENT = "src"
 METHODS = ("standard", "fast")
 

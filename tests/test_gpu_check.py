@@ -23,6 +23,7 @@ def run_script(*args: str, timeout: float, **env: str) -> subprocess.CompletedPr
                           **env}, capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_without_cuda_one_line_and_exit_0(tmp_path: Path) -> None:
     """CUDA_VISIBLE_DEVICES="" hides any GPU, so the test means the same on a machine that has one."""
     out = tmp_path / "out"
@@ -75,6 +76,7 @@ def test_missing_modules_import_from_carried_wheels(tmp_path: Path, monkeypatch:
     sys.modules.pop("gpu_check_probe")
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_failing_stage_is_recorded_and_the_others_run(tmp_path: Path) -> None:
     """A CIFAR root that does not exist: train_epoch fails (one line in stages.json), env still runs, exit 1."""
     out = tmp_path / "gpu"

@@ -165,6 +165,7 @@ def ddp_batches() -> tuple[list[Tensor], list[Tensor]]:
                                                             for s in range(2)]  # fmt: skip
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_two_gloo_ranks_match_one_process_averaging_the_ranks_losses(tmp_path: Path) -> None:
     """DDP: the regulariser's graph is on the unwrapped model, added to the DDP forward's loss, one backward: each
     parameter's gradient (cross-entropy + lambda x misalignment) is all-reduced once, no static_graph needed."""
@@ -194,6 +195,7 @@ def test_two_gloo_ranks_match_one_process_averaging_the_ranks_losses(tmp_path: P
         torch.testing.assert_close(two[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_compiled_gradalign_step_matches_eager() -> None:
     """compile: the attack on the compiled model (frozen weights), the regulariser's double backprop on the eager
     module under it (compiled graphs have no double backward): the weights equal the eager steps' (aot_eager)."""

@@ -120,6 +120,7 @@ def real_run(method: str, norm: str, eps: float, alpha: float, lr: float, epochs
     }  # fmt: skip
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_guard_fires_on_catastrophic_overfitting(tmp_path: Path) -> None:
     """Linf FGSM-RS with alpha = 2 eps (pure FGSM: the step saturates the clamp) at eps 0.4 and lr 0.15: the guard
     subset's PGD accuracy climbs, then collapses while the FGSM training accuracy stays high: the model beats its
@@ -148,6 +149,7 @@ def test_guard_fires_on_catastrophic_overfitting(tmp_path: Path) -> None:
     pytest.fail("no catastrophic overfitting in four seeds: make the recipe harsher (eps, lr)")
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_healthy_fast_run_does_not_fire(tmp_path: Path) -> None:
     """L2 fast (alpha 1.5 eps, eps 1) on the same data: the guard's PGD accuracy rises steadily (0.44 -> 0.76)."""
     result = quiet_train(from_dict(real_run("fast", "l2", 1.0, 1.5, 0.05, 8, "flag")), tmp_path)
@@ -157,6 +159,7 @@ def test_healthy_fast_run_does_not_fire(tmp_path: Path) -> None:
     assert adv[-1] > adv[0] + 0.2 and all(r["co_flag"] == "0" for r in rows)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_free_and_the_guard_under_ddp(tmp_path: Path) -> None:
     """Two gloo ranks train free (2 replays) with the guard on 51 examples (shards of 26 + 25): the guard's
     clean accuracy equals one process's on the same weights (exact all-reduced counts, same subset)."""

@@ -156,6 +156,7 @@ def test_enough_fields_are_covered() -> None:
 
 
 @pytest.mark.parametrize(("path", "tp"), NUMERIC, ids=[p for p, _ in NUMERIC])
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_special_and_absurd_numbers_are_refused_in_every_numeric_field(tmp_path: Path, path: str, tp: Any) -> None:
     grid = tmp_path / "n.yaml"
     is_list = typing.get_origin(tp) is list
@@ -234,6 +235,7 @@ def _cells_grid(path: Path, seeds: int, lrs: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_ten_thousand_cells_dry_run_is_a_summary(tmp_path: Path, results: Path) -> None:
     t0 = time.process_time()  # CPU time: bounded work (a quadratic plan of 10 000 cells would take minutes)
     text = launch.dry_run(_cells_grid(tmp_path / "big.yaml", 100, 100), results)

@@ -51,6 +51,7 @@ def processes() -> Iterator[list[subprocess.Popen[str] | int]]:
             item.wait()
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_ctrl_c_leaves_the_running_local_cell_running(
     tmp_path: Path, results: Path, processes: list[subprocess.Popen[str] | int], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -139,6 +140,7 @@ def _cleanup_queue(exp_dir: Path, runner: int) -> None:
             os.killpg(int(entry.job_id), signal.SIGKILL)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_submit_without_wait_runs_the_local_queue_in_the_background(
     tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -160,6 +162,7 @@ def test_submit_without_wait_runs_the_local_queue_in_the_background(
         _cleanup_queue(exp_dir, runner)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_cancel_stops_the_local_queue_first(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exp_dir, runner = _submit_in_background(tmp_path, results, "stopq")
     try:

@@ -83,6 +83,7 @@ def test_the_judges_accuracy_equals_kind_evaluate_on_the_same_weights_and_images
 
 
 @needs_fmnist
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_one_and_two_judge_ranks_count_alike(trained: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     run_judge(judge_spec([trained], examples=37), one)  # odd: the ranks' shares differ

@@ -67,6 +67,7 @@ def test_the_dry_run_shows_the_judges_and_their_dependency(tmp_path: Path, resul
 
 @needs_fmnist
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_local_judges_run_after_the_training_and_are_collected(
     tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

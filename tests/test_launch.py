@@ -249,6 +249,7 @@ def test_resubmission_rules(tmp_path: Path, results: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_local_executor_runs_a_tiny_grid(tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """One process per "GPU" (tasks_per_node = gpus_per_node) on this machine; a second submit skips it."""
     grid = tmp_path / "tiny.yaml"
@@ -278,6 +279,7 @@ def test_local_executor_runs_a_tiny_grid(tmp_path: Path, results: Path, capsys: 
     assert manifest.load(results / "tinylocal")["fast-n1g2-b64-s0"].job_ids == entry.job_ids
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_local_executor_runs_cells_one_at_a_time(
     tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -157,6 +157,7 @@ def _finish_at(spec_path: str, job_id: str, at: float) -> None:
     StubCell()(spec_path)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_256_run_directories_written_at_the_same_instant(tmp_path: Path, results: Path) -> None:
     """The planner writes 256 spec.json files and the manifest (as `submit` does, under the experiment's lock);
     then 256 forked processes write their cells' files at one instant while two collectors run."""
@@ -194,6 +195,7 @@ def test_256_run_directories_written_at_the_same_instant(tmp_path: Path, results
 # -- status of 10^4 cells ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_status_of_10000_cells_asks_the_scheduler_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -66,6 +66,7 @@ def test_logs_of_a_finished_local_cell(tmp_path: Path, results: Path, capsys: py
         assert err.count("\n") == 1 and err.startswith("orchestrate: error: "), err
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_follow_a_running_local_cell(
     tmp_path: Path, results: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

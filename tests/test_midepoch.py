@@ -105,6 +105,7 @@ def usr2_handler() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_preempted_mid_epoch_then_resumed_is_bit_identical(
     case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], usr2_handler: Any
 ) -> None:
@@ -136,6 +137,7 @@ def test_preempted_mid_epoch_then_resumed_is_bit_identical(
 
 
 @pytest.mark.parametrize("every", [EVERY_STEP, 0.0])
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_crash_loses_the_steps_since_the_last_checkpoint(
     every: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +160,7 @@ def test_a_crash_loses_the_steps_since_the_last_checkpoint(
     assert_same_run(straight, resumed)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_preempted_at_an_epochs_last_step_leaves_its_evaluation_to_the_next_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], usr2_handler: Any
 ) -> None:
@@ -284,6 +287,7 @@ def two_ranks(spec_path: Path, stop_at: int | None = None) -> list[str]:
     return [(out / f"rank{r}.txt").read_text() for r in range(2)]
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_two_gloo_ranks_preempted_mid_epoch_match_the_uninterrupted_run(tmp_path: Path) -> None:
     kw = {"method": "fast", "augment": True, "epochs": 2}  # 256 examples, global batch 64: 4 steps an epoch
     straight, _ = write_spec(tmp_path / "straight" / "ddp", **kw)

@@ -72,6 +72,7 @@ def _make_cell(exp_dir: Path, run_id: str, job_id: str, epochs_done: int, co: bo
     (run_dir / layout.ENV).write_text(json.dumps({"attempts": [{"job_id": job_id}], "job_ids": [job_id]}))
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_refresh_of_1000_cells_is_one_scheduler_call(results: Path, sacct: FakeSacct) -> None:
     exp_dir = results / "thousand"
     entries: dict[str, manifest.Entry] = {}

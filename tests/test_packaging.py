@@ -12,6 +12,7 @@ import sysconfig
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import tomllib
 from packaging.requirements import Requirement
 
@@ -84,6 +85,7 @@ def test_pip_install_keeps_an_installed_torch_in_range() -> None:
     assert installs == ["fastrobust"], installs
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_an_installed_wheel_finds_its_shipped_profiles_and_fastrobust_profiles_first(tmp_path: Path) -> None:
     """Outside any checkout: build the wheel, install it into a folder, and look profiles up from a cwd that is
     not the repository, with the checkout off sys.path (-I, and -S so the editable install's finder is not

@@ -152,6 +152,7 @@ def _local_job_in_its_first_epoch(
 
 
 @fixtures.needs_fmnist
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_kill_9_of_one_rank_under_the_local_executor(
     tmp_path: Path, results: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,6 +172,7 @@ def test_kill_9_of_one_rank_under_the_local_executor(
 
 
 @fixtures.needs_fmnist
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_sigusr2_requeues_a_local_job_through_the_supervisor(tmp_path: Path, results: Path) -> None:
     """What submitit's local controller sends before the time limit: SIGUSR2 to the task (the supervisor), whose
     handler forwards it to the workload (it saves and exits 75) and requeues; the requeued attempt finishes."""

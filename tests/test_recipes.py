@@ -113,6 +113,7 @@ def interrupted(run_dir: Path, spec: Any, after: int, monkeypatch: pytest.Monkey
     train(spec, run_dir)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_schedule_free_and_warmup_resume_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """free (2 replays) for epoch 1, then pgd2, with eps warmed up over epoch 1: 1 + resume + 1 == 2 epochs."""
     spec = tiny_spec(

@@ -47,6 +47,7 @@ def csv_only_demo(tmp_path: Path) -> Path:
     return exp
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_report_from_committed_csvs_reproduces_table1(csv_only_demo: Path) -> None:
     from orchestrator.report import build_report
 
@@ -61,6 +62,7 @@ def test_report_from_committed_csvs_reproduces_table1(csv_only_demo: Path) -> No
 FAST_RECIPES_RESULTS = REPO / "results" / "reference" / "fast-recipes"  # experiments/fast_recipes.yaml's reference
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_fast_recipes_tables_follow_from_their_committed_csvs(tmp_path: Path) -> None:
     """The time-to-robustness study's reference run: Table I and the time-to-target table regenerate byte for
     byte from its committed CSVs (the report reads CSVs only)."""

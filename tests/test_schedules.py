@@ -207,6 +207,7 @@ def test_schedule_settings_are_validated(optimizer: dict[str, Any], epochs: int,
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_onecycle_resume_reproduces_the_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs + resume + 1 == 3 epochs: weights bit-identical, the per-iteration schedule continued exactly;
     epochs.csv lr = the value at each epoch's start; a onecycle run cannot change its epochs on resume."""
@@ -229,6 +230,7 @@ def test_onecycle_resume_reproduces_the_uninterrupted_run(tmp_path: Path, monkey
         train(tiny_spec(optimizer=onecycle, eval={"every": 2, "steps": 1}, epochs=4), resumed)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_cosine_warmup_with_bf16_attacks_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The other levers through a preemption mid-schedule: warm-up + cosine, attack passes in bf16 (step fp32)."""
     levers = {"optimizer": {"lr": 0.05, "schedule": "cosine", "warmup_epochs": 1.5}, "attack": {"precision": "bf16"}}
@@ -242,6 +244,7 @@ def test_cosine_warmup_with_bf16_attacks_resumes_exactly(tmp_path: Path, monkeyp
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cyclic"])
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_run_preempted_mid_warmup_resumes_exactly(
     schedule: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -281,6 +284,7 @@ def interrupted_after_two_epochs(spec: RunSpec, run_dir: Path, monkeypatch: pyte
     assert checkpoint.load(run_dir / layout.CKPT_LAST)["epoch"] == 2
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_onecycle_under_two_gloo_ranks_matches_one_process(tmp_path: Path) -> None:
     """The per-iteration schedule under DDP: 2 ranks == one process stepping torch's OneCycleLR per global batch."""
     onecycle = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle", "peak_fraction": 0.3}
@@ -299,6 +303,7 @@ def test_onecycle_under_two_gloo_ranks_matches_one_process(tmp_path: Path) -> No
         torch.testing.assert_close(state["model"][name], value, atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_checkpoint_from_before_schedules_resumes_exactly(tmp_path: Path) -> None:
     """A checkpoint written by the per-epoch StepLR trainer (its scheduler state, a spec.json without the new keys,
     no scaler entry) resumes into the per-iteration schedule and ends bit-identical to an uninterrupted run."""

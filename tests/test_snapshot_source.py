@@ -139,6 +139,7 @@ def test_source_snapshot_takes_best_or_an_epoch() -> None:
 
 @needs_fmnist
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_the_final_judge_evaluates_the_best_judged_snapshot(tmp_path: Path, results: Path) -> None:
     path = tmp_path / "final.yaml"
     path.write_text(grid_text())

@@ -59,6 +59,7 @@ def test_snapshots_are_off_by_default(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("usr2_handler")
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_run_preempted_mid_epoch_has_the_uninterrupted_runs_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,6 +86,7 @@ def test_a_run_preempted_mid_epoch_has_the_uninterrupted_runs_snapshots(
         assert all(torch.equal(a[k], b[k]) for k in a), f"snapshot {epoch} differs"
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_crash_after_a_snapshot_before_its_checkpoint_writes_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -79,6 +79,7 @@ def test_a_stopped_child_is_killed_after_collective_timeout_s(run_dir: Path) -> 
     assert "collective_timeout_s; killed" in first_line(run_dir / "error-rank1.txt")
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_a_continued_child_is_not_taken_for_a_hung_one(run_dir: Path) -> None:
     """Stopped briefly, then running for longer than collective_timeout_s: not killed. The helper that continues it
     waits until the kernel shows it stopped (no timing guess), and the timeout is long enough that a busy machine
@@ -132,6 +133,7 @@ def test_a_failed_rank_is_named_by_its_peers(run_dir: Path) -> None:
     assert summary is not None and summary.startswith(record["ended"] + "; rank 0 stopped: its collective failed")
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_exit_preempted_runs_the_requeue_handler(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))

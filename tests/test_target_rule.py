@@ -71,6 +71,7 @@ def test_bad_targets_are_one_line(tmp_path: Path, target: str, expected: str) ->
     assert 1 <= len(lines) <= 2 and all(expected in line for line in lines), lines
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_target_relative_to_the_baselines_median(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exp = synthetic(tmp_path)  # recipes paper, cyclic, quick of method fast, 3 seeds each; paper's bests 60 %
     grid_report.save(exp, grid_report.ReportSettings(None, 0.9, "best_adv_acc", "paper-fast"))

@@ -174,6 +174,7 @@ def test_fig2_draws_autoattack_beside_pgd(tmp_path: Path, monkeypatch: pytest.Mo
 # -- the grid's report.target_adv_acc (orchestrator.grid.report_settings) ----------------------------------------------
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_grid_target_is_used_unless_the_flag_overrides_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from orchestrator.grid import report_settings as grid_report
 

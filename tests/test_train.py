@@ -44,6 +44,7 @@ def weights(run_dir: Path, which: str = "last") -> dict[str, torch.Tensor]:
     return checkpoint.load(run_dir / (layout.CKPT_LAST if which == "last" else layout.CKPT_BEST))["model"]
 
 
+@pytest.mark.slow  # over ~1.5 s on 2 cores: left out of the quick lane
 def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     """3 epochs straight == 2 epochs + a stale row (a crash between row and checkpoint) + resume to 3.
     fast + augmentation: the attack generator, the global RNG, optimizer momentum and the lr schedule
