@@ -154,7 +154,8 @@ def collect(exp_dir: Path) -> dict[str, Path]:
         rows.sort(key=lambda r: int(r["epoch"]))
         env = layout.read_json(rd / layout.ENV) if (rd / layout.ENV).exists() else {}
         row = run_row(spec, statuses[run_id], rows, env)
-        run_rows.append({**row, **(recipe_key.recipe_columns(spec, varying) if spec.kind == "train" else {})})
+        added = recipe_key.recipe_columns(spec, varying) if spec.kind == "train" else {}
+        run_rows.append({**added, **row})  # a setting with a column of its own keeps that column's form
         epoch_rows += [{**r, "run_id": r.get("run_id") or run_id} for r in rows]
         run_dirs.append((run_id, rd))
     written = {"runs": exp_dir / RUNS_CSV, "epochs": exp_dir / EPOCHS_CSV}

@@ -90,4 +90,4 @@ def test_replicates_differ_only_in_seed(results: Path) -> None:
     rows = runs(results, "seeds")
     assert sorted(r["seed"] for r in rows) == ["0", "1"] and all(r["state"] == "finished" for r in rows)
     table = (results / "seeds" / "report" / "report.md").read_text(encoding="utf-8")
-    assert "show their mean" in table  # two runs in one Table I cell
+    assert " n=2" in table and "shows the mean of N replicates" in table  # two runs in one Table I cell
