@@ -22,7 +22,7 @@ from workloads.assets.checkpoint import load_model
 from workloads.assets.data import build_split
 from workloads.assets.external import autoattack, madry
 from workloads.assets.models import RobustModel, build_model
-from workloads.kinds import evaluate
+from workloads.kinds import evaluate, evaluate_source
 from workloads.runtime import distributed
 from workloads.spec import Attack, Evaluate, RunSpec
 
@@ -227,13 +227,15 @@ def test_resume_skips_recorded_batches(trained_results: Path, monkeypatch: pytes
 def test_source_resolution_errors(trained_results: Path) -> None:
     run_dir = trained_results / EXP / "runs" / "eval-x"
     with pytest.raises(ValueError, match=r"source_dir.*source_run"):
-        evaluate.checkpoint_file(RunSpec(experiment=EXP, kind="evaluate"), run_dir)
+        evaluate_source.checkpoint_file(RunSpec(experiment=EXP, kind="evaluate"), run_dir)
     with pytest.raises(FileNotFoundError, match="nope"):
-        evaluate.checkpoint_file(eval_spec("eval-x", trained_results, source_experiment="nope"), run_dir)
-    path, experiment = evaluate.checkpoint_file(eval_spec("eval-x", trained_results, checkpoint="last"), run_dir)
+        evaluate_source.checkpoint_file(eval_spec("eval-x", trained_results, source_experiment="nope"), run_dir)
+    path, experiment = evaluate_source.checkpoint_file(eval_spec("eval-x", trained_results, checkpoint="last"), run_dir)
     assert path == trained_results / EXP / "runs" / "fast" / layout.CKPT_LAST and experiment == EXP
     with pytest.raises(ValueError, match="run directory"):
-        evaluate.checkpoint_file(eval_spec("eval-x", trained_results, checkpoint="x.pt"), trained_results / "elsewhere")
+        evaluate_source.checkpoint_file(
+            eval_spec("eval-x", trained_results, checkpoint="x.pt"), trained_results / "elsewhere"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
